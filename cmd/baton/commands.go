@@ -1,0 +1,162 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/baton-pm/baton/internal/config"
+	"github.com/baton-pm/baton/internal/logging"
+	"github.com/baton-pm/baton/internal/master"
+)
+
+// demoWorkerArg is the hidden mode in which baton's own binary is the demo
+// worker that `baton demo` runs.
+const demoWorkerArg = "_demo-worker"
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "baton",
+		Short: "A pre-fork process manager for zero-downtime deploys, for web apps in any language",
+		Long: `baton binds your listening sockets once and runs N worker processes that
+inherit them (systemd's LISTEN_FDS protocol), so workers can be replaced
+without a refused connection. Signals keep Gunicorn's meanings.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newRunCommand(), newCheckCommand(), newDemoCommand(), newVersionCommand())
+	return root
+}
+
+func newRunCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "run [flags] [--] COMMAND [ARGS...]",
+		Short: "Run the master and its workers in the foreground",
+		Example: `  baton run -b 127.0.0.1:8000 -w 4 --pid /run/app/baton.pid -- uvicorn --fd 3 app:app
+  baton run -c baton.toml`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := config.Load(cmd.Flags(), args)
+			if err != nil {
+				return usageError(err)
+			}
+			return runMaster(cfg)
+		},
+	}
+	commandFlags(cmd)
+	return cmd
+}
+
+// commandFlags gives cmd every configuration flag. Flags after the first
+// positional argument belong to the worker command, so
+// `baton run -w 2 uvicorn --fd 3 app:app` works with or without "--".
+func commandFlags(cmd *cobra.Command) {
+	config.RegisterFlags(cmd.Flags())
+	cmd.Flags().SetInterspersed(false)
+}
+
+func newCheckCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "check [-c FILE] [flags] [--] [COMMAND [ARGS...]]",
+		Short: "Validate the configuration and print the effective config as TOML",
+		Long: `check loads the config file and flags exactly as run would, reports every
+problem at once (file, line, key, what was expected) and exits 2 if there are
+any; otherwise it prints the effective configuration.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := config.Load(cmd.Flags(), args)
+			if err != nil {
+				return usageError(err)
+			}
+			fmt.Print(cfg.TOML())
+			return nil
+		},
+	}
+	commandFlags(cmd)
+	return cmd
+}
+
+func newDemoCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "demo [flags]",
+		Short: "Run baton with its bundled demo app on 127.0.0.1:8000 with 4 workers",
+		Long: `demo runs the master with baton's own binary as the worker (a small HTTP app
+replying with its worker id, pid and generation), so curl shows the workers
+sharing one port. Every run flag works here too.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			self, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("cannot find baton's own binary: %w", err)
+			}
+			fs := cmd.Flags()
+			if !fs.Changed("workers") {
+				_ = fs.Set("workers", "4")
+			}
+			cfg, err := config.Load(fs, []string{self, demoWorkerArg})
+			if err != nil {
+				return usageError(err)
+			}
+			printDemoHints(cfg)
+			return runMaster(cfg)
+		},
+	}
+	config.RegisterFlags(cmd.Flags())
+	return cmd
+}
+
+func printDemoHints(cfg *config.Config) {
+	addr := cfg.Binds[0].Raw
+	fmt.Fprintf(os.Stderr, `baton demo: master pid %d, %d workers. Try, from another terminal:
+  curl http://%s/          (run it a few times: different workers answer)
+  kill -TTIN %d            (one worker more; -TTOU one fewer)
+  kill -TERM %d            (graceful shutdown; or press Ctrl-C)
+`, os.Getpid(), cfg.Workers, strings.TrimPrefix(addr, "tcp://"), os.Getpid(), os.Getpid())
+}
+
+func newVersionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print baton's version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, args []string) {
+			fmt.Println("baton", version)
+		},
+	}
+}
+
+// runMaster sets up logging and runs the master until it shuts down.
+func runMaster(cfg *config.Config) error {
+	log, logOut, err := logging.New(logging.Options{Level: cfg.LogLevel, Format: cfg.LogFormat, File: cfg.LogFile})
+	if err != nil {
+		return usageError(err)
+	}
+	defer logOut.Close()
+	m := master.New(masterOptions(cfg), log, logOut)
+	err = m.Run()
+	var startErr *master.StartError
+	if errors.As(err, &startErr) {
+		if cfg.LogFile != "" {
+			// stderr gets it from main too; the log file's readers need it.
+			log.Error("cannot start", "err", startErr.Err)
+		}
+		return usageError(startErr.Err)
+	}
+	return err
+}
+
+// formatError renders an error for the terminal: config problems one per
+// line under a heading, anything else on one line.
+func formatError(err error) string {
+	var problems config.Problems
+	if errors.As(err, &problems) && len(problems) > 1 {
+		var b strings.Builder
+		fmt.Fprintf(&b, "baton: the configuration has %d problems:", len(problems))
+		for _, p := range problems {
+			b.WriteString("\n  " + p.Error())
+		}
+		return b.String()
+	}
+	return "baton: " + err.Error()
+}

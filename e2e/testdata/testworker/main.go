@@ -1,0 +1,319 @@
+// Command testworker is the HTTP server that baton's end-to-end tests run as
+// a worker. It reports what it inherited (pid, listeners, environment, the
+// blocking mode of fd 3) and misbehaves on request: slow boot, failed boot,
+// ignoring SIGTERM, leaving a child process behind, exiting mid-flight.
+//
+// Endpoints:
+//
+//	GET /            JSON: pid, ppid, worker_id, generation, listener (the name
+//	                 of the listener that accepted the request), listen_fds,
+//	                 listen_fdnames, listen_pid_matched, child_pid
+//	GET /slow?ms=N   sleeps N ms, then replies "slow done"
+//	GET /exit?code=N replies, then exits with code N
+//	GET /nonblock    JSON {"fd3_nonblocking": {"at_start": bool, "now": bool}}
+//
+// SIGTERM drains in-flight requests (at most -graceful) and exits 0; SIGINT
+// exits 0 at once.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/baton-pm/baton/worker"
+)
+
+type options struct {
+	bootDelay   time.Duration
+	exitAtStart int
+	ignoreTerm  bool
+	spawnChild  bool
+	notifyReady bool
+	graceful    time.Duration
+}
+
+func parseFlags() options {
+	var o options
+	flag.DurationVar(&o.bootDelay, "boot-delay", 0, "sleep this long before serving (a slow import)")
+	flag.IntVar(&o.exitAtStart, "exit-at-start", -1, "exit with this code at once (-1: don't)")
+	flag.BoolVar(&o.ignoreTerm, "ignore-term", false, "ignore SIGTERM, so that only SIGKILL stops the worker")
+	flag.BoolVar(&o.spawnChild, "spawn-child", false, "start `sleep 3600` in the worker's process group")
+	flag.BoolVar(&o.notifyReady, "notify-ready", false, "send READY=1 once serving (and STOPPING=1 on SIGTERM)")
+	flag.DurationVar(&o.graceful, "graceful", 30*time.Second, "how long SIGTERM waits for in-flight requests")
+	flag.Parse()
+	return o
+}
+
+// startState is what the worker found at start, before worker.Listeners
+// unset the activation variables and duplicated the descriptors.
+type startState struct {
+	listenFDs, listenFDNames string
+	listenPIDMatched         bool
+	fd3NonblockingAtStart    bool
+	childPID                 int
+}
+
+func recordStartState() startState {
+	nonblocking, err := fdNonblocking(3)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testworker: fd 3 at start: %v\n", err)
+	}
+	return startState{
+		listenFDs:             os.Getenv("LISTEN_FDS"),
+		listenFDNames:         os.Getenv("LISTEN_FDNAMES"),
+		listenPIDMatched:      os.Getenv("LISTEN_PID") == strconv.Itoa(os.Getpid()),
+		fd3NonblockingAtStart: nonblocking,
+	}
+}
+
+func main() {
+	opts := parseFlags()
+	if opts.exitAtStart >= 0 {
+		fmt.Fprintln(os.Stderr, "testworker: failing at boot as asked")
+		os.Exit(opts.exitAtStart)
+	}
+	// Signals first: a SIGTERM during boot must not kill us with the default action.
+	signals := watchSignals(opts.ignoreTerm)
+	start := recordStartState()
+
+	listeners, names := takeListeners()
+	if opts.spawnChild {
+		// After taking the listeners: they are close-on-exec by then, so the
+		// child holds no socket, only a place in our process group.
+		start.childPID = spawnSleep()
+	}
+	time.Sleep(opts.bootDelay)
+
+	w := &testWorker{start: start, fd3: listeners[0]}
+	servers, serveErr := w.serve(listeners, names)
+	fmt.Fprintf(os.Stderr, "testworker: serving pid=%d worker=%s listeners=%d\n",
+		os.Getpid(), os.Getenv("BATON_WORKER_ID"), len(listeners))
+	if opts.notifyReady {
+		notify(worker.Ready())
+	}
+
+	select {
+	case err := <-serveErr:
+		fail(err)
+	case sig := <-signals:
+		if sig == syscall.SIGINT {
+			os.Exit(0)
+		}
+	}
+	if opts.notifyReady {
+		notify(worker.Stopping())
+	}
+	shutdown(servers, opts.graceful)
+	os.Exit(0)
+}
+
+func watchSignals(ignoreTerm bool) <-chan os.Signal {
+	signals := make(chan os.Signal, 2)
+	if ignoreTerm {
+		signal.Ignore(syscall.SIGTERM)
+		signal.Notify(signals, syscall.SIGINT)
+	} else {
+		signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+	}
+	return signals
+}
+
+// takeListeners returns the inherited listeners in fd order with their names.
+func takeListeners() ([]net.Listener, map[net.Listener]string) {
+	byName, err := worker.Listeners()
+	if err != nil {
+		fail(err)
+	}
+	list, err := worker.ListenerList()
+	if err != nil {
+		fail(err)
+	}
+	if len(list) == 0 {
+		fail(errors.New("no inherited listeners (LISTEN_PID/LISTEN_FDS not for this process)"))
+	}
+	names := make(map[net.Listener]string)
+	for name, ls := range byName {
+		for _, l := range ls {
+			names[l] = name
+		}
+	}
+	return list, names
+}
+
+func spawnSleep() int {
+	child := exec.Command("sleep", "3600")
+	if err := child.Start(); err != nil {
+		fail(err)
+	}
+	go child.Wait() // reap it if it is killed while we live
+	fmt.Fprintf(os.Stderr, "testworker: spawned child pid=%d\n", child.Process.Pid)
+	return child.Process.Pid
+}
+
+// testWorker answers the requests.
+type testWorker struct {
+	start startState
+	fd3   net.Listener // the listener made from fd 3
+}
+
+// serve runs one http.Server per listener, so that every handler knows
+// which listener accepted its request.
+func (w *testWorker) serve(listeners []net.Listener, names map[net.Listener]string) ([]*http.Server, <-chan error) {
+	servers := make([]*http.Server, len(listeners))
+	errs := make(chan error, len(listeners))
+	for i, l := range listeners {
+		srv := &http.Server{Handler: w.routes(names[l])}
+		servers[i] = srv
+		go func() {
+			if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+				errs <- err
+			}
+		}()
+	}
+	return servers, errs
+}
+
+func (w *testWorker) routes(listenerName string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(rw http.ResponseWriter, r *http.Request) {
+		w.whoami(rw, listenerName)
+	})
+	mux.HandleFunc("GET /slow", slow)
+	mux.HandleFunc("GET /exit", exitAfterReply)
+	mux.HandleFunc("GET /nonblock", w.nonblock)
+	return mux
+}
+
+func (w *testWorker) whoami(rw http.ResponseWriter, listenerName string) {
+	writeJSON(rw, struct {
+		PID              int    `json:"pid"`
+		PPID             int    `json:"ppid"`
+		WorkerID         string `json:"worker_id"`
+		Generation       string `json:"generation"`
+		Listener         string `json:"listener"`
+		ListenFDs        string `json:"listen_fds"`
+		ListenFDNames    string `json:"listen_fdnames"`
+		ListenPIDMatched bool   `json:"listen_pid_matched"`
+		ChildPID         int    `json:"child_pid"`
+	}{
+		PID:              os.Getpid(),
+		PPID:             os.Getppid(),
+		WorkerID:         os.Getenv("BATON_WORKER_ID"),
+		Generation:       os.Getenv("BATON_GENERATION"),
+		Listener:         listenerName,
+		ListenFDs:        w.start.listenFDs,
+		ListenFDNames:    w.start.listenFDNames,
+		ListenPIDMatched: w.start.listenPIDMatched,
+		ChildPID:         w.start.childPID,
+	})
+}
+
+func slow(rw http.ResponseWriter, r *http.Request) {
+	ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+	select {
+	case <-time.After(time.Duration(ms) * time.Millisecond):
+		fmt.Fprint(rw, "slow done")
+	case <-r.Context().Done(): // the client gave up
+	}
+}
+
+func exitAfterReply(rw http.ResponseWriter, r *http.Request) {
+	code, _ := strconv.Atoi(r.URL.Query().Get("code"))
+	body := fmt.Sprintf("exiting with %d\n", code)
+	rw.Header().Set("Connection", "close")
+	rw.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	fmt.Fprint(rw, body)
+	// Flush hands the whole response to the kernel, which still delivers it
+	// after the process is gone.
+	http.NewResponseController(rw).Flush()
+	os.Exit(code)
+}
+
+// nonblock reports whether the shared socket of fd 3 is in non-blocking
+// mode, at start and now. O_NONBLOCK belongs to the open file description,
+// which every process holding the socket shares: a master that hands it to
+// exec via (*os.File).Fd() clears it for all of them (golang/go#43894).
+func (w *testWorker) nonblock(rw http.ResponseWriter, r *http.Request) {
+	now, err := listenerNonblocking(w.fd3)
+	if err != nil {
+		http.Error(rw, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	type modes struct {
+		AtStart bool `json:"at_start"`
+		Now     bool `json:"now"`
+	}
+	writeJSON(rw, struct {
+		FD3Nonblocking modes `json:"fd3_nonblocking"`
+	}{modes{AtStart: w.start.fd3NonblockingAtStart, Now: now}})
+}
+
+// listenerNonblocking reads O_NONBLOCK from the listener's own (duplicated)
+// descriptor. Control, unlike File or Fd, leaves the blocking mode alone.
+func listenerNonblocking(l net.Listener) (bool, error) {
+	conn, ok := l.(syscall.Conn)
+	if !ok {
+		return false, fmt.Errorf("listener %T has no descriptor", l)
+	}
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return false, err
+	}
+	var nonblocking bool
+	var fdErr error
+	if err := raw.Control(func(fd uintptr) { nonblocking, fdErr = fdNonblocking(fd) }); err != nil {
+		return false, err
+	}
+	return nonblocking, fdErr
+}
+
+func fdNonblocking(fd uintptr) (bool, error) {
+	flags, _, errno := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_GETFL, 0)
+	if errno != 0 {
+		return false, fmt.Errorf("fcntl(%d, F_GETFL): %w", fd, errno)
+	}
+	return flags&syscall.O_NONBLOCK != 0, nil
+}
+
+func writeJSON(rw http.ResponseWriter, v any) {
+	rw.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(rw).Encode(v)
+}
+
+// shutdown drains every server at once, within the graceful timeout.
+func shutdown(servers []*http.Server, graceful time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), graceful)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, srv := range servers {
+		wg.Go(func() {
+			if err := srv.Shutdown(ctx); err != nil {
+				fmt.Fprintf(os.Stderr, "testworker: graceful shutdown: %v\n", err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func notify(err error) {
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testworker: %v\n", err)
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintf(os.Stderr, "testworker: %v\n", err)
+	os.Exit(1)
+}

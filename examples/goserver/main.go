@@ -1,0 +1,86 @@
+// Command goserver is a minimal production-style web server for baton.
+//
+// baton binds the sockets and starts several copies of this program; each
+// copy serves on the sockets it inherits, tells baton when it is ready, and
+// on SIGTERM stops accepting and lets in-flight requests finish, which is
+// what makes `baton reload` invisible to clients. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/baton-pm/baton/worker"
+)
+
+// drainTimeout bounds how long SIGTERM waits for in-flight requests. Keep it
+// below baton's graceful timeout, after which baton sends SIGKILL.
+const drainTimeout = 25 * time.Second
+
+func main() {
+	if err := run(); err != nil {
+		log.Fatalf("goserver: %v", err)
+	}
+}
+
+func run() error {
+	// Register for SIGTERM before serving, so that a stop that comes right
+	// after READY=1 is handled rather than killing the process outright.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	listeners, err := worker.ListenerList()
+	if err != nil {
+		return err
+	}
+	if len(listeners) == 0 {
+		return errors.New("no inherited sockets: run me with `baton run -b ADDRESS -- ./goserver`")
+	}
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", hello)
+
+	srv := &http.Server{
+		Handler: mux,
+		// Timeouts keep slow or idle clients from holding a worker forever.
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+	}
+	serveErr := make(chan error, len(listeners))
+	for _, l := range listeners {
+		go func() { serveErr <- srv.Serve(l) }()
+	}
+
+	// Every listener is being served: baton may now retire the old workers.
+	if err := worker.Ready(); err != nil {
+		log.Printf("goserver: telling baton we are ready: %v", err)
+	}
+	log.Printf("goserver: worker %d (pid %d, generation %d) serving on %d listener(s)",
+		worker.WorkerID(), os.Getpid(), worker.Generation(), len(listeners))
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		return err
+	}
+
+	log.Printf("goserver: worker %d draining", worker.WorkerID())
+	worker.Stopping()
+	drainCtx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	// Shutdown closes the listeners (our copies only: the other workers and
+	// baton keep theirs), then waits for active requests to complete.
+	return srv.Shutdown(drainCtx)
+}
+
+func hello(w http.ResponseWriter, r *http.Request) {
+	fmt.Fprintf(w, "hello from worker %d (pid %d, generation %d)\n",
+		worker.WorkerID(), os.Getpid(), worker.Generation())
+}

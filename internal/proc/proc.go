@@ -1,0 +1,167 @@
+// Package proc starts, signals and reaps worker processes.
+//
+// A worker is started as a re-execution of baton itself in its hidden shim
+// mode (see Shim), which sets LISTEN_PID to its own pid and then execs the
+// user's command, so the pid systemd's protocol asks for is the worker's own.
+// Workers get the listeners as fds 3, 4, ... by raw fd numbers: no *os.File is
+// involved, so nothing flips the shared sockets to blocking mode.
+//
+// Exit statuses are collected in exactly one place (Reap) with wait4(-1):
+// the master must not use os/exec's Wait for anything, or the two would
+// steal each other's children.
+package proc
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ShimArg is the hidden first argument that makes baton act as the shim.
+const ShimArg = "_exec"
+
+// Spec describes one worker process to start.
+type Spec struct {
+	// Shim is the path of the baton binary to re-execute as the shim.
+	Shim string
+	// Path is the resolved executable; Args is the full argv (Args[0] is
+	// what the program sees as its name).
+	Path string
+	Args []string
+	Dir  string
+	Env  []string // complete environment, without LISTEN_PID (the shim adds it)
+	// Listeners are raw fds that become fds 3, 4, ... in the worker.
+	Listeners []int
+	// Stdout and Stderr are raw fds the worker writes to (usually 1 and 2).
+	Stdout, Stderr int
+}
+
+// Process is a started worker.
+type Process struct {
+	Pid     int
+	Started time.Time
+}
+
+// devNull is opened once: workers read stdin from /dev/null, because a
+// worker in its own process group that reads the terminal would be stopped
+// with SIGTTIN.
+var devNull = mustOpenDevNull()
+
+func mustOpenDevNull() int {
+	fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		panic(fmt.Sprintf("proc: open /dev/null: %v", err))
+	}
+	return fd
+}
+
+// Start forks and execs the shim for spec. The calling goroutine should be
+// locked to its OS thread for the master's lifetime: Pdeathsig fires when the
+// thread that forked the child exits, not the process (golang/go#27505).
+func Start(spec Spec) (*Process, error) {
+	argv := append([]string{"baton", ShimArg, spec.Path}, spec.Args...)
+	files := []uintptr{uintptr(devNull), uintptr(spec.Stdout), uintptr(spec.Stderr)}
+	for _, fd := range spec.Listeners {
+		files = append(files, uintptr(fd))
+	}
+	attr := &syscall.ProcAttr{
+		Dir:   spec.Dir,
+		Env:   spec.Env,
+		Files: files,
+		Sys: &syscall.SysProcAttr{
+			// Its own process group, so the stop signal reaches the
+			// worker's children too and a terminal's Ctrl-C does not.
+			Setpgid: true,
+			// A worker never outlives the master: kill -9 of the
+			// master kills the worker instead of leaving it holding
+			// the port.
+			Pdeathsig: syscall.SIGKILL,
+		},
+	}
+	pid, err := syscall.ForkExec(spec.Shim, argv, attr)
+	if err != nil {
+		return nil, fmt.Errorf("start worker %q: %w", spec.Path, err)
+	}
+	return &Process{Pid: pid, Started: time.Now()}, nil
+}
+
+// SignalGroup sends sig to the worker's whole process group. A group that
+// is already gone is not an error.
+func (p *Process) SignalGroup(sig syscall.Signal) error {
+	err := unix.Kill(-p.Pid, sig)
+	if err == unix.ESRCH {
+		return nil
+	}
+	return err
+}
+
+// Exit is one reaped child.
+type Exit struct {
+	Pid    int
+	Status unix.WaitStatus
+}
+
+// Reap collects every child that has exited, without blocking.
+func Reap() []Exit {
+	var exits []Exit
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if pid <= 0 || err != nil {
+			return exits
+		}
+		exits = append(exits, Exit{Pid: pid, Status: ws})
+	}
+}
+
+// Describe says how a process ended, in the words of a shell user.
+func Describe(ws unix.WaitStatus) string {
+	switch {
+	case ws.Exited():
+		return "exit status " + strconv.Itoa(ws.ExitStatus())
+	case ws.Signaled():
+		s := "killed by signal " + SignalName(ws.Signal())
+		if ws.CoreDump() {
+			s += " (core dumped)"
+		}
+		return s
+	}
+	return fmt.Sprintf("wait status %#x", uint32(ws))
+}
+
+// SignalName is the short name of sig as Gunicorn users write it: "TERM".
+func SignalName(sig syscall.Signal) string {
+	name := unix.SignalName(sig)
+	if name == "" {
+		return strconv.Itoa(int(sig))
+	}
+	return name[3:] // drop "SIG"
+}
+
+// Shim is the body of baton's hidden "_exec" mode: args are the resolved
+// executable followed by its argv. It sets LISTEN_PID to its own pid, which
+// execve keeps, and replaces itself with the command. It returns only on
+// failure, with the exit code a shell would use (127 not found, 126 not
+// executable).
+func Shim(args []string) int {
+	if len(args) < 2 {
+		fmt.Fprintln(os.Stderr, "baton _exec: usage: baton _exec PATH ARGV0 [ARGS...] (internal, started by the master)")
+		return 2
+	}
+	if os.Getenv("LISTEN_FDS") != "" {
+		os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+	}
+	err := unix.Exec(args[0], args[1:], os.Environ())
+	fmt.Fprintf(os.Stderr, "baton: cannot execute %s: %v\n", args[0], err)
+	if err == unix.ENOENT {
+		return 127
+	}
+	return 126
+}

@@ -1,0 +1,38 @@
+// Package worker lets a Go program run as a worker under baton, or as a
+// socket-activated service under systemd. It uses the standard library only.
+//
+// baton (like systemd) binds the listening sockets once and hands them to
+// every worker as inherited file descriptors 3, 4, ... described by the
+// environment variables LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES. The worker
+// tells its manager how it is doing with short text datagrams sent to the unix
+// socket named by NOTIFY_SOCKET ("READY=1", "STOPPING=1", "WATCHDOG=1",
+// "STATUS=..."). Both protocols are systemd's, so a program written with this
+// package also runs unchanged as a systemd service with Type=notify.
+//
+// A typical worker takes its listeners, serves on all of them, says it is
+// ready, and drains in-flight requests when asked to stop with SIGTERM:
+//
+//	func main() {
+//		listeners, err := worker.ListenerList()
+//		if err != nil {
+//			log.Fatal(err)
+//		}
+//		srv := &http.Server{Handler: http.HandlerFunc(hello)}
+//		for _, l := range listeners {
+//			go srv.Serve(l)
+//		}
+//		worker.Ready()
+//
+//		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+//		defer stop()
+//		<-ctx.Done()
+//
+//		worker.Stopping()
+//		shutdownCtx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
+//		defer cancel()
+//		srv.Shutdown(shutdownCtx) // waits for in-flight requests
+//	}
+//
+// Every function is safe to call when the program was not started by baton or
+// systemd: Listeners returns no listeners, and the notify functions do nothing.
+package worker
