@@ -42,7 +42,7 @@ func newRunCommand() *cobra.Command {
 			if err != nil {
 				return usageError(err)
 			}
-			return runMaster(cfg)
+			return runMaster(cfg, reloadLoader(cmd.Flags(), args))
 		},
 	}
 	commandFlags(cmd)
@@ -94,12 +94,13 @@ sharing one port. Every run flag works here too.`,
 			if !fs.Changed("workers") {
 				_ = fs.Set("workers", "4")
 			}
-			cfg, err := config.Load(fs, []string{self, demoWorkerArg})
+			command := []string{self, demoWorkerArg}
+			cfg, err := config.Load(fs, command)
 			if err != nil {
 				return usageError(err)
 			}
 			printDemoHints(cfg)
-			return runMaster(cfg)
+			return runMaster(cfg, reloadLoader(fs, command))
 		},
 	}
 	config.RegisterFlags(cmd.Flags())
@@ -127,13 +128,13 @@ func newVersionCommand() *cobra.Command {
 }
 
 // runMaster sets up logging and runs the master until it shuts down.
-func runMaster(cfg *config.Config) error {
+func runMaster(cfg *config.Config, load master.Loader) error {
 	log, logOut, err := logging.New(logging.Options{Level: cfg.LogLevel, Format: cfg.LogFormat, File: cfg.LogFile})
 	if err != nil {
 		return usageError(err)
 	}
 	defer logOut.Close()
-	m := master.New(masterOptions(cfg), log, logOut)
+	m := master.New(masterOptions(cfg), load, log, logOut)
 	err = m.Run()
 	var startErr *master.StartError
 	if errors.As(err, &startErr) {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/spf13/pflag"
+
 	"github.com/baton-pm/baton/internal/config"
 	"github.com/baton-pm/baton/internal/listener"
 	"github.com/baton-pm/baton/internal/master"
@@ -29,7 +31,23 @@ func masterOptions(cfg *config.Config) master.Options {
 		Env:             cfg.Env,
 		StopSignal:      cfg.StopSignal,
 		GracefulTimeout: cfg.GracefulTimeout,
+		Ready:           master.ReadyMode{Kind: master.ReadyKind(cfg.Ready.Mode), Delay: cfg.Ready.Delay},
+		BootTimeout:     cfg.BootTimeout,
+		Strategy:        master.Strategy(cfg.ReloadStrategy),
+		MaxSurge:        cfg.MaxSurge,
 		PidFile:         cfg.PIDFile,
 		Version:         version,
+	}
+}
+
+// reloadLoader re-reads the configuration exactly as at start: the same
+// file and flags (flags still override the file) and the same command.
+func reloadLoader(fs *pflag.FlagSet, command []string) master.Loader {
+	return func() (master.Options, error) {
+		cfg, err := config.Load(fs, command)
+		if err != nil {
+			return master.Options{}, err
+		}
+		return masterOptions(cfg), nil
 	}
 }

@@ -13,6 +13,7 @@ package proc
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"syscall"
@@ -36,14 +37,19 @@ type Spec struct {
 	Env  []string // complete environment, without LISTEN_PID (the shim adds it)
 	// Listeners are raw fds that become fds 3, 4, ... in the worker.
 	Listeners []int
-	// Stdout and Stderr are raw fds the worker writes to (usually 1 and 2).
-	Stdout, Stderr int
+	// Stdout is the raw fd the worker writes its stdout to (usually 1).
+	Stdout int
+	// Stderr receives the worker's stderr, through a pipe that keeps its
+	// last lines (see Tail).
+	Stderr io.Writer
 }
 
 // Process is a started worker.
 type Process struct {
 	Pid     int
 	Started time.Time
+	// Stderr holds the last lines the worker wrote to stderr.
+	Stderr *Tail
 }
 
 // devNull is opened once: workers read stdin from /dev/null, because a
@@ -64,7 +70,14 @@ func mustOpenDevNull() int {
 // thread that forked the child exits, not the process (golang/go#27505).
 func Start(spec Spec) (*Process, error) {
 	argv := append([]string{"baton", ShimArg, spec.Path}, spec.Args...)
-	files := []uintptr{uintptr(devNull), uintptr(spec.Stdout), uintptr(spec.Stderr)}
+	errRead, errWrite, err := stderrPipe()
+	if err != nil {
+		return nil, fmt.Errorf("start worker: stderr pipe: %w", err)
+	}
+	// The child has its own copy once forked; ours must go, or the tail
+	// would never see EOF.
+	defer errWrite.Close()
+	files := []uintptr{uintptr(devNull), uintptr(spec.Stdout), errWrite.Fd()}
 	for _, fd := range spec.Listeners {
 		files = append(files, uintptr(fd))
 	}
@@ -84,9 +97,10 @@ func Start(spec Spec) (*Process, error) {
 	}
 	pid, err := syscall.ForkExec(spec.Shim, argv, attr)
 	if err != nil {
+		errRead.Close()
 		return nil, fmt.Errorf("start worker %q: %w", spec.Path, err)
 	}
-	return &Process{Pid: pid, Started: time.Now()}, nil
+	return &Process{Pid: pid, Started: time.Now(), Stderr: newTail(errRead, spec.Stderr)}, nil
 }
 
 // SignalGroup sends sig to the worker's whole process group. A group that

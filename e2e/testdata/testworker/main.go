@@ -87,6 +87,10 @@ func main() {
 	// Signals first: a SIGTERM during boot must not kill us with the default action.
 	signals := watchSignals(opts.ignoreTerm)
 	start := recordStartState()
+	// Before taking the listeners, like an app's slow import: Go's poller
+	// registers a listener as soon as it is made, and baton's auto
+	// readiness would see that as ready.
+	time.Sleep(opts.bootDelay)
 
 	listeners, names := takeListeners()
 	if opts.spawnChild {
@@ -94,7 +98,6 @@ func main() {
 		// child holds no socket, only a place in our process group.
 		start.childPID = spawnSleep()
 	}
-	time.Sleep(opts.bootDelay)
 
 	w := &testWorker{start: start, fd3: listeners[0]}
 	servers, serveErr := w.serve(listeners, names)

@@ -1,0 +1,152 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// These checks look at the system, not at the text: they run on the merged
+// config only (see key.check).
+
+const noCommand = `no worker command: give it after "--" (baton run -- uvicorn --fd 3 app:app) or as command = [...] in the config file`
+
+// resolveCommand finds the program of c.Command as execvp(3) would in the
+// worker, and sets c.CommandPath to its absolute path: a program with a
+// slash is relative to the workers' directory, one without is searched in
+// the workers' PATH (env's PATH if it sets one, else baton's own).
+func resolveCommand(c *Config) error {
+	if len(c.Command) == 0 {
+		return errors.New(noCommand)
+	}
+	workdir, err := filepath.Abs(c.Chdir)
+	if err != nil || checkDir(c.Chdir) != nil {
+		return nil // chdir's own check reports it; nothing to resolve against
+	}
+	program := c.Command[0]
+	if strings.Contains(program, "/") {
+		c.CommandPath, err = resolvePath(program, workdir)
+	} else {
+		c.CommandPath, err = searchPath(program, workdir, c.Env)
+	}
+	return err
+}
+
+// resolvePath checks a program given with a slash.
+func resolvePath(program, workdir string) (string, error) {
+	path := program
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(workdir, path)
+	}
+	if err := checkExecutable(path); err != nil {
+		if path != program {
+			return "", fmt.Errorf("%q (%s) %v", program, path, err)
+		}
+		return "", fmt.Errorf("%q %v", program, err)
+	}
+	return path, nil
+}
+
+// searchPath looks for program in each directory of the workers' PATH. As
+// with execvp, a file that is there but not executable is passed over, and
+// reported only if no directory has an executable one; an empty entry is
+// the current directory, and relative ones are relative to workdir.
+func searchPath(program, workdir string, env map[string]string) (string, error) {
+	pathList, fromEnv := env["PATH"]
+	if !fromEnv {
+		pathList = os.Getenv("PATH")
+	}
+	var passedOver error
+	for _, dir := range filepath.SplitList(pathList) {
+		if !filepath.IsAbs(dir) {
+			dir = filepath.Join(workdir, dir)
+		}
+		path := filepath.Join(dir, program)
+		err := checkExecutable(path)
+		if err == nil {
+			return path, nil
+		}
+		if passedOver == nil && err != errMissing && err != errIsDir {
+			passedOver = fmt.Errorf("%q was found in PATH as %s, but it %v", program, path, err)
+		}
+	}
+	switch {
+	case passedOver != nil:
+		return "", passedOver
+	case fromEnv:
+		return "", fmt.Errorf("%q not found in PATH (env sets PATH=%q)", program, pathList)
+	}
+	return "", fmt.Errorf("%q not found in PATH", program)
+}
+
+// What checkExecutable says of files execvp passes over in silence.
+var (
+	errMissing = errors.New("does not exist")
+	errIsDir   = errors.New("is a directory")
+)
+
+// checkExecutable says why path cannot be executed, in words that follow
+// the path in a message: "does not exist", "is a directory", ...
+//
+// It looks at the permission bits, not at access(2) for baton's own user:
+// workers may run as another one.
+func checkExecutable(path string) error {
+	info, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return errMissing
+	case err != nil:
+		return fmt.Errorf("cannot be read: %w", unwrapPath(err))
+	case info.IsDir():
+		return errIsDir
+	case !info.Mode().IsRegular():
+		return fmt.Errorf("is not a regular file (mode %s)", info.Mode())
+	case info.Mode().Perm()&0o111 == 0:
+		return fmt.Errorf("is not executable (mode %s)", info.Mode())
+	}
+	return nil
+}
+
+// checkDir checks that dir, if set, is a directory.
+func checkDir(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	info, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("directory %q does not exist", dir)
+	case err != nil:
+		return fmt.Errorf("%q: %v", dir, unwrapPath(err))
+	case !info.IsDir():
+		return fmt.Errorf("%q is not a directory", dir)
+	}
+	return nil
+}
+
+// checkParentDir checks that a file baton will create, if set, can be:
+// its directory exists, and it is not a directory itself.
+func checkParentDir(path string) error {
+	if path == "" {
+		return nil
+	}
+	if info, err := os.Stat(path); err == nil && info.IsDir() {
+		return fmt.Errorf("%q is a directory", path)
+	}
+	if err := checkDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("cannot create %q: %v", path, err)
+	}
+	return nil
+}
+
+// unwrapPath drops the path from an *fs.PathError: messages name it already.
+func unwrapPath(err error) error {
+	var pathErr *fs.PathError
+	if errors.As(err, &pathErr) {
+		return pathErr.Err
+	}
+	return err
+}

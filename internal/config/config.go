@@ -1,0 +1,65 @@
+// Package config is baton's configuration model.
+//
+// A configuration comes from four layers, each overriding the one before:
+//
+//  1. the defaults,
+//  2. the TOML file named by -c/--config, whose keys are the long flag names
+//     with '_' for '-' (workers, graceful_timeout, ...),
+//  3. the flags given on the command line (only those actually given),
+//  4. the worker command given after "--", which replaces the file's command.
+//
+// Repeatable flags merge in their own way: --bind replaces the file's whole
+// list, --env adds to (or overrides entries of) the file's env table.
+//
+// One table, keys in keys.go, describes every setting once: its TOML key, its
+// flag, its default and the Config field it fills. RegisterFlags, Load and
+// TOML all walk that table, so a new setting is one entry there plus one field
+// in Config.
+//
+// Load checks everything and reports every problem it finds at once, as
+// Problems, each naming the file and line or the flag, the key, what was
+// expected and what was given. A Config returned by Load is valid: its fields
+// are already parsed (Binds, UnixMode, StopSignal, GracefulTimeout) and
+// resolved (CommandPath), so nothing downstream parses strings again.
+package config
+
+import (
+	"os"
+	"syscall"
+	"time"
+)
+
+// Config is the effective, checked configuration. The fields hold parsed
+// values; TOML writes them back in the file's syntax.
+type Config struct {
+	Binds    []Bind      // bind: the listeners, in order (fd 3, 4, ... in the workers)
+	Backlog  int         // backlog: listen(2) backlog of each socket
+	UnixMode os.FileMode // unix_mode: permission bits of unix sockets
+
+	Workers int      // workers: number of worker processes
+	Command []string // command: the worker command; Command[0] is the program as given
+	// CommandPath is Command[0] resolved as execvp(3) would, against Chdir
+	// and the workers' PATH: an absolute path to an executable file.
+	CommandPath string
+	Chdir       string            // chdir: workers' working directory; "" is baton's own
+	Env         map[string]string // env: added to baton's environment for workers; never nil
+
+	StopSignal      syscall.Signal // stop_signal: asks a worker to stop gracefully
+	GracefulTimeout time.Duration  // graceful_timeout: how long a stopping worker may take
+
+	Ready          Readiness     // ready: how a worker is seen to be ready
+	BootTimeout    time.Duration // boot_timeout: a reload fails if a new worker is not ready by then
+	ReloadStrategy string        // reload_strategy: "surge" or "rolling"
+	MaxSurge       int           // max_surge: rolling reloads' extra processes
+
+	PIDFile   string // pid: pidfile path, "" for none
+	LogLevel  string // log_level: "debug", "info", "warn" or "error"
+	LogFormat string // log_format: "text" or "json"
+	LogFile   string // log_file: "" for stderr
+
+	source string // the config file read, "" if none
+}
+
+// Source returns the path of the config file this Config was read from, as
+// given to -c, or "" if there was none. A reload reads it again.
+func (c *Config) Source() string { return c.source }

@@ -1,0 +1,161 @@
+package config
+
+import (
+	"strings"
+)
+
+// A key is one setting as the user writes it: in the file, as a flag, or
+// both. The keys table drives RegisterFlags, Load and TOML.
+type key struct {
+	name  string // TOML key; the flag is the same with '-' for '_'
+	short string // one-letter flag, or ""
+	flag  flagKind
+	// usage is the flag's --help line; the `quoted` word names its argument.
+	usage string
+	// def is the default, written as the flag's argument; "" for the field's
+	// zero value (an empty string, no env, no command).
+	def string
+	// setting binds the key to its field in c.
+	setting func(c *Config) setting
+	// check, if set, checks the effective value against the system (does the
+	// directory exist?) and fills fields derived from it; it runs once all
+	// layers are merged, so a bad value overridden by a flag is not reported.
+	check func(c *Config) error
+	// needs lists the keys check reads besides this one: a problem with
+	// any of them would make check's verdict wrong, so it is skipped.
+	needs []string
+}
+
+// flagKind says whether a key has a flag and how often it may be given.
+type flagKind int
+
+const (
+	flagOnce   flagKind = iota // --key VALUE; given twice, the last wins
+	flagRepeat                 // --key VALUE, as many times as wanted
+	flagNone                   // no flag: file only (or, for command, after "--")
+)
+
+// commandKey is the key the command after "--" sets.
+const commandKey = "command"
+
+var keys = []key{
+	{
+		name: "bind", short: "b", flag: flagRepeat, def: "127.0.0.1:8000",
+		usage:   "listen on `ADDR`: HOST:PORT, [V6]:PORT, :PORT, unix:PATH or fd://N, optionally NAME=ADDR; repeat for more (replaces the file's list)",
+		setting: func(c *Config) setting { return bindsSetting{&c.Binds} },
+	},
+	{
+		name: "backlog", def: "2048",
+		usage:   "listen backlog `N` of each socket",
+		setting: func(c *Config) setting { return intSetting(&c.Backlog, 1) },
+	},
+	{
+		name: "unix_mode", def: "0660",
+		usage:   "permission bits `MODE` (octal) of unix sockets",
+		setting: func(c *Config) setting { return modeSetting(&c.UnixMode) },
+	},
+	{
+		name: "workers", short: "w", def: "1",
+		usage:   "run `N` worker processes",
+		setting: func(c *Config) setting { return intSetting(&c.Workers, 1) },
+	},
+	{
+		name: commandKey, flag: flagNone,
+		setting: func(c *Config) setting { return commandSetting{&c.Command} },
+		check:   resolveCommand,
+		needs:   []string{"chdir", "env"},
+	},
+	{
+		name:    "chdir",
+		usage:   "run workers in `DIR` (default: baton's working directory)",
+		setting: func(c *Config) setting { return textSetting(&c.Chdir) },
+		check:   func(c *Config) error { return checkDir(c.Chdir) },
+	},
+	{
+		name: "env", short: "e", flag: flagRepeat,
+		usage:   "set `NAME=VALUE` in the workers' environment; repeat for more (adds to the file's env)",
+		setting: func(c *Config) setting { return envSetting{&c.Env} },
+	},
+	{
+		name: "stop_signal", def: "TERM",
+		usage:   "`SIGNAL` that asks a worker to stop gracefully: " + signalNames(),
+		setting: func(c *Config) setting { return signalSetting(&c.StopSignal) },
+	},
+	{
+		name: "graceful_timeout", def: "30s",
+		usage:   "how long a stopping worker may take before it is killed: a `DURATION` (1m30s) or seconds",
+		setting: func(c *Config) setting { return durationSetting(&c.GracefulTimeout) },
+	},
+	{
+		name: "ready", def: "auto",
+		usage:   "how baton sees a worker is ready: `MODE` auto (it waits on a listener), notify (READY=1 on NOTIFY_SOCKET) or delay:DURATION",
+		setting: func(c *Config) setting { return readySetting(&c.Ready) },
+	},
+	{
+		name: "boot_timeout", def: "60s",
+		usage:   "a reload fails if a new worker is not ready within `DURATION`",
+		setting: func(c *Config) setting { return durationSetting(&c.BootTimeout) },
+	},
+	{
+		name: "reload_strategy", def: "surge",
+		usage:   "`STRATEGY` of a reload: surge (start the whole new generation at once) or rolling (at most max_surge extra workers)",
+		setting: func(c *Config) setting { return choiceSetting(&c.ReloadStrategy, "surge", "rolling") },
+	},
+	{
+		name: "max_surge", def: "1",
+		usage:   "rolling reloads keep at most workers + `N` worker processes alive",
+		setting: func(c *Config) setting { return intSetting(&c.MaxSurge, 1) },
+	},
+	{
+		name:    "pid",
+		usage:   "write the master's pid to `FILE`",
+		setting: func(c *Config) setting { return textSetting(&c.PIDFile) },
+		check:   func(c *Config) error { return checkParentDir(c.PIDFile) },
+	},
+	{
+		name: "log_level", def: "info",
+		usage:   "log `LEVEL`: debug, info, warn or error",
+		setting: func(c *Config) setting { return choiceSetting(&c.LogLevel, "debug", "info", "warn", "error") },
+	},
+	{
+		name: "log_format", def: "text",
+		usage:   "log `FORMAT`: text or json",
+		setting: func(c *Config) setting { return choiceSetting(&c.LogFormat, "text", "json") },
+	},
+	{
+		name:    "log_file",
+		usage:   "write logs to `FILE` instead of stderr",
+		setting: func(c *Config) setting { return textSetting(&c.LogFile) },
+		check:   func(c *Config) error { return checkParentDir(c.LogFile) },
+	},
+}
+
+// flagName is the key's long flag, without "--".
+func (k *key) flagName() string { return strings.ReplaceAll(k.name, "_", "-") }
+
+// defaults is the key's default as flag values.
+func (k *key) defaults() []string {
+	if k.def == "" && k.flag != flagOnce {
+		return nil
+	}
+	return []string{k.def}
+}
+
+// lookupKey returns the key named name, or nil.
+func lookupKey(name string) *key {
+	for i := range keys {
+		if keys[i].name == name {
+			return &keys[i]
+		}
+	}
+	return nil
+}
+
+// keyNames lists every key, for suggestions.
+func keyNames() []string {
+	names := make([]string, len(keys))
+	for i, k := range keys {
+		names[i] = k.name
+	}
+	return names
+}

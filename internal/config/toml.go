@@ -1,0 +1,22 @@
+package config
+
+import (
+	"strings"
+)
+
+// TOML returns the configuration as a config file: every key, in the keys
+// table's order, with its effective value. Loading it gives an equal Config
+// (but for Source). Strings that are not UTF-8 cannot be written in TOML
+// and come out with U+FFFD in place of the bad bytes.
+func (c *Config) TOML() string {
+	var b strings.Builder
+	b.WriteString("# baton: effective configuration\n")
+	for i := range keys {
+		k := &keys[i]
+		b.WriteString(k.name)
+		b.WriteString(" = ")
+		b.WriteString(k.setting(c).toTOML())
+		b.WriteByte('\n')
+	}
+	return b.String()
+}

@@ -1,0 +1,225 @@
+package master
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+)
+
+// reload is a reload in progress: generation next is booting while old
+// keeps serving. Old workers are retired slot by slot as their successors
+// become ready; if any successor fails to boot, next is stopped and old is
+// brought back to full strength.
+//
+// A HUP during a reload is queued (several coalesce into one) and starts a
+// fresh reload, re-reading the config, once this one has ended either way:
+// superseding a half-done reload would leave two partial generations to
+// reconcile, and deploy tools send HUP after each step anyway.
+type reload struct {
+	old, next *generation
+	started   time.Time
+}
+
+// ReloadResult is how the last reload ended.
+type ReloadResult struct {
+	Generation int
+	OK         bool
+	Reason     string
+	Started    time.Time
+	Duration   time.Duration
+}
+
+func (m *Master) requestReload() {
+	if m.shutdown != running {
+		m.log.Warn("reload ignored: shutting down")
+		return
+	}
+	if m.reload != nil {
+		m.queued = true
+		m.log.Info("reload requested during a reload; it will start when this one ends",
+			"generation", m.reload.next.num)
+		return
+	}
+	m.startReload()
+}
+
+func (m *Master) startReload() {
+	started := time.Now()
+	opts, err := m.load()
+	if err != nil {
+		m.log.Error("reload failed: the configuration is invalid; still running the old one",
+			"problems", strings.Split(err.Error(), "\n"))
+		m.endReload(ReloadResult{OK: false, Reason: "invalid configuration: " + err.Error(), Started: started})
+		return
+	}
+	if reason := listenersChanged(m.opts, opts); reason != "" {
+		m.log.Error("reload failed: "+reason+"; still running the old configuration", "generation", m.current.num)
+		m.endReload(ReloadResult{OK: false, Reason: reason, Started: started})
+		return
+	}
+	// The pidfile belongs to the running master; a new path applies at the
+	// next start.
+	opts.PidFile, opts.Version = m.opts.PidFile, m.opts.Version
+	r := &reload{old: m.current, next: m.newGeneration(opts), started: started}
+	m.reload = r
+	m.log.Info("reload started", "generation", r.next.num, "workers", r.next.size,
+		"strategy", string(opts.Strategy), "ready", opts.Ready.String(), "command", strings.Join(opts.Command, " "))
+	m.advanceReload()
+}
+
+// listenersChanged explains why a new config cannot be applied by a reload:
+// listeners are opened once, so changing them needs a restart or an upgrade.
+func listenersChanged(old, new Options) string {
+	if reflect.DeepEqual(old.Listeners, new.Listeners) {
+		return ""
+	}
+	return fmt.Sprintf("bind, backlog or unix_mode changed (%s -> %s): listeners cannot change on reload; restart baton to apply",
+		describeBinds(old), describeBinds(new))
+}
+
+func describeBinds(o Options) string {
+	parts := make([]string, len(o.Listeners))
+	for i, l := range o.Listeners {
+		parts[i] = l.Name + "=" + l.Network + ":" + l.Address
+		if l.Network == "fd" {
+			parts[i] = fmt.Sprintf("%s=fd://%d", l.Name, l.FD)
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// advanceReload moves the reload in progress on after any event: hands
+// slots over to ready new workers, finishes when all are ready, and starts
+// as many new workers as the strategy allows.
+func (m *Master) advanceReload() {
+	r := m.reload
+	if r == nil || m.shutdown != running {
+		return
+	}
+	for id, s := range r.next.slots {
+		if s.worker != nil && s.worker.state == ready {
+			m.handOver(r.old, id)
+		}
+	}
+	if r.next.allReady() {
+		m.completeReload()
+		return
+	}
+	for id := 1; id <= r.next.size && len(m.workers) < m.processLimit(r); id++ {
+		if _, started := r.next.slots[id]; started {
+			continue
+		}
+		m.spawn(r.next.slot(id))
+		if m.reload != r {
+			return // the spawn failed the reload
+		}
+	}
+}
+
+// processLimit is how many worker processes, draining ones included, may
+// be alive during r.
+func (m *Master) processLimit(r *reload) int {
+	if r.next.opts.Strategy != Rolling {
+		return int(^uint(0) >> 1)
+	}
+	return max(r.old.size, r.next.size) + r.next.opts.MaxSurge
+}
+
+func (g *generation) allReady() bool {
+	for id := 1; id <= g.size; id++ {
+		s := g.slots[id]
+		if s == nil || s.worker == nil || s.worker.state != ready {
+			return false
+		}
+	}
+	return true
+}
+
+// handOver retires the old generation's worker in slot id, whose successor
+// is ready.
+func (m *Master) handOver(old *generation, id int) {
+	s := old.slots[id]
+	if s == nil || s.handedOver {
+		return
+	}
+	s.handedOver, s.pending = true, false
+	if s.worker != nil {
+		m.retire(s.worker)
+	}
+}
+
+func (m *Master) completeReload() {
+	r := m.reload
+	for id := range r.old.slots {
+		m.handOver(r.old, id)
+	}
+	m.current, m.opts, m.reload = r.next, r.next.opts, nil
+	d := time.Since(r.started)
+	m.log.Info("reload succeeded", "generation", r.next.num, "workers", r.next.size,
+		"duration", d.Round(time.Millisecond).String())
+	m.endReload(ReloadResult{Generation: r.next.num, OK: true, Started: r.started})
+}
+
+// failReload stops the new generation and brings the old one back to full
+// strength. culprit is the worker that failed, if any; its last stderr
+// lines are logged once its stderr has drained.
+func (m *Master) failReload(culprit *worker, reason string) {
+	r := m.reload
+	if r == nil {
+		return
+	}
+	m.reload = nil
+	for _, s := range r.next.slots {
+		s.pending = false
+		if s.worker != nil {
+			m.retire(s.worker)
+		}
+	}
+	for _, s := range r.old.slots {
+		if s.handedOver {
+			s.handedOver = false
+			m.spawn(s)
+		}
+	}
+	result := ReloadResult{Generation: r.next.num, OK: false, Started: r.started}
+	if culprit != nil {
+		result.Reason = fmt.Sprintf("worker in slot %d (pid %d) %s", culprit.slot, culprit.proc.Pid, reason)
+		m.logReloadFailure(r, culprit, result.Reason)
+	} else {
+		result.Reason = reason
+		m.log.Error("reload failed; the old generation keeps serving", "generation", r.next.num,
+			"reason", reason, "serving_generation", r.old.num)
+	}
+	m.endReload(result)
+}
+
+// logReloadFailure logs the failure with the culprit's last stderr lines,
+// waiting (off the master's goroutine, at most half a second) for the pipe
+// to drain so the lines are complete.
+func (m *Master) logReloadFailure(r *reload, culprit *worker, reason string) {
+	tail := culprit.proc.Stderr
+	d := time.Since(r.started).Round(time.Millisecond).String()
+	go func() {
+		select {
+		case <-tail.Wait():
+		case <-time.After(500 * time.Millisecond):
+		}
+		lines := tail.Lines(stderrLines)
+		m.post(func() {
+			m.log.Error("reload failed; the old generation keeps serving", "generation", r.next.num,
+				"reason", reason, "serving_generation", r.old.num, "duration", d, "stderr", lines)
+		})
+	}()
+}
+
+// endReload records the result and starts a queued reload.
+func (m *Master) endReload(res ReloadResult) {
+	res.Duration = time.Since(res.Started)
+	m.lastReload = &res
+	if m.queued && m.shutdown == running {
+		m.queued = false
+		m.log.Info("starting the reload that was queued")
+		m.startReload()
+	}
+}

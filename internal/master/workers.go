@@ -1,0 +1,380 @@
+package master
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/baton-pm/baton/internal/proc"
+	"github.com/baton-pm/baton/internal/sdnotify"
+)
+
+const (
+	// A worker that lived this long before crashing starts its slot's
+	// backoff from the beginning again.
+	backoffReset = 10 * time.Second
+	backoffFirst = 100 * time.Millisecond
+	backoffMax   = 30 * time.Second
+	// autoProbeInterval is how often /proc is looked at while a worker
+	// boots in ready = "auto" mode; it only delays a reload's hand-over.
+	autoProbeInterval = 25 * time.Millisecond
+	// stderrLines is how much of a failed worker's stderr is reported.
+	stderrLines = 10
+)
+
+// generation is the workers started from one configuration snapshot.
+type generation struct {
+	num   int
+	opts  Options
+	size  int           // how many slots it should have
+	slots map[int]*slot // by slot number, 1..size
+}
+
+// slot is a numbered place for one worker; a crashed worker is replaced in
+// its own slot, so BATON_WORKER_ID stays stable.
+type slot struct {
+	id       int
+	gen      *generation
+	worker   *worker
+	failures int  // crashes in a row, for the backoff
+	pending  bool // a restart is scheduled
+	// handedOver: during a reload, the new generation's worker in this
+	// slot is ready, so this one was retired and is not replaced.
+	handedOver bool
+}
+
+type workerState int
+
+const (
+	starting workerState = iota
+	ready
+	draining
+)
+
+func (s workerState) String() string {
+	return [...]string{"starting", "ready", "draining"}[s]
+}
+
+type worker struct {
+	proc   *proc.Process
+	gen    *generation
+	slot   int
+	state  workerState
+	notify *sdnotify.Socket
+	status string // the last STATUS= it sent
+	ready  time.Duration
+}
+
+func (w *worker) closeNotify() {
+	if w.notify != nil {
+		w.notify.Close()
+	}
+}
+
+func (m *Master) newGeneration(opts Options) *generation {
+	m.lastGen++
+	return &generation{num: m.lastGen, opts: opts, size: opts.Workers, slots: map[int]*slot{}}
+}
+
+// fill starts a worker in every slot of g that has none.
+func (g *generation) fill(m *Master) {
+	for id := 1; id <= g.size; id++ {
+		m.spawn(g.slot(id))
+	}
+}
+
+// slot returns g's slot id, creating it when needed.
+func (g *generation) slot(id int) *slot {
+	s, ok := g.slots[id]
+	if !ok {
+		s = &slot{id: id, gen: g}
+		g.slots[id] = s
+	}
+	return s
+}
+
+// spawn starts a worker in s with its generation's options. A failure to
+// fork is treated like a crash, so the slot's backoff applies.
+func (m *Master) spawn(s *slot) {
+	s.pending = false
+	notify, err := sdnotify.Listen("baton-notify")
+	if err != nil {
+		m.log.Error("cannot open a notify socket for a worker", "slot", s.id, "err", err)
+		m.scheduleRestart(s)
+		return
+	}
+	p, err := proc.Start(m.workerSpec(s, notify.Addr()))
+	if err != nil {
+		notify.Close()
+		m.log.Error("cannot start worker", "slot", s.id, "err", err)
+		m.failBoot(s, nil, err.Error())
+		return
+	}
+	w := &worker{proc: p, gen: s.gen, slot: s.id, notify: notify}
+	s.worker = w
+	m.workers[p.Pid] = w
+	m.log.Info("worker started", "slot", s.id, "pid", p.Pid, "generation", s.gen.num)
+	m.watchReadiness(w)
+}
+
+func (m *Master) workerSpec(s *slot, notifyAddr string) proc.Spec {
+	fds := make([]int, len(m.listeners))
+	for i, l := range m.listeners {
+		fds[i] = l.FD()
+	}
+	opts := s.gen.opts
+	return proc.Spec{
+		Shim:      "/proc/self/exe",
+		Path:      opts.CommandPath,
+		Args:      opts.Command,
+		Dir:       opts.Dir,
+		Env:       m.workerEnv(s, notifyAddr),
+		Listeners: fds,
+		Stdout:    1,
+		Stderr:    os.Stderr,
+	}
+}
+
+// reservedEnv are variables baton sets for each worker; inherited values
+// (say, systemd's own NOTIFY_SOCKET) must never reach a worker, or a
+// worker's STOPPING=1 would stop the whole service.
+var reservedEnv = map[string]bool{
+	"LISTEN_PID": true, "LISTEN_FDS": true, "LISTEN_FDNAMES": true, "NOTIFY_SOCKET": true,
+	"WATCHDOG_USEC": true, "WATCHDOG_PID": true, "BATON_WORKER_ID": true, "BATON_GENERATION": true,
+}
+
+func (m *Master) workerEnv(s *slot, notifyAddr string) []string {
+	extra := s.gen.opts.Env
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if _, overridden := extra[name]; reservedEnv[name] || overridden {
+			continue
+		}
+		env = append(env, kv)
+	}
+	for k, v := range extra {
+		env = append(env, k+"="+v)
+	}
+	names := make([]string, len(m.listeners))
+	for i, l := range m.listeners {
+		names[i] = l.Name
+	}
+	return append(env,
+		"LISTEN_FDS="+strconv.Itoa(len(m.listeners)),
+		"LISTEN_FDNAMES="+strings.Join(names, ":"),
+		"NOTIFY_SOCKET="+notifyAddr,
+		"BATON_WORKER_ID="+strconv.Itoa(s.id),
+		"BATON_GENERATION="+strconv.Itoa(s.gen.num),
+	)
+}
+
+// watchReadiness starts whatever tells that w is ready: its notify socket
+// always (READY=1 counts in every mode), plus the /proc probe or the delay,
+// and the boot timeout.
+func (m *Master) watchReadiness(w *worker) {
+	go w.notify.Receive(
+		func(msg sdnotify.Message) { m.post(func() { m.onNotify(w, msg) }) },
+		func(msg sdnotify.Message) {
+			m.post(func() {
+				m.log.Warn("ignored a notify message from a foreign uid", "slot", w.slot, "sender_pid", msg.Pid, "uid", msg.Uid)
+			})
+		})
+	switch mode := w.gen.opts.Ready; mode.Kind {
+	case ReadyAuto:
+		go m.probeUntilReady(w)
+	case ReadyDelay:
+		m.after(mode.Delay, func() { m.markReady(w, "delay") })
+	}
+	m.after(w.gen.opts.BootTimeout, func() { m.onBootTimeout(w) })
+}
+
+// probeUntilReady polls /proc until w waits on a listener or stops booting.
+// It runs on its own goroutine and only reads w.proc.Pid, which never
+// changes; whether w still boots is asked of the master's goroutine.
+func (m *Master) probeUntilReady(w *worker) {
+	booting := make(chan bool, 1)
+	for {
+		select {
+		case <-m.quit:
+			return
+		case <-time.After(autoProbeInterval):
+		}
+		m.post(func() { booting <- m.workers[w.proc.Pid] == w && w.state == starting })
+		select {
+		case still := <-booting:
+			if !still {
+				return
+			}
+		case <-m.quit:
+			return
+		}
+		if m.probe.Waiting(w.proc.Pid) {
+			m.post(func() { m.markReady(w, "auto") })
+			return
+		}
+	}
+}
+
+func (m *Master) onNotify(w *worker, msg sdnotify.Message) {
+	if m.workers[w.proc.Pid] != w {
+		return
+	}
+	if status, ok := msg.Status(); ok {
+		w.status = status
+	}
+	if msg.Ready() {
+		m.markReady(w, "notify")
+	}
+}
+
+// markReady moves a booting worker to ready and lets a reload go on.
+func (m *Master) markReady(w *worker, how string) {
+	if m.workers[w.proc.Pid] != w || w.state != starting {
+		return
+	}
+	w.state = ready
+	w.ready = time.Since(w.proc.Started)
+	m.log.Info("worker ready", "slot", w.slot, "pid", w.proc.Pid, "generation", w.gen.num,
+		"boot_time", w.ready.Round(time.Millisecond).String(), "seen_by", how)
+	if s := w.gen.slots[w.slot]; s != nil && s.worker == w {
+		s.failures = 0
+	}
+	m.advanceReload()
+}
+
+func (m *Master) onBootTimeout(w *worker) {
+	if m.workers[w.proc.Pid] != w || w.state != starting {
+		return
+	}
+	reason := "not ready within boot_timeout (" + w.gen.opts.BootTimeout.String() + ")"
+	if m.isNew(w.gen) {
+		m.failReload(w, reason)
+		return
+	}
+	m.log.Warn("worker "+reason+"; it keeps running, but check the ready setting",
+		"slot", w.slot, "pid", w.proc.Pid, "ready", w.gen.opts.Ready.String())
+}
+
+// onExit handles one reaped child.
+func (m *Master) onExit(e proc.Exit) {
+	w, ok := m.workers[e.Pid]
+	if !ok {
+		m.log.Debug("reaped a process that is not a worker", "pid", e.Pid, "status", proc.Describe(e.Status))
+		return
+	}
+	delete(m.workers, e.Pid)
+	w.closeNotify()
+	// Whatever the worker left behind in its group would hold the
+	// listeners with nobody to stop it.
+	_ = w.proc.SignalGroup(syscall.SIGKILL)
+	lived := time.Since(w.proc.Started)
+	expected := w.state == draining
+	level := slog.LevelWarn
+	if expected {
+		level = slog.LevelInfo
+	}
+	status := proc.Describe(e.Status)
+	m.log.Log(context.Background(), level, "worker exited", "slot", w.slot, "pid", e.Pid, "generation", w.gen.num,
+		"status", status, "uptime", lived.Round(time.Millisecond).String(), "expected", expected)
+	if e.Status.Exited() && (e.Status.ExitStatus() == 126 || e.Status.ExitStatus() == 127) && !expected {
+		m.log.Error("the worker command could not be executed; check that it exists and is executable",
+			"path", w.gen.opts.CommandPath)
+	}
+	if !expected {
+		m.onCrash(w, lived, status)
+	}
+	m.advanceReload()
+}
+
+// onCrash handles a worker that exited without being asked to.
+func (m *Master) onCrash(w *worker, lived time.Duration, status string) {
+	s := w.gen.slots[w.slot]
+	if m.shutdown != running || s == nil || s.worker != w {
+		return
+	}
+	s.worker = nil
+	if w.state == starting && m.isNew(w.gen) {
+		m.failReload(w, "exited during boot: "+status)
+		return
+	}
+	if lived >= backoffReset {
+		s.failures = 0
+	}
+	m.scheduleRestart(s)
+}
+
+// failBoot handles a worker that could not even be started.
+func (m *Master) failBoot(s *slot, w *worker, reason string) {
+	if m.isNew(s.gen) {
+		m.failReload(w, "cannot start: "+reason)
+		return
+	}
+	m.scheduleRestart(s)
+}
+
+// scheduleRestart replaces a slot's worker after its backoff delay.
+func (m *Master) scheduleRestart(s *slot) {
+	s.failures++
+	delay := backoff(s.failures)
+	s.pending = true
+	level := slog.LevelInfo
+	if s.failures > 1 {
+		level = slog.LevelWarn
+	}
+	m.log.Log(context.Background(), level, "restarting worker", "slot", s.id, "generation", s.gen.num,
+		"delay", delay.String(), "failures", s.failures)
+	m.after(delay, func() {
+		if m.shutdown != running || !s.pending || s.handedOver || s.gen.slots[s.id] != s || !m.isLive(s.gen) {
+			return
+		}
+		m.spawn(s)
+	})
+}
+
+// backoff is 100 ms for the first crash in a row, doubling up to 30 s.
+func backoff(failures int) time.Duration {
+	d := backoffFirst
+	for i := 1; i < failures && d < backoffMax; i++ {
+		d *= 2
+	}
+	return min(d, backoffMax)
+}
+
+// retire asks a worker to stop and kills its group if it has not exited
+// within its generation's graceful timeout.
+func (m *Master) retire(w *worker) {
+	if w.state == draining {
+		return
+	}
+	w.state = draining
+	m.signalWorker(w, w.gen.opts.StopSignal)
+	timeout := w.gen.opts.GracefulTimeout
+	m.after(timeout, func() {
+		if m.workers[w.proc.Pid] == w {
+			m.log.Warn("worker did not stop within graceful_timeout; killing it",
+				"slot", w.slot, "pid", w.proc.Pid, "graceful_timeout", timeout.String())
+			m.signalWorker(w, syscall.SIGKILL)
+		}
+	})
+}
+
+func (m *Master) signalWorker(w *worker, sig syscall.Signal) {
+	if err := w.proc.SignalGroup(sig); err != nil {
+		m.log.Warn("cannot signal worker", "pid", w.proc.Pid, "signal", proc.SignalName(sig), "err", err)
+	}
+}
+
+// isLive reports whether g is the current generation or the one a reload
+// is bringing up; workers of any other generation are on their way out.
+func (m *Master) isLive(g *generation) bool {
+	return g == m.current || m.isNew(g)
+}
+
+func (m *Master) isNew(g *generation) bool {
+	return m.reload != nil && m.reload.next == g
+}
