@@ -94,8 +94,8 @@ type Master struct {
 	queued  bool    // a HUP arrived during a reload: reload again after it
 	// lastReload is how the last reload ended, nil before the first.
 	lastReload *ReloadResult
-	lastGen int
-	workers map[int]*worker // every live worker process, of any generation, by pid
+	lastGen    int
+	workers    map[int]*worker // every live worker process, of any generation, by pid
 
 	shutdown shutdownMode
 	events   chan func()
