@@ -29,6 +29,7 @@ func masterOptions(cfg *config.Config) master.Options {
 		CommandPath:     cfg.CommandPath,
 		Dir:             cfg.Chdir,
 		Env:             cfg.Env,
+		ListenEnv:       cfg.ListenEnv,
 		StopSignal:      cfg.StopSignal,
 		GracefulTimeout: cfg.GracefulTimeout,
 		Ready:           master.ReadyMode{Kind: master.ReadyKind(cfg.Ready.Mode), Delay: cfg.Ready.Delay},

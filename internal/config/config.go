@@ -43,6 +43,7 @@ type Config struct {
 	CommandPath string
 	Chdir       string            // chdir: workers' working directory; "" is baton's own
 	Env         map[string]string // env: added to baton's environment for workers; never nil
+	ListenEnv   bool              // listen_env: set LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES for workers
 
 	StopSignal      syscall.Signal // stop_signal: asks a worker to stop gracefully
 	GracefulTimeout time.Duration  // graceful_timeout: how long a stopping worker may take

@@ -22,6 +22,7 @@ func defaults(command ...string) *Config {
 		Command:         command,
 		CommandPath:     command[0],
 		Env:             map[string]string{},
+		ListenEnv:       true,
 		StopSignal:      syscall.SIGTERM,
 		GracefulTimeout: 30 * time.Second,
 		Ready:           Readiness{Mode: "auto"},
@@ -71,6 +72,7 @@ command = ["./app", "--fd", "3"]
 chdir = %[1]q
 graceful_timeout = 90
 stop_signal = "sigquit"
+listen_env = false
 ready = "delay:2s"
 reload_strategy = "rolling"
 max_surge = 2
@@ -94,6 +96,7 @@ DATABASE_URL = "postgres://db/app"
 		CommandPath:     d.app(),
 		Chdir:           d.path,
 		Env:             map[string]string{"DATABASE_URL": "postgres://db/app"},
+		ListenEnv:       false,
 		StopSignal:      syscall.SIGQUIT,
 		GracefulTimeout: 90 * time.Second,
 		Ready:           Readiness{Mode: "delay", Delay: 2 * time.Second},
@@ -713,6 +716,7 @@ workers = 1
 command = ["/usr/bin/uvicorn", "--fd", "3", "app:app"]
 chdir = ""
 env = { A = "1", B = "2" }
+listen_env = true
 stop_signal = "TERM"
 graceful_timeout = "30s"
 ready = "auto"
@@ -860,5 +864,23 @@ func TestBadReloadSettingsAreReportedTogether(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("problems lack %q:\n%s", want, got)
 		}
+	}
+}
+
+func TestListenEnvFlagForms(t *testing.T) {
+	t.Parallel()
+	d := newTestDir(t)
+	for args, want := range map[string]bool{"": true, "--listen-env": true, "--listen-env=false": false, "--listen-env=0": false} {
+		var argv []string
+		if args != "" {
+			argv = []string{args}
+		}
+		if got := d.mustLoad(argv, d.app()).ListenEnv; got != want {
+			t.Errorf("%q: ListenEnv = %v, want %v", args, got, want)
+		}
+	}
+	got := strings.Join(d.problems([]string{"--listen-env=maybe"}, d.app()), "\n")
+	if !strings.Contains(got, `--listen-env: expected true or false, got "maybe"`) {
+		t.Errorf("problems = %s", got)
 	}
 }

@@ -17,6 +17,9 @@ type key struct {
 	def string
 	// setting binds the key to its field in c.
 	setting func(c *Config) setting
+	// boolean keys' flags may be given without a value: --listen-env means
+	// --listen-env=true.
+	boolean bool
 	// check, if set, checks the effective value against the system (does the
 	// directory exist?) and fills fields derived from it; it runs once all
 	// layers are merged, so a bad value overridden by a flag is not reported.
@@ -75,6 +78,11 @@ var keys = []key{
 		name: "env", short: "e", flag: flagRepeat,
 		usage:   "set `NAME=VALUE` in the workers' environment; repeat for more (adds to the file's env)",
 		setting: func(c *Config) setting { return envSetting{&c.Env} },
+	},
+	{
+		name: "listen_env", def: "true", boolean: true,
+		usage:   "set LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES for workers; false for an app that takes the fds from its own flags and would take them twice (gunicorn 20 with --bind fd://3)",
+		setting: func(c *Config) setting { return boolSetting(&c.ListenEnv) },
 	},
 	{
 		name: "stop_signal", def: "TERM",

@@ -28,6 +28,9 @@ func RegisterFlags(fs *pflag.FlagSet) {
 		v := &flagValue{repeat: k.flag == flagRepeat}
 		f := fs.VarPF(v, k.flagName(), k.short, k.usage)
 		f.DefValue = k.def // for --help; Load applies defaults itself
+		if k.boolean {
+			f.NoOptDefVal = "true"
+		}
 	}
 }
 

@@ -157,6 +157,30 @@ func choiceSetting(p *string, choices ...string) setting {
 	}
 }
 
+// boolSetting is true or false (flags also take 1/0, yes/no).
+func boolSetting(p *bool) setting {
+	return scalar[bool]{
+		field: p,
+		parse: func(s string) (bool, error) {
+			switch strings.ToLower(s) {
+			case "true", "1", "yes":
+				return true, nil
+			case "false", "0", "no":
+				return false, nil
+			}
+			return false, fmt.Errorf("expected true or false, got %q", s)
+		},
+		decode: func(v any) (bool, error) {
+			b, ok := v.(bool)
+			if !ok {
+				return false, expected("true or false", v)
+			}
+			return b, nil
+		},
+		format: strconv.FormatBool,
+	}
+}
+
 // durationSetting is a duration ≥ 0, given as a Go duration ("1m30s") or,
 // like Gunicorn's timeouts, as a number of seconds (30, 1.5).
 func durationSetting(p *time.Duration) setting {

@@ -28,12 +28,15 @@ import (
 // Options is everything the master needs to run one generation; cmd/baton
 // builds it from the configuration, at start and again on every reload.
 type Options struct {
-	Listeners       []listener.Spec
-	Workers         int
-	Command         []string // argv of the worker command
-	CommandPath     string   // Command[0] resolved to an executable
-	Dir             string
-	Env             map[string]string
+	Listeners   []listener.Spec
+	Workers     int
+	Command     []string // argv of the worker command
+	CommandPath string   // Command[0] resolved to an executable
+	Dir         string
+	Env         map[string]string
+	// ListenEnv sets LISTEN_FDS and LISTEN_FDNAMES (and so, via the shim,
+	// LISTEN_PID); the fds themselves are passed either way.
+	ListenEnv       bool
 	StopSignal      syscall.Signal
 	GracefulTimeout time.Duration
 	Ready           ReadyMode

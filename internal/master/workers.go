@@ -160,22 +160,25 @@ func (m *Master) workerEnv(s *slot, notifyAddr string) []string {
 	for k, v := range extra {
 		env = append(env, k+"="+v)
 	}
-	names := make([]string, len(m.listeners))
-	for i, l := range m.listeners {
-		names[i] = l.Name
+	if s.gen.opts.ListenEnv {
+		names := make([]string, len(m.listeners))
+		for i, l := range m.listeners {
+			names[i] = l.Name
+		}
+		env = append(env,
+			"LISTEN_FDS="+strconv.Itoa(len(m.listeners)),
+			"LISTEN_FDNAMES="+strings.Join(names, ":"))
 	}
 	return append(env,
-		"LISTEN_FDS="+strconv.Itoa(len(m.listeners)),
-		"LISTEN_FDNAMES="+strings.Join(names, ":"),
 		"NOTIFY_SOCKET="+notifyAddr,
 		"BATON_WORKER_ID="+strconv.Itoa(s.id),
 		"BATON_GENERATION="+strconv.Itoa(s.gen.num),
 	)
 }
 
-// watchReadiness starts whatever tells that w is ready: its notify socket
-// always (READY=1 counts in every mode), plus the /proc probe or the delay,
-// and the boot timeout.
+// watchReadiness starts whatever tells that w is ready: READY=1 on its
+// notify socket, the /proc probe or the delay, by mode (the socket is read
+// in every mode, for STATUS=); and the boot timeout.
 func (m *Master) watchReadiness(w *worker) {
 	go w.notify.Receive(
 		func(msg sdnotify.Message) { m.post(func() { m.onNotify(w, msg) }) },
@@ -227,7 +230,10 @@ func (m *Master) onNotify(w *worker, msg sdnotify.Message) {
 	if status, ok := msg.Status(); ok {
 		w.status = status
 	}
-	if msg.Ready() {
+	// Only in notify mode: gunicorn's arbiter, for one, sends READY=1
+	// before its workers have imported the app, so in auto mode the probe
+	// alone decides.
+	if msg.Ready() && w.gen.opts.Ready.Kind == ReadyNotify {
 		m.markReady(w, "notify")
 	}
 }
