@@ -108,12 +108,13 @@ sharing one port. Every run flag works here too.`,
 }
 
 func printDemoHints(cfg *config.Config) {
-	addr := cfg.Binds[0].Raw
+	addr := cfg.Binds[0].Address
 	fmt.Fprintf(os.Stderr, `baton demo: master pid %d, %d workers. Try, from another terminal:
-  curl http://%s/          (run it a few times: different workers answer)
-  kill -TTIN %d            (one worker more; -TTOU one fewer)
-  kill -TERM %d            (graceful shutdown; or press Ctrl-C)
-`, os.Getpid(), cfg.Workers, strings.TrimPrefix(addr, "tcp://"), os.Getpid(), os.Getpid())
+  curl http://%[3]s/          (run it a few times: different workers answer)
+  kill -HUP %[1]d            (reload: a new generation takes over once it is ready)
+  kill -TTIN %[1]d           (one worker more; -TTOU one fewer)
+  kill -TERM %[1]d           (graceful shutdown; or press Ctrl-C)
+`, os.Getpid(), cfg.Workers, addr)
 }
 
 func newVersionCommand() *cobra.Command {

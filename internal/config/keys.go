@@ -81,7 +81,7 @@ var keys = []key{
 	},
 	{
 		name: "listen_env", def: "true", boolean: true,
-		usage:   "set LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES for workers; false for an app that takes the fds from its own flags and would take them twice (gunicorn 20 with --bind fd://3)",
+		usage:   "`BOOL`: set LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES for workers; false for an app that takes the fds from its own flags and would take them twice (gunicorn 20 with --bind fd://3)",
 		setting: func(c *Config) setting { return boolSetting(&c.ListenEnv) },
 	},
 	{
@@ -96,7 +96,7 @@ var keys = []key{
 	},
 	{
 		name: "ready", def: "auto",
-		usage:   "how baton sees a worker is ready: `MODE` auto (it waits on a listener), notify (READY=1 on NOTIFY_SOCKET) or delay:DURATION",
+		usage:   "readiness `MODE`: auto (seen waiting on a listener), notify (sends READY=1 to NOTIFY_SOCKET) or delay:DURATION",
 		setting: func(c *Config) setting { return readySetting(&c.Ready) },
 	},
 	{
