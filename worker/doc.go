@@ -17,20 +17,14 @@
 //		if err != nil {
 //			log.Fatal(err)
 //		}
-//		srv := &http.Server{Handler: http.HandlerFunc(hello)}
-//		for _, l := range listeners {
-//			go srv.Serve(l)
-//		}
-//		worker.Ready()
-//
 //		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 //		defer stop()
-//		<-ctx.Done()
-//
-//		worker.Stopping()
-//		shutdownCtx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
-//		defer cancel()
-//		srv.Shutdown(shutdownCtx) // waits for in-flight requests
+//		worker.Ready()
+//		srv := &http.Server{Handler: http.HandlerFunc(hello)}
+//		// Serves until SIGTERM, then drains without dropping a request.
+//		if err := worker.ServeHTTP(ctx, srv, listeners); err != nil {
+//			log.Fatal(err)
+//		}
 //	}
 //
 // Every function is safe to call when the program was not started by baton or

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/baton-pm/baton/worker"
 )
@@ -24,31 +23,20 @@ func Example() {
 		log.Fatal("no inherited listeners: start me with baton run")
 	}
 
+	// Catch SIGTERM before saying ready, so an early stop is not lost.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	worker.Ready()
+
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(w, "hello from worker %d (pid %d)\n", worker.WorkerID(), os.Getpid())
 		}),
 	}
-	serveErr := make(chan error, len(listeners))
-	for _, l := range listeners {
-		go func() { serveErr <- srv.Serve(l) }()
-	}
-	worker.Ready()
-
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, syscall.SIGTERM)
-	select {
-	case <-stop:
-	case err := <-serveErr:
+	// Serve until SIGTERM, then stop accepting and finish every request
+	// already accepted; baton sends SIGKILL once its graceful_timeout runs
+	// out.
+	if err := worker.ServeHTTP(ctx, srv, listeners); err != nil {
 		log.Fatal(err)
-	}
-
-	// Stop accepting, finish what is in flight, but not forever: baton sends
-	// SIGKILL once its graceful timeout runs out.
-	worker.Stopping()
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
-		log.Printf("shutdown: %v", err)
 	}
 }

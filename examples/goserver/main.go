@@ -20,10 +20,6 @@ import (
 	"github.com/baton-pm/baton/worker"
 )
 
-// drainTimeout bounds how long SIGTERM waits for in-flight requests. Keep it
-// below baton's graceful timeout, after which baton sends SIGKILL.
-const drainTimeout = 25 * time.Second
-
 func main() {
 	if err := run(); err != nil {
 		log.Fatalf("goserver: %v", err)
@@ -53,31 +49,20 @@ func run() error {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       60 * time.Second,
 	}
-	serveErr := make(chan error, len(listeners))
-	for _, l := range listeners {
-		go func() { serveErr <- srv.Serve(l) }()
-	}
-
-	// Every listener is being served: baton may now retire the old workers.
+	// Ready before serving is fine: the sockets already queue connections.
 	if err := worker.Ready(); err != nil {
 		log.Printf("goserver: telling baton we are ready: %v", err)
 	}
 	log.Printf("goserver: worker %d (pid %d, generation %d) serving on %d listener(s)",
 		worker.WorkerID(), os.Getpid(), worker.Generation(), len(listeners))
 
-	select {
-	case <-ctx.Done():
-	case err := <-serveErr:
-		return err
-	}
-
-	log.Printf("goserver: worker %d draining", worker.WorkerID())
-	worker.Stopping()
-	drainCtx, cancel := context.WithTimeout(context.Background(), drainTimeout)
-	defer cancel()
-	// Shutdown closes the listeners (our copies only: the other workers and
-	// baton keep theirs), then waits for active requests to complete.
-	return srv.Shutdown(drainCtx)
+	// ServeHTTP serves until SIGTERM, then stops accepting and lets every
+	// accepted request finish; unlike srv.Shutdown alone it drops no request
+	// that arrived just before the signal (golang/go#75591). baton bounds
+	// the drain with its graceful_timeout.
+	err = worker.ServeHTTP(ctx, srv, listeners)
+	log.Printf("goserver: worker %d stopped", worker.WorkerID())
+	return err
 }
 
 func hello(w http.ResponseWriter, r *http.Request) {

@@ -8,19 +8,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/baton-pm/baton/worker"
 )
-
-// shutdownTimeout caps the drain on SIGTERM so that a stuck client cannot hold
-// the worker forever; it is meant to stay below baton's graceful timeout.
-const shutdownTimeout = 25 * time.Second
 
 // Run serves the demo until SIGTERM or SIGINT, then shuts down gracefully and
 // returns nil. It fails when the process was not started by baton.
@@ -32,51 +26,18 @@ func Run() error {
 	if len(listeners) == 0 {
 		return errors.New("the demo worker must be started by baton: no LISTEN_FDS")
 	}
-
 	// Catch the signals before saying ready, so an early stop is not lost.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-
-	srv := &http.Server{Handler: http.HandlerFunc(hello)}
-	serveErr := serveAll(srv, listeners)
 	worker.Ready()
-
-	select {
-	case <-ctx.Done():
-	case err := <-serveErr:
+	if err := worker.ServeHTTP(ctx, &http.Server{Handler: http.HandlerFunc(hello)}, listeners); err != nil {
 		return fmt.Errorf("demo worker: %w", err)
 	}
-	worker.Stopping()
-	return shutdown(srv)
+	return nil
 }
 
 // hello answers every request with who served it.
 func hello(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "hello from baton worker %d (pid %d, generation %d)\n",
 		worker.WorkerID(), os.Getpid(), worker.Generation())
-}
-
-// serveAll serves srv on every listener. The channel receives the first
-// failure of any of them; Shutdown is not a failure.
-func serveAll(srv *http.Server, listeners []net.Listener) <-chan error {
-	errs := make(chan error, len(listeners))
-	for _, l := range listeners {
-		go func() {
-			if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-				errs <- err
-			}
-		}()
-	}
-	return errs
-}
-
-// shutdown stops accepting and waits for in-flight requests, at most
-// shutdownTimeout.
-func shutdown(srv *http.Server) error {
-	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
-		return fmt.Errorf("demo worker: graceful shutdown: %w", err)
-	}
-	return nil
 }

@@ -100,7 +100,8 @@ func main() {
 	}
 
 	w := &testWorker{start: start, fd3: listeners[0]}
-	servers, serveErr := w.serve(listeners, names)
+	ctx, stopServing := context.WithCancel(context.Background())
+	servers, serveErr := w.serve(ctx, listeners, names)
 	fmt.Fprintf(os.Stderr, "testworker: serving pid=%d worker=%s listeners=%d\n",
 		os.Getpid(), os.Getenv("BATON_WORKER_ID"), len(listeners))
 	if opts.notifyReady {
@@ -115,9 +116,7 @@ func main() {
 			os.Exit(0)
 		}
 	}
-	if opts.notifyReady {
-		notify(worker.Stopping())
-	}
+	stopServing() // ServeHTTP sends STOPPING=1
 	shutdown(servers, opts.graceful)
 	os.Exit(0)
 }
@@ -173,19 +172,19 @@ type testWorker struct {
 
 // serve runs one http.Server per listener, so that every handler knows
 // which listener accepted its request.
-func (w *testWorker) serve(listeners []net.Listener, names map[net.Listener]string) ([]*http.Server, <-chan error) {
-	servers := make([]*http.Server, len(listeners))
-	errs := make(chan error, len(listeners))
-	for i, l := range listeners {
+func (w *testWorker) serve(ctx context.Context, listeners []net.Listener, names map[net.Listener]string) (done *sync.WaitGroup, errs <-chan error) {
+	failed := make(chan error, len(listeners))
+	done = &sync.WaitGroup{}
+	for _, l := range listeners {
+		// One server per listener, so a handler knows which one accepted.
 		srv := &http.Server{Handler: w.routes(names[l])}
-		servers[i] = srv
-		go func() {
-			if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-				errs <- err
+		done.Go(func() {
+			if err := worker.ServeHTTP(ctx, srv, []net.Listener{l}); err != nil {
+				failed <- err
 			}
-		}()
+		})
 	}
-	return servers, errs
+	return done, failed
 }
 
 func (w *testWorker) routes(listenerName string) http.Handler {
@@ -296,18 +295,15 @@ func writeJSON(rw http.ResponseWriter, v any) {
 }
 
 // shutdown drains every server at once, within the graceful timeout.
-func shutdown(servers []*http.Server, graceful time.Duration) {
-	ctx, cancel := context.WithTimeout(context.Background(), graceful)
-	defer cancel()
-	var wg sync.WaitGroup
-	for _, srv := range servers {
-		wg.Go(func() {
-			if err := srv.Shutdown(ctx); err != nil {
-				fmt.Fprintf(os.Stderr, "testworker: graceful shutdown: %v\n", err)
-			}
-		})
+// shutdown waits for the servers to drain, at most graceful.
+func shutdown(done *sync.WaitGroup, graceful time.Duration) {
+	drained := make(chan struct{})
+	go func() { done.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(graceful):
+		fmt.Fprintln(os.Stderr, "testworker: graceful shutdown timed out")
 	}
-	wg.Wait()
 }
 
 func notify(err error) {
