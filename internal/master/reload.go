@@ -48,14 +48,11 @@ func (m *Master) startReload() {
 	started := time.Now()
 	opts, err := m.load()
 	if err != nil {
-		m.log.Error("reload failed: the configuration is invalid; still running the old one",
-			"problems", strings.Split(err.Error(), "\n"))
-		m.endReload(ReloadResult{OK: false, Reason: "invalid configuration: " + err.Error(), Started: started})
+		m.rejectConfig(started, "the configuration is invalid", "problems", strings.Split(err.Error(), "\n"))
 		return
 	}
 	if reason := listenersChanged(m.opts, opts); reason != "" {
-		m.log.Error("reload failed: "+reason+"; still running the old configuration", "generation", m.current.num)
-		m.endReload(ReloadResult{OK: false, Reason: reason, Started: started})
+		m.rejectConfig(started, reason)
 		return
 	}
 	// The pidfile belongs to the running master; a new path applies at the
@@ -66,6 +63,15 @@ func (m *Master) startReload() {
 	m.log.Info("reload started", "generation", r.next.num, "workers", r.next.size,
 		"strategy", string(opts.Strategy), "ready", opts.Ready.String(), "command", strings.Join(opts.Command, " "))
 	m.advanceReload()
+}
+
+// rejectConfig ends a reload whose new configuration cannot be applied;
+// no worker was started, so the generation number stays free.
+func (m *Master) rejectConfig(started time.Time, reason string, attrs ...any) {
+	gen := m.lastGen + 1
+	m.log.Error("reload failed", append([]any{"generation", gen, "reason", reason + "; still running the old configuration",
+		"serving_generation", m.current.num}, attrs...)...)
+	m.endReload(ReloadResult{Generation: gen, OK: false, Reason: reason, Started: started})
 }
 
 // listenersChanged explains why a new config cannot be applied by a reload:
@@ -188,7 +194,7 @@ func (m *Master) failReload(culprit *worker, reason string) {
 		m.logReloadFailure(r, culprit, result.Reason)
 	} else {
 		result.Reason = reason
-		m.log.Error("reload failed; the old generation keeps serving", "generation", r.next.num,
+		m.log.Error("reload failed", "generation", r.next.num,
 			"reason", reason, "serving_generation", r.old.num)
 	}
 	m.endReload(result)
@@ -207,7 +213,7 @@ func (m *Master) logReloadFailure(r *reload, culprit *worker, reason string) {
 		}
 		lines := tail.Lines(stderrLines)
 		m.post(func() {
-			m.log.Error("reload failed; the old generation keeps serving", "generation", r.next.num,
+			m.log.Error("reload failed", "generation", r.next.num,
 				"reason", reason, "serving_generation", r.old.num, "duration", d, "stderr", lines)
 		})
 	}()
