@@ -145,6 +145,7 @@ func (m *Master) workerSpec(s *slot, notifyAddr string) proc.Spec {
 var reservedEnv = map[string]bool{
 	"LISTEN_PID": true, "LISTEN_FDS": true, "LISTEN_FDNAMES": true, "NOTIFY_SOCKET": true,
 	"WATCHDOG_USEC": true, "WATCHDOG_PID": true, "BATON_WORKER_ID": true, "BATON_GENERATION": true,
+	proc.MasterPidEnv: true,
 }
 
 func (m *Master) workerEnv(s *slot, notifyAddr string) []string {
@@ -173,6 +174,7 @@ func (m *Master) workerEnv(s *slot, notifyAddr string) []string {
 		"NOTIFY_SOCKET="+notifyAddr,
 		"BATON_WORKER_ID="+strconv.Itoa(s.id),
 		"BATON_GENERATION="+strconv.Itoa(s.gen.num),
+		proc.MasterPidEnv+"="+strconv.Itoa(os.Getpid()),
 	)
 }
 

@@ -1,12 +1,14 @@
 package pidfile
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestWriteReadRemove(t *testing.T) {
@@ -64,6 +66,17 @@ func TestLiveBatonMasterBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { fake.Process.Kill(); fake.Wait() }()
+	// Start returns before the child has exec'd; until then its cmdline
+	// is the test binary's.
+	cmdline := fmt.Sprintf("/proc/%d/cmdline", fake.Process.Pid)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if data, _ := os.ReadFile(cmdline); strings.HasPrefix(string(data), "baton\x00") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stand-in master never exec'd")
+		}
+	}
 	path := filepath.Join(dir, "baton.pid")
 	os.WriteFile(path, []byte(strconv.Itoa(fake.Process.Pid)), 0o644)
 	err := Check(path)

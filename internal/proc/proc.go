@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -159,6 +160,16 @@ func SignalName(sig syscall.Signal) string {
 	return name[3:] // drop "SIG"
 }
 
+// masterPid is the pid of the master that started this shim, which it
+// passes in BATON_MASTER_PID.
+func masterPid() int {
+	pid, _ := strconv.Atoi(os.Getenv(MasterPidEnv))
+	return pid
+}
+
+// MasterPidEnv tells the shim its master's pid.
+const MasterPidEnv = "BATON_MASTER_PID"
+
 // Shim is the body of baton's hidden "_exec" mode: args are the resolved
 // executable followed by its argv. It sets LISTEN_PID to its own pid, which
 // execve keeps, and replaces itself with the command. It returns only on
@@ -168,6 +179,19 @@ func Shim(args []string) int {
 	if len(args) < 2 {
 		fmt.Fprintln(os.Stderr, "baton _exec: usage: baton _exec PATH ARGV0 [ARGS...] (internal, started by the master)")
 		return 2
+	}
+	// The kernel keeps the parent-death signal per thread: the master set it
+	// on this process's first thread, and execve from any other thread
+	// would drop it, letting the worker outlive a killed master. So exec
+	// from a locked thread that sets it again, and check that the master
+	// did not die before it was set.
+	runtime.LockOSThread()
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+		fmt.Fprintf(os.Stderr, "baton: cannot set the parent-death signal: %v\n", err)
+		return 126
+	}
+	if os.Getppid() != masterPid() {
+		return 126 // the master is gone already; start nothing
 	}
 	if os.Getenv("LISTEN_FDS") != "" {
 		os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))

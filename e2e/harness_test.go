@@ -1,0 +1,700 @@
+// Package e2e tests baton end to end: the real binary, real worker
+// processes, real sockets, real signals and real load on 127.0.0.1.
+//
+// TestMain builds ./cmd/baton (with -race when the tests are built with
+// -race; or takes the binary named by $BATON_E2E_BATON) and the test server
+// in testdata/testworker once per run. Every test
+// starts its own baton on port 0 in its own temp dir; the cleanup of every
+// baton kills what is left of it and fails the test when a process it
+// started survives.
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Paths of the binaries TestMain builds.
+var (
+	batonBin      string
+	testworkerBin string
+)
+
+// Timeouts are generous so that a slow CI machine does not flake; the
+// conditions they bound are normally met in milliseconds.
+const (
+	startTimeout = 20 * time.Second // baton up, workers started
+	waitTimeout  = 15 * time.Second // one awaited event
+	exitTimeout  = 15 * time.Second // baton exits after a signal or bad input
+	pollInterval = 10 * time.Millisecond
+)
+
+func TestMain(m *testing.M) { os.Exit(runTests(m)) }
+
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "baton-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	root, err := moduleRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	// The name matters: baton recognises a live master in a pidfile by a
+	// binary called baton.
+	batonBin = filepath.Join(dir, "baton")
+	testworkerBin = filepath.Join(dir, "testworker")
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	if prebuilt := os.Getenv("BATON_E2E_BATON"); prebuilt != "" {
+		// A baton binary built elsewhere (say, with other flags); it is
+		// copied so that its name is baton.
+		errs[0] = copyFile(prebuilt, batonBin)
+	} else {
+		wg.Go(func() { errs[0] = goBuild(root, batonBin, "./cmd/baton", raceEnabled) })
+	}
+	wg.Go(func() { errs[1] = goBuild(root, testworkerBin, "./e2e/testdata/testworker", false) })
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: building the binaries under test failed:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+func copyFile(from, to string) error {
+	data, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, data, 0o755)
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("not inside the baton module")
+	}
+	return filepath.Dir(gomod), nil
+}
+
+func goBuild(root, out, pkg string, race bool) error {
+	args := []string{"build", "-o", out}
+	if race {
+		args = append(args, "-race")
+	}
+	args = append(args, pkg)
+	cmd := exec.Command("go", args...)
+	cmd.Dir = root
+	if output, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, output)
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------------------
+// Log records
+
+// record is one JSON log line: slog's time, level, msg and the attributes.
+type record struct {
+	fields map[string]any
+	line   string
+}
+
+func (r record) msg() string { return r.str("msg") }
+
+// str returns a field as text, whatever its JSON type.
+func (r record) str(key string) string {
+	switch v := r.fields[key].(type) {
+	case nil:
+		return ""
+	case string:
+		return v
+	case float64:
+		return strconv.FormatFloat(v, 'f', -1, 64)
+	default:
+		return fmt.Sprint(v)
+	}
+}
+
+// int returns a numeric field (or a numeric string), -1 when it is not one.
+func (r record) int(key string) int {
+	n, err := strconv.Atoi(r.str(key))
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// time is the record's time stamp.
+func (r record) time(t testing.TB) time.Time {
+	t.Helper()
+	ts, err := time.Parse(time.RFC3339Nano, r.str("time"))
+	if err != nil {
+		t.Fatalf("record %s: bad time: %v", r, err)
+	}
+	return ts
+}
+
+func (r record) String() string { return r.line }
+
+// parseRecord parses a JSON log line; ok is false for any other line (a
+// worker's own output, a race report, text logs).
+func parseRecord(line string) (record, bool) {
+	if !strings.HasPrefix(line, "{") {
+		return record{}, false
+	}
+	var fields map[string]any
+	if err := json.Unmarshal([]byte(line), &fields); err != nil {
+		return record{}, false
+	}
+	if _, ok := fields["msg"]; !ok {
+		return record{}, false
+	}
+	return record{fields: fields, line: line}, true
+}
+
+// lineLog collects the lines of one output stream and lets tests wait for
+// records in it.
+type lineLog struct {
+	mu      sync.Mutex
+	lines   []string
+	records []record
+	changed chan struct{} // closed and replaced whenever a line arrives
+}
+
+func newLineLog() *lineLog { return &lineLog{changed: make(chan struct{})} }
+
+func (l *lineLog) add(line string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, line)
+	if r, ok := parseRecord(line); ok {
+		l.records = append(l.records, r)
+	}
+	close(l.changed)
+	l.changed = make(chan struct{})
+}
+
+func (l *lineLog) text() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
+}
+
+// find returns every record with msg for which match (nil: any) is true.
+func (l *lineLog) find(msg string, match func(record) bool) []record {
+	found, _ := l.findAndWatch(msg, match)
+	return found
+}
+
+func (l *lineLog) findAndWatch(msg string, match func(record) bool) ([]record, <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var found []record
+	for _, r := range l.records {
+		if r.msg() == msg && (match == nil || match(r)) {
+			found = append(found, r)
+		}
+	}
+	return found, l.changed
+}
+
+// readLines copies r into l line by line until EOF, calling onRecord for
+// each record before it becomes visible to waiters.
+func readLines(r io.Reader, l *lineLog, onRecord func(record)) {
+	br := bufio.NewReader(r)
+	for {
+		line, err := br.ReadString('\n')
+		line = strings.TrimRight(line, "\r\n")
+		if line != "" || err == nil {
+			if rec, ok := parseRecord(line); ok && onRecord != nil {
+				onRecord(rec)
+			}
+			l.add(line)
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Baton under test
+
+// batonSpec says how to start baton.
+type batonSpec struct {
+	args       []string   // the subcommand and its arguments
+	noBind     bool       // do not add -b 127.0.0.1:0 (the test binds itself)
+	textLogs   bool       // do not add --log-format json
+	extraFiles []*os.File // become fds 3, 4, ... of baton
+	env        []string   // added to baton's environment
+}
+
+// Baton is one running (or exited) baton process.
+type Baton struct {
+	t   testing.TB
+	Pid int
+	Dir string // the test's temp dir, baton's working directory
+
+	cmd    *exec.Cmd
+	stderr *lineLog
+	stdout *lineLog
+	done   chan struct{} // closed when the process has exited
+	state  *os.ProcessState
+
+	readers sync.WaitGroup
+	pipes   []*os.File // read ends of stdout and stderr
+
+	// Listeners from the "listening" records, in order: name -> addr.
+	listenerNames []string
+	listenerAddrs map[string]string
+
+	procs tracker
+}
+
+// startBaton starts baton with args (the subcommand first), adding
+// --log-format json and -b 127.0.0.1:0 unless args already bind, and waits
+// until the master has started.
+func startBaton(t testing.TB, args ...string) *Baton {
+	t.Helper()
+	b := launch(t, batonSpec{args: args})
+	b.waitStarted(t)
+	return b
+}
+
+// launch starts baton as spec says and returns at once.
+func launch(t testing.TB, spec batonSpec) *Baton {
+	t.Helper()
+	b := &Baton{
+		t:             t,
+		Dir:           t.TempDir(),
+		stderr:        newLineLog(),
+		stdout:        newLineLog(),
+		done:          make(chan struct{}),
+		listenerAddrs: map[string]string{},
+	}
+	b.procs.init()
+	cmd := exec.Command(batonBin, withTestFlags(spec)...)
+	cmd.Dir = b.Dir
+	cmd.Env = append(cleanEnv(), spec.env...)
+	cmd.ExtraFiles = spec.extraFiles
+	// Its own process group, so signals meant for baton never reach the
+	// test binary; and it dies with the test binary (a test timeout).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// *os.File outputs: exec starts no copying goroutines, so Wait returns
+	// when baton exits even while a worker still holds the pipes.
+	cmd.Stdout, cmd.Stderr = outW, errW
+	t.Logf("starting %s", strings.Join(cmd.Args, " "))
+	err = cmd.Start()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		t.Fatalf("starting baton: %v", err)
+	}
+	b.cmd = cmd
+	b.Pid = cmd.Process.Pid
+	b.pipes = []*os.File{outR, errR}
+	b.procs.add(b.Pid)
+	watchDescendants(b)
+	b.readers.Go(func() { readLines(outR, b.stdout, nil) })
+	b.readers.Go(func() { readLines(errR, b.stderr, b.onRecord) })
+	go func() {
+		_ = cmd.Wait()
+		b.state = cmd.ProcessState
+		close(b.done)
+	}()
+	t.Cleanup(b.cleanup)
+	return b
+}
+
+// withTestFlags adds what every test wants to run and demo: JSON logs
+// (which the harness parses) and port 0 (no two tests share a port), unless
+// the test chose otherwise.
+func withTestFlags(spec batonSpec) []string {
+	args := spec.args
+	if len(args) == 0 || (args[0] != "run" && args[0] != "demo") {
+		return args
+	}
+	flags := args[1:]
+	if i := slices.Index(flags, "--"); i >= 0 {
+		flags = flags[:i]
+	}
+	var extra []string
+	if !spec.textLogs && !hasFlag(flags, "--log-format") {
+		extra = append(extra, "--log-format", "json")
+	}
+	// A config file, when given, says where to listen.
+	if !spec.noBind && !hasFlag(flags, "-b", "--bind", "-c", "--config") {
+		extra = append(extra, "-b", "127.0.0.1:0")
+	}
+	return slices.Concat(args[:1], extra, args[1:])
+}
+
+func hasFlag(args []string, names ...string) bool {
+	for _, a := range args {
+		for _, n := range names {
+			if a == n || strings.HasPrefix(a, n+"=") || (len(n) == 2 && strings.HasPrefix(a, n)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// cleanEnv is the test's environment without anything that would make
+// baton think it runs under systemd, and with a -race baton's exit as
+// quick as a normal one's.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		switch name {
+		case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID":
+			continue
+		}
+		env = append(env, kv)
+	}
+	if os.Getenv("GORACE") == "" {
+		// A -race binary otherwise sleeps a second at exit.
+		env = append(env, "GORACE=atexit_sleep_ms=0")
+	}
+	return env
+}
+
+// onRecord runs in the stderr reader before the record is visible to
+// waiters, so every worker a test has seen is already tracked.
+func (b *Baton) onRecord(r record) {
+	if r.msg() == "worker started" {
+		if pid := r.int("pid"); pid > 0 {
+			b.procs.add(pid)
+		}
+	}
+}
+
+// trackDescendants adds every process below the master to the tracker.
+func (b *Baton) trackDescendants() {
+	if !b.exited() {
+		for _, pid := range descendants(b.Pid) {
+			b.procs.add(pid)
+		}
+	}
+}
+
+// The descendant watcher: while any baton of the test run is running, one
+// goroutine scans /proc every 100ms and tracks what each master runs, so that
+// a process that escaped its worker's process group and outlives the master
+// is still known at cleanup.
+var watcher struct {
+	mu      sync.Mutex
+	batons  map[*Baton]bool
+	running bool
+}
+
+func watchDescendants(b *Baton) {
+	watcher.mu.Lock()
+	defer watcher.mu.Unlock()
+	if watcher.batons == nil {
+		watcher.batons = map[*Baton]bool{}
+	}
+	watcher.batons[b] = true
+	if !watcher.running {
+		watcher.running = true
+		go runWatcher()
+	}
+}
+
+func runWatcher() {
+	for {
+		time.Sleep(100 * time.Millisecond)
+		watcher.mu.Lock()
+		var live []*Baton
+		for b := range watcher.batons {
+			if b.exited() {
+				delete(watcher.batons, b)
+			} else {
+				live = append(live, b)
+			}
+		}
+		if len(live) == 0 {
+			watcher.running = false
+			watcher.mu.Unlock()
+			return
+		}
+		watcher.mu.Unlock()
+		byParent := map[int][]int{}
+		for _, p := range allProcs() {
+			if !p.zombie() {
+				byParent[p.ppid] = append(byParent[p.ppid], p.pid)
+			}
+		}
+		for _, b := range live {
+			for _, pid := range descendantsIn(byParent, b.Pid) {
+				b.procs.add(pid)
+			}
+		}
+	}
+}
+
+// waitStarted waits for the "master started" record and reads the
+// listeners' real addresses from the "listening" records.
+func (b *Baton) waitStarted(t testing.TB) {
+	t.Helper()
+	r := b.waitLog(t, "master started", nil, startTimeout)
+	if pid := r.int("pid"); pid != b.Pid {
+		t.Errorf(`"master started" says pid %d, the process is %d`, pid, b.Pid)
+	}
+	for _, l := range b.logs("listening", nil) {
+		name := l.str("name")
+		b.listenerNames = append(b.listenerNames, name)
+		b.listenerAddrs[name] = l.str("addr")
+	}
+	if len(b.listenerNames) == 0 {
+		t.Fatalf("no \"listening\" record before \"master started\":\n%s", b.stderr.text())
+	}
+}
+
+// Addr is the address of the first listener ("127.0.0.1:PORT").
+func (b *Baton) Addr() string { return b.listenerAddrs[b.listenerNames[0]] }
+
+// ListenerAddr is the address the listener called name is bound to.
+func (b *Baton) ListenerAddr(t testing.TB, name string) string {
+	t.Helper()
+	addr, ok := b.listenerAddrs[name]
+	if !ok {
+		t.Fatalf("no listener %q; have %v", name, b.listenerAddrs)
+	}
+	return addr
+}
+
+// logs returns the records so far with msg for which match is true.
+func (b *Baton) logs(msg string, match func(record) bool) []record {
+	return b.stderr.find(msg, match)
+}
+
+// waitLog waits for the first record with msg for which match (nil: any)
+// is true, and fails the test if none comes within timeout.
+func (b *Baton) waitLog(t testing.TB, msg string, match func(record) bool, timeout time.Duration) record {
+	t.Helper()
+	return b.waitLogs(t, msg, match, 1, timeout)[0]
+}
+
+// waitLogs waits until n records with msg match and returns them all.
+func (b *Baton) waitLogs(t testing.TB, msg string, match func(record) bool, n int, timeout time.Duration) []record {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	done := b.done
+	for {
+		found, changed := b.stderr.findAndWatch(msg, match)
+		if len(found) >= n {
+			return found
+		}
+		select {
+		case <-changed:
+		case <-done:
+			// No more records from baton; give the reader a moment
+			// to drain the pipe, then give up.
+			done = nil
+			deadline.Reset(time.Second)
+		case <-deadline.C:
+			exited := ""
+			if b.exited() {
+				exited = fmt.Sprintf(" (baton exited: %v)", b.state)
+			}
+			t.Fatalf("waited %v for %d %q record(s), got %d%s; baton's stderr:\n%s",
+				timeout, n, msg, len(found), exited, b.stderr.text())
+		}
+	}
+}
+
+// signal sends sig to the master (not its group).
+func (b *Baton) signal(t testing.TB, sig syscall.Signal) {
+	t.Helper()
+	// Whatever runs now may outlive the master if baton gets this wrong.
+	b.trackDescendants()
+	if err := syscall.Kill(b.Pid, sig); err != nil {
+		t.Fatalf("kill -%v %d: %v", sig, b.Pid, err)
+	}
+}
+
+func (b *Baton) exited() bool {
+	select {
+	case <-b.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitExit waits for baton to exit and returns its exit code; it fails the
+// test if baton is still running after timeout or was killed by a signal.
+func (b *Baton) waitExit(t testing.TB, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case <-b.done:
+	case <-time.After(timeout):
+		t.Fatalf("baton (pid %d) still running %v later; its stderr:\n%s", b.Pid, timeout, b.stderr.text())
+	}
+	if ws, ok := b.state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		t.Fatalf("baton was killed by signal %v; its stderr:\n%s", ws.Signal(), b.stderr.text())
+	}
+	return b.state.ExitCode()
+}
+
+// waitOutputClosed waits until every writer of baton's stdout and stderr
+// has closed them (so all output has been read), at most timeout.
+func (b *Baton) waitOutputClosed(timeout time.Duration) bool {
+	closed := make(chan struct{})
+	go func() { b.readers.Wait(); close(closed) }()
+	select {
+	case <-closed:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+// Stderr and Stdout return everything baton (and its workers) wrote so far.
+func (b *Baton) Stderr() string { return b.stderr.text() }
+func (b *Baton) Stdout() string { return b.stdout.text() }
+
+// workerPids returns the pids of the "worker started" records so far, in
+// order.
+func (b *Baton) workerPids() []int {
+	var pids []int
+	for _, r := range b.logs("worker started", nil) {
+		pids = append(pids, r.int("pid"))
+	}
+	return pids
+}
+
+// workerPid returns the pid of the latest worker started in slot.
+func (b *Baton) workerPid(t testing.TB, slot int) int {
+	t.Helper()
+	rs := b.waitLogs(t, "worker started", func(r record) bool { return r.int("slot") == slot }, 1, waitTimeout)
+	return rs[len(rs)-1].int("pid")
+}
+
+// assertNothingLeft fails the test unless every process baton started is
+// gone within a few seconds (baton itself must have exited).
+func (b *Baton) assertNothingLeft(t testing.TB) {
+	t.Helper()
+	if !b.exited() {
+		t.Fatalf("assertNothingLeft: baton %d is still running", b.Pid)
+	}
+	if left := b.procs.waitGone(5 * time.Second); len(left) > 0 {
+		t.Errorf("processes left behind after baton exited:\n%s", describeProcs(left))
+	}
+}
+
+// cleanup kills whatever is left of baton and fails the test when a process
+// it started survives: first whatever the test did not stop (kill -9 of the
+// master must take its workers with it), then anything at all.
+func (b *Baton) cleanup() {
+	t := b.t
+	if !b.exited() {
+		// Remember everything the master runs, then kill -9 it: its
+		// workers must die with it (Pdeathsig).
+		b.trackDescendants()
+		workers := aliveChildrenOf(b.Pid)
+		_ = syscall.Kill(b.Pid, syscall.SIGKILL)
+		select {
+		case <-b.done:
+		case <-time.After(10 * time.Second):
+			t.Errorf("baton %d survived SIGKILL for 10s", b.Pid)
+		}
+		if survivors := waitProcsGone(workers, 5*time.Second); len(survivors) > 0 {
+			t.Errorf("workers survived kill -9 of the master %d:\n%s", b.Pid, describeProcs(survivors))
+		}
+	} else if left := b.procs.waitGone(5 * time.Second); len(left) > 0 {
+		t.Errorf("processes left behind after baton exited:\n%s", describeProcs(left))
+	}
+	// Now kill anything still there (grandchildren have no Pdeathsig).
+	b.procs.killAll()
+	if left := b.procs.waitGone(10 * time.Second); len(left) > 0 {
+		t.Errorf("processes still alive after SIGKILL:\n%s", describeProcs(left))
+	}
+	// The pipes close once every writer is gone; don't hang if one is not.
+	b.waitOutputClosed(2 * time.Second)
+	for _, p := range b.pipes {
+		p.Close() // unblocks a reader still waiting
+	}
+	b.readers.Wait()
+	b.checkOutputForCrashes(t)
+	if t.Failed() {
+		t.Logf("baton %d stderr:\n%s", b.Pid, lastLines(b.stderr.text(), 300))
+	}
+}
+
+// checkOutputForCrashes fails the test on a data race report from the
+// -race baton, or a Go panic or fatal error in baton or a worker.
+func (b *Baton) checkOutputForCrashes(t testing.TB) {
+	lines := strings.Split(b.stderr.text(), "\n")
+	for i, l := range lines {
+		if strings.HasPrefix(l, "WARNING: DATA RACE") || strings.HasPrefix(l, "panic: ") || strings.HasPrefix(l, "fatal error: ") {
+			end := min(i+60, len(lines))
+			t.Errorf("crash report in baton's stderr:\n%s", strings.Join(lines[i:end], "\n"))
+			return
+		}
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = append([]string{fmt.Sprintf("[... %d lines before]", len(lines)-n)}, lines[len(lines)-n:]...)
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ---------------------------------------------------------------------------
+// Running baton for its exit status only
+
+// runResult is what a short baton run (check, version, bad input) did.
+type runResult struct {
+	code   int
+	stdout string
+	stderr string
+	b      *Baton
+}
+
+// runToExit starts baton as spec says and waits for it to exit on its own.
+func runToExit(t testing.TB, spec batonSpec) runResult {
+	t.Helper()
+	b := launch(t, spec)
+	code := b.waitExit(t, exitTimeout)
+	// Nothing else holds the pipes when baton started no worker.
+	b.waitOutputClosed(2 * time.Second)
+	return runResult{code: code, stdout: b.Stdout(), stderr: b.Stderr(), b: b}
+}

@@ -1,0 +1,395 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// reloadTimeout bounds one reload in these tests; they take well under a
+// second or two on an idle machine.
+const reloadTimeout = 30 * time.Second
+
+// deployment is a config file a test rewrites and then reloads, as a
+// deploy would.
+type deployment struct {
+	t    *testing.T
+	path string
+}
+
+func newDeployment(t *testing.T, toml string) *deployment {
+	d := &deployment{t: t, path: filepath.Join(t.TempDir(), "baton.toml")}
+	d.write(toml)
+	return d
+}
+
+func (d *deployment) write(toml string) {
+	d.t.Helper()
+	if err := os.WriteFile(d.path, []byte(toml), 0o644); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// workerConfig is a config running the test worker with args, on a free
+// port unless extra binds.
+func workerConfig(workers int, extra string, args ...string) string {
+	if !strings.Contains(extra, "bind") {
+		extra += "\nbind = [\"127.0.0.1:0\"]"
+	}
+	quoted := []string{strconv.Quote(testworkerBin)}
+	for _, a := range args {
+		quoted = append(quoted, strconv.Quote(a))
+	}
+	return fmt.Sprintf("workers = %d\ncommand = [%s]\ngraceful_timeout = \"10s\"\n%s\n",
+		workers, strings.Join(quoted, ", "), extra)
+}
+
+// reload sends HUP and waits for the reload of generation gen to end,
+// returning its result record ("reload succeeded" or "reload failed ...").
+func (b *Baton) reload(t *testing.T, gen int) record {
+	t.Helper()
+	b.signal(t, syscall.SIGHUP)
+	return b.waitReloadEnd(t, gen)
+}
+
+func (b *Baton) waitReloadEnd(t *testing.T, gen int) record {
+	t.Helper()
+	ofGen := func(r record) bool { return r.int("generation") == gen }
+	deadline := time.Now().Add(reloadTimeout)
+	for time.Now().Before(deadline) {
+		for _, msg := range []string{"reload succeeded", "reload failed"} {
+			if found := b.logs(msg, ofGen); len(found) > 0 {
+				return found[0]
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("reload of generation %d did not end within %v; log:\n%s", gen, reloadTimeout, b.stderr.text())
+	return record{}
+}
+
+// servingGenerations asks enough requests to see every worker and returns
+// the generations that answered, by pid.
+func servingGenerations(t *testing.T, addr string, workers int) map[int]string {
+	t.Helper()
+	gens := map[int]string{}
+	for pid, info := range collectWorkers(t, addr, workers, 20*time.Second) {
+		gens[pid] = string(info.Generation)
+	}
+	return gens
+}
+
+func assertAllGeneration(t *testing.T, gens map[int]string, want int) {
+	t.Helper()
+	for pid, g := range gens {
+		if g != strconv.Itoa(want) {
+			t.Errorf("worker pid %d is of generation %s, want %d (all: %v)", pid, g, want, gens)
+		}
+	}
+}
+
+func assertNoFailures(t *testing.T, res loadResult) {
+	t.Helper()
+	t.Logf("load: %s", res)
+	if res.Failures() != 0 {
+		t.Errorf("%d requests failed during the reloads: %s", res.Failures(), res)
+	}
+	if res.OK == 0 {
+		t.Error("no request succeeded: the load did not run")
+	}
+}
+
+func steadyLoad(b *Baton) *load {
+	return startLoad(loadOptions{addr: b.Addr(), concurrency: 8, maxDuration: 2 * time.Minute})
+}
+
+func TestReloadUnderLoadReplacesEveryWorkerWithoutAFailedRequest(t *testing.T) {
+	t.Parallel()
+	// 300 ms of "import" before the new workers take their listeners.
+	d := newDeployment(t, workerConfig(4, "", "-boot-delay", "300ms"))
+	b := startBaton(t, "run", "-c", d.path)
+	old := servingGenerations(t, b.Addr(), 4)
+	assertAllGeneration(t, old, 1)
+
+	l := steadyLoad(b)
+	for gen := 2; gen <= 4; gen++ {
+		if r := b.reload(t, gen); r.msg() != "reload succeeded" {
+			t.Fatalf("reload %d: %s", gen, r)
+		}
+	}
+	res := l.stop()
+	assertNoFailures(t, res)
+
+	now := servingGenerations(t, b.Addr(), 4)
+	assertAllGeneration(t, now, 4)
+	for pid := range old {
+		if processAlive(pid) {
+			t.Errorf("generation 1 worker %d is still alive after three reloads", pid)
+		}
+	}
+	if n := len(childrenOf(b.Pid)); n != 4 {
+		t.Errorf("master has %d children after the reloads, want 4", n)
+	}
+}
+
+func TestBadDeployThatExitsAtBootKeepsTheOldGenerationServing(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, workerConfig(3, ""))
+	b := startBaton(t, "run", "-c", d.path)
+	old := servingGenerations(t, b.Addr(), 3)
+
+	l := steadyLoad(b)
+	d.write(workerConfig(3, "", "-boot-delay", "100ms", "-exit-at-start", "3"))
+	r := b.reload(t, 2)
+	res := l.stop()
+
+	if r.msg() != "reload failed" {
+		t.Fatalf("bad deploy: %s, want reload failed", r)
+	}
+	if reason := r.str("reason"); !strings.Contains(reason, "exited during boot: exit status 3") {
+		t.Errorf("reason = %q, want it to say the worker exited during boot with status 3", reason)
+	}
+	if !strings.Contains(r.line, "testworker: failing at boot as asked") {
+		t.Errorf("failure record lacks the worker's last stderr line: %s", r)
+	}
+	assertNoFailures(t, res)
+	for pid := range old {
+		if !processAlive(pid) {
+			t.Errorf("old worker %d died during a failed reload", pid)
+		}
+	}
+	assertAllGeneration(t, servingGenerations(t, b.Addr(), 3), 1)
+
+	// The next HUP tries again, with the fixed code.
+	d.write(workerConfig(3, ""))
+	if r := b.reload(t, 3); r.msg() != "reload succeeded" {
+		t.Fatalf("reload after the fix: %s", r)
+	}
+	assertAllGeneration(t, servingGenerations(t, b.Addr(), 3), 3)
+}
+
+func TestBadDeployThatNeverGetsReadyIsRolledBackAfterBootTimeout(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, workerConfig(2, `boot_timeout = "1s"`))
+	b := startBaton(t, "run", "-c", d.path)
+	old := servingGenerations(t, b.Addr(), 2)
+
+	l := steadyLoad(b)
+	// Never takes its listeners: stuck in its "import".
+	d.write(workerConfig(2, `boot_timeout = "1s"`, "-boot-delay", "1h"))
+	r := b.reload(t, 2)
+	res := l.stop()
+
+	if r.msg() != "reload failed" || !strings.Contains(r.str("reason"), "not ready within boot_timeout (1s)") {
+		t.Fatalf("never-ready deploy: %s, want a failure naming boot_timeout", r)
+	}
+	assertNoFailures(t, res)
+	for pid := range old {
+		if !processAlive(pid) {
+			t.Errorf("old worker %d died during a failed reload", pid)
+		}
+	}
+	// The stuck new workers are stopped: only the old ones remain.
+	waitFor(t, 15*time.Second, "the stuck generation to be stopped", func() bool {
+		return len(childrenOf(b.Pid)) == 2
+	})
+	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 1)
+}
+
+func TestBadConfigOnHUPKeepsServingWithTheOldConfig(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, workerConfig(2, ""))
+	b := startBaton(t, "run", "-c", d.path)
+	old := servingGenerations(t, b.Addr(), 2)
+
+	d.write("workers = \"four\"\nwrokers = 3\n" + fmt.Sprintf("command = [%q]\n", testworkerBin))
+	r := b.reload(t, 2)
+	if r.msg() != "reload failed" || !strings.Contains(r.str("reason"), "the configuration is invalid") {
+		t.Fatalf("bad config: %s", r)
+	}
+	for _, want := range []string{d.path + ":1: workers: expected an integer", `unknown key \"wrokers\"`} {
+		if !strings.Contains(r.line, want) {
+			t.Errorf("failure record lacks %q: %s", want, r)
+		}
+	}
+	now := servingGenerations(t, b.Addr(), 2)
+	for pid := range old {
+		if _, ok := now[pid]; !ok {
+			t.Errorf("old worker %d no longer serves after a bad config", pid)
+		}
+	}
+	if n := len(childrenOf(b.Pid)); n != 2 {
+		t.Errorf("master has %d children, want the old 2", n)
+	}
+}
+
+func TestRollingReloadNeverExceedsWorkersPlusMaxSurge(t *testing.T) {
+	t.Parallel()
+	const workers, maxSurge = 4, 1
+	extra := "reload_strategy = \"rolling\"\nmax_surge = 1"
+	d := newDeployment(t, workerConfig(workers, extra, "-boot-delay", "200ms"))
+	b := startBaton(t, "run", "-c", d.path)
+	servingGenerations(t, b.Addr(), workers)
+
+	l := steadyLoad(b)
+	peak, samples := 0, 0
+	b.signal(t, syscall.SIGHUP)
+	deadline := time.Now().Add(reloadTimeout)
+	for len(b.logs("reload succeeded", nil)) == 0 && time.Now().Before(deadline) {
+		peak = max(peak, len(childrenOf(b.Pid)))
+		samples++
+		time.Sleep(5 * time.Millisecond)
+	}
+	r := b.waitReloadEnd(t, 2)
+	res := l.stop()
+	if r.msg() != "reload succeeded" {
+		t.Fatalf("rolling reload: %s", r)
+	}
+	t.Logf("peak of %d worker processes over %d samples", peak, samples)
+	if peak > workers+maxSurge {
+		t.Errorf("%d worker processes were alive at once, want at most workers+max_surge = %d", peak, workers+maxSurge)
+	}
+	if peak < workers {
+		t.Errorf("sampling saw at most %d workers; the sampler is broken", peak)
+	}
+	assertNoFailures(t, res)
+	assertAllGeneration(t, servingGenerations(t, b.Addr(), workers), 2)
+}
+
+func TestHUPDuringAReloadIsQueued(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, workerConfig(2, "", "-boot-delay", "500ms"))
+	b := startBaton(t, "run", "-c", d.path)
+	servingGenerations(t, b.Addr(), 2)
+
+	b.signal(t, syscall.SIGHUP)
+	b.waitLog(t, "reload started", func(r record) bool { return r.int("generation") == 2 }, reloadTimeout)
+	b.signal(t, syscall.SIGHUP)
+	b.signal(t, syscall.SIGHUP) // coalesces with the one before
+	if r := b.waitReloadEnd(t, 2); r.msg() != "reload succeeded" {
+		t.Fatalf("first reload: %s", r)
+	}
+	if r := b.waitReloadEnd(t, 3); r.msg() != "reload succeeded" {
+		t.Fatalf("queued reload: %s", r)
+	}
+	time.Sleep(1500 * time.Millisecond) // a third reload would have started by now
+	if n := len(b.logs("reload started", nil)); n != 2 {
+		t.Errorf("%d reloads started, want 2 (the HUPs during the first coalesce)", n)
+	}
+	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 3)
+}
+
+func TestReloadThatChangesBindIsRefused(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, workerConfig(1, `bind = ["127.0.0.1:0"]`))
+	b := launch(t, batonSpec{args: []string{"run", "-c", d.path}, noBind: true})
+	b.waitStarted(t)
+	d.write(workerConfig(1, `bind = ["127.0.0.1:0", "unix:`+filepath.Join(t.TempDir(), "x.sock")+`"]`))
+	r := b.reload(t, 2)
+	if r.msg() != "reload failed" || !strings.Contains(r.str("reason"), "listeners cannot change on reload") {
+		t.Fatalf("bind change: %s, want a refusal", r)
+	}
+	assertAllGeneration(t, servingGenerations(t, b.Addr(), 1), 1)
+}
+
+// Each readiness mode decides when the new generation takes over.
+func TestReadinessModes(t *testing.T) {
+	cases := []struct {
+		name, ready string
+		args        []string
+		seenBy      string
+		minBoot     time.Duration
+	}{
+		{"auto sees the Go worker take its listener", "auto", []string{"-boot-delay", "400ms"}, "auto", 400 * time.Millisecond},
+		{"notify waits for READY=1", "notify", []string{"-boot-delay", "400ms", "-notify-ready"}, "notify", 400 * time.Millisecond},
+		{"delay waits the given time", "delay:700ms", nil, "delay", 700 * time.Millisecond},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			d := newDeployment(t, workerConfig(2, fmt.Sprintf("ready = %q", tc.ready), tc.args...))
+			b := startBaton(t, "run", "-c", d.path)
+			servingGenerations(t, b.Addr(), 2)
+			l := steadyLoad(b)
+			if r := b.reload(t, 2); r.msg() != "reload succeeded" {
+				t.Fatalf("reload: %s", r)
+			}
+			assertNoFailures(t, l.stop())
+			for _, r := range b.logs("worker ready", func(r record) bool { return r.int("generation") == 2 }) {
+				if r.str("seen_by") != tc.seenBy {
+					t.Errorf("worker ready by %q, want %q: %s", r.str("seen_by"), tc.seenBy, r)
+				}
+				boot, err := time.ParseDuration(r.str("boot_time"))
+				if err != nil || boot < tc.minBoot {
+					t.Errorf("boot_time %q: ready before it could be (%v)", r.str("boot_time"), tc.minBoot)
+				}
+			}
+		})
+	}
+}
+
+func TestNotifyModeWorkerThatNeverNotifiesFailsTheReload(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, workerConfig(2, "ready = \"notify\"\nboot_timeout = \"1s\"", "-notify-ready"))
+	b := startBaton(t, "run", "-c", d.path)
+	servingGenerations(t, b.Addr(), 2)
+	d.write(workerConfig(2, "ready = \"notify\"\nboot_timeout = \"1s\"")) // serves, but never says READY=1
+	r := b.reload(t, 2)
+	if r.msg() != "reload failed" || !strings.Contains(r.str("reason"), "boot_timeout") {
+		t.Fatalf("reload: %s, want a boot_timeout failure", r)
+	}
+	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 1)
+}
+
+func TestOldWorkerCrashDuringAReloadIsReplacedAndTheReloadCompletes(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, workerConfig(3, ""))
+	b := startBaton(t, "run", "-c", d.path)
+	old := servingGenerations(t, b.Addr(), 3)
+
+	d.write(workerConfig(3, "", "-boot-delay", "1s"))
+	b.signal(t, syscall.SIGHUP)
+	b.waitLog(t, "reload started", nil, reloadTimeout)
+	victim := sortedKeys(old)[0]
+	if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Its slot still belongs to generation 1 until its successor is ready,
+	// so generation 1 replaces it at once.
+	b.waitLog(t, "worker started", func(r record) bool { return r.int("generation") == 1 && r.int("pid") != victim }, reloadTimeout)
+	if r := b.waitReloadEnd(t, 2); r.msg() != "reload succeeded" {
+		t.Fatalf("reload after an old worker crashed: %s", r)
+	}
+	assertAllGeneration(t, servingGenerations(t, b.Addr(), 3), 2)
+	waitFor(t, 15*time.Second, "only the 3 new workers to remain", func() bool { return len(childrenOf(b.Pid)) == 3 })
+}
+
+func TestNewWorkerCrashDuringBootFailsTheReloadAndKeepsTheOldOnes(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, workerConfig(2, ""))
+	b := startBaton(t, "run", "-c", d.path)
+	old := servingGenerations(t, b.Addr(), 2)
+
+	d.write(workerConfig(2, "", "-boot-delay", "2s"))
+	b.signal(t, syscall.SIGHUP)
+	booting := b.waitLog(t, "worker started", func(r record) bool { return r.int("generation") == 2 }, reloadTimeout)
+	if err := syscall.Kill(booting.int("pid"), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	r := b.waitReloadEnd(t, 2)
+	if r.msg() != "reload failed" || !strings.Contains(r.str("reason"), "exited during boot: killed by signal KILL") {
+		t.Fatalf("reload: %s, want a failure naming the killed worker", r)
+	}
+	for pid := range old {
+		if !processAlive(pid) {
+			t.Errorf("old worker %d did not survive the failed reload", pid)
+		}
+	}
+	waitFor(t, 15*time.Second, "the new generation to be stopped", func() bool { return len(childrenOf(b.Pid)) == 2 })
+	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 1)
+}

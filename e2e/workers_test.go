@@ -1,0 +1,401 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestWorkersShareOnePort: four workers inherit one listener, each with the
+// LISTEN_* protocol right and its own slot, and requests on fresh
+// connections reach all of them.
+func TestWorkersShareOnePort(t *testing.T) {
+	t.Parallel()
+	b := startBaton(t, "run", "-w", "4", "--", testworkerBin)
+	if r := b.waitLog(t, "master started", nil, waitTimeout); r.int("workers") != 4 {
+		t.Errorf(`"master started" says workers=%s, want 4`, r.str("workers"))
+	}
+	b.waitLogs(t, "worker started", nil, 4, waitTimeout)
+
+	workers := collectWorkers(t, b.Addr(), 4, waitTimeout)
+	ids := map[string]bool{}
+	for pid, w := range workers {
+		if !w.ListenPidMatched {
+			t.Errorf("worker %d: LISTEN_PID is not its own pid", pid)
+		}
+		if w.ListenFDs != "1" || w.ListenFDNames != "bind0" {
+			t.Errorf("worker %d: LISTEN_FDS=%q LISTEN_FDNAMES=%q, want 1 and bind0", pid, w.ListenFDs, w.ListenFDNames)
+		}
+		if w.Generation != "1" {
+			t.Errorf("worker %d: BATON_GENERATION=%q, want 1", pid, w.Generation)
+		}
+		if w.PPid != b.Pid {
+			t.Errorf("worker %d: parent is %d, want the master %d", pid, w.PPid, b.Pid)
+		}
+		ids[string(w.WorkerID)] = true
+	}
+	for _, id := range []string{"1", "2", "3", "4"} {
+		if !ids[id] {
+			t.Errorf("no worker with BATON_WORKER_ID=%s among %v", id, ids)
+		}
+	}
+	logged := b.workerPids()
+	slices.Sort(logged)
+	if answered := sortedKeys(workers); !slices.Equal(answered, logged) {
+		t.Errorf("pids that answered %v, pids baton logged as started %v", answered, logged)
+	}
+}
+
+// TestTCPAndUnixListeners: with two named binds, every worker serves both,
+// the names come through in LISTEN_FDNAMES in bind order, the unix socket
+// gets --unix-mode and is removed on shutdown.
+func TestTCPAndUnixListeners(t *testing.T) {
+	t.Parallel()
+	sock := filepath.Join(t.TempDir(), "admin.sock")
+	b := startBaton(t, "run", "-w", "4", "-b", "web=127.0.0.1:0", "-b", "admin=unix:"+sock,
+		"--unix-mode", "0600", "--", testworkerBin)
+	if want := []string{"web", "admin"}; !slices.Equal(b.listenerNames, want) {
+		t.Fatalf("listeners %v, want %v", b.listenerNames, want)
+	}
+	if got := b.ListenerAddr(t, "admin"); got != "unix:"+sock {
+		t.Errorf("admin listens on %q, want %q", got, "unix:"+sock)
+	}
+	info, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Mode()&os.ModeSocket == 0 || info.Mode().Perm() != 0o600 {
+		t.Errorf("socket file mode %v, want a socket with 0600", info.Mode())
+	}
+	logged := b.waitLogs(t, "worker started", nil, 4, waitTimeout)
+
+	var pidSets [][]int
+	for _, name := range []string{"web", "admin"} {
+		workers := collectWorkers(t, b.ListenerAddr(t, name), 4, waitTimeout)
+		for pid, w := range workers {
+			if w.Listener != name {
+				t.Errorf("worker %d on listener %s says the request came through %q", pid, name, w.Listener)
+			}
+			if w.ListenFDNames != "web:admin" || w.ListenFDs != "2" {
+				t.Errorf("worker %d: LISTEN_FDS=%q LISTEN_FDNAMES=%q, want 2 and web:admin", pid, w.ListenFDs, w.ListenFDNames)
+			}
+		}
+		pidSets = append(pidSets, sortedKeys(workers))
+	}
+	var all []int
+	for _, r := range logged {
+		all = append(all, r.int("pid"))
+	}
+	slices.Sort(all)
+	for i, name := range []string{"web", "admin"} {
+		if !slices.Equal(pidSets[i], all) {
+			t.Errorf("workers answering on %s: %v, want every worker %v", name, pidSets[i], all)
+		}
+	}
+
+	b.signal(t, syscall.SIGTERM)
+	if code := b.waitExit(t, exitTimeout); code != 0 {
+		t.Errorf("exit code %d after TERM, want 0", code)
+	}
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Errorf("unix socket %s still there after shutdown (err %v)", sock, err)
+	}
+	b.assertNothingLeft(t)
+}
+
+// inheritedListener opens a TCP listener in the test and returns it as a
+// file for baton's fd 3, and its address.
+func inheritedListener(t *testing.T) (*os.File, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // f keeps the socket open and listening
+	t.Cleanup(func() { f.Close() })
+	return f, addr
+}
+
+// TestInheritedListenerFD: baton takes a listening socket it inherited as
+// fd 3 (-b fd://3) and its workers serve it.
+func TestInheritedListenerFD(t *testing.T) {
+	t.Parallel()
+	f, addr := inheritedListener(t)
+	b := launch(t, batonSpec{
+		args:       []string{"run", "-w", "2", "-b", "fd://3", "--", testworkerBin},
+		extraFiles: []*os.File{f},
+	})
+	f.Close() // only baton holds it now
+	b.waitStarted(t)
+	if b.Addr() != addr {
+		t.Errorf("baton says it listens on %q, the inherited socket is %s", b.Addr(), addr)
+	}
+	workers := collectWorkers(t, addr, 2, waitTimeout)
+	for pid, w := range workers {
+		if !w.ListenPidMatched || w.ListenFDs != "1" || w.ListenFDNames != "bind0" {
+			t.Errorf("worker %d: %+v, want LISTEN_PID matched, LISTEN_FDS=1, LISTEN_FDNAMES=bind0", pid, w)
+		}
+	}
+}
+
+// nonblockReply is the test worker's GET /nonblock.
+type nonblockReply struct {
+	FD3 struct {
+		AtStart bool `json:"at_start"`
+		Now     bool `json:"now"`
+	} `json:"fd3_nonblocking"`
+}
+
+// TestListenerStaysNonblocking: the shared socket is in non-blocking mode
+// when a worker starts and stays so (exec'ing a worker through
+// (*os.File).Fd would clear O_NONBLOCK for every process holding it), for
+// a socket baton opened and for one it inherited in blocking mode.
+func TestListenerStaysNonblocking(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name      string
+		inherited bool
+	}{
+		{name: "tcp"},
+		{name: "fd", inherited: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			spec := batonSpec{args: []string{"run", "-w", "2", "--", testworkerBin}}
+			if tc.inherited {
+				// (*TCPListener).File returns the socket in blocking mode.
+				f, _ := inheritedListener(t)
+				spec.args = []string{"run", "-w", "2", "-b", "fd://3", "--", testworkerBin}
+				spec.extraFiles = []*os.File{f}
+			}
+			b := launch(t, spec)
+			b.waitStarted(t)
+			b.waitLogs(t, "worker started", nil, 2, waitTimeout)
+			for i := range 8 {
+				r, err := get(b.Addr(), "/nonblock", 10*time.Second)
+				if err != nil || r.status != 200 {
+					t.Fatalf("GET /nonblock #%d: %v status %d %s", i, err, r.status, r.body)
+				}
+				var nb nonblockReply
+				if err := json.Unmarshal(r.body, &nb); err != nil {
+					t.Fatalf("GET /nonblock: %v in %q", err, r.body)
+				}
+				if !nb.FD3.AtStart || !nb.FD3.Now {
+					t.Errorf("fd 3 non-blocking at start: %v, now: %v; want both true (%s)", nb.FD3.AtStart, nb.FD3.Now, r.body)
+				}
+			}
+		})
+	}
+}
+
+// TestKilledWorkerIsReplacedUnderLoad: kill -9 of one worker of four under
+// continuous load: a new worker takes its slot and serves, and no request
+// fails but the few the dead worker had in flight.
+func TestKilledWorkerIsReplacedUnderLoad(t *testing.T) {
+	t.Parallel()
+	const concurrency = 8
+	b := startBaton(t, "run", "-w", "4", "--", testworkerBin)
+	b.waitLogs(t, "worker started", nil, 4, waitTimeout)
+	collectWorkers(t, b.Addr(), 4, waitTimeout)
+	victim := b.workerPid(t, 2)
+
+	l := startLoad(loadOptions{addr: b.Addr(), concurrency: concurrency, maxDuration: 60 * time.Second})
+	t.Cleanup(func() { l.stop() })
+	waitFor(t, waitTimeout, "the load to reach every worker", func() bool {
+		s := l.snapshot()
+		return s.OK >= 200 && s.Pids[victim] > 0
+	})
+	beforeKill := l.snapshot()
+	if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	exit := b.waitLog(t, "worker exited", func(r record) bool { return r.int("pid") == victim }, waitTimeout)
+	if exit.int("slot") != 2 || exit.str("status") != "killed by signal KILL" || exit.str("expected") != "false" {
+		t.Errorf("exit record %s, want slot 2, killed by signal KILL, expected false", exit)
+	}
+	b.waitLog(t, "restarting worker", func(r record) bool { return r.int("slot") == 2 }, waitTimeout)
+	replacement := b.waitLog(t, "worker started", func(r record) bool {
+		return r.int("slot") == 2 && r.int("pid") != victim
+	}, waitTimeout).int("pid")
+	waitFor(t, waitTimeout, fmt.Sprintf("the replacement worker %d to answer", replacement), func() bool {
+		return l.snapshot().Pids[replacement] > 0
+	})
+	atReplacement := l.snapshot()
+	waitFor(t, waitTimeout, "more requests after the replacement", func() bool {
+		return l.snapshot().OK >= atReplacement.OK+200
+	})
+	res := l.stop()
+	t.Logf("before the kill: %v", beforeKill)
+	t.Logf("in all: %v", res)
+
+	if res.OK <= beforeKill.OK {
+		t.Errorf("no request succeeded after the kill")
+	}
+	if res.Refused+res.Timeout+res.Non2xx+res.Other > 0 {
+		t.Errorf("failures other than the killed worker's connections: %v", res)
+	}
+	if lost := res.Reset + res.EOF; lost > concurrency {
+		t.Errorf("%d requests lost (reset or EOF), more than the %d a worker can have in flight: %v", lost, concurrency, res)
+	}
+	if res.Pids[victim] > beforeKill.Pids[victim] {
+		t.Logf("note: the killed worker answered %d requests between the snapshot and the kill", res.Pids[victim]-beforeKill.Pids[victim])
+	}
+}
+
+// TestCleanExitIsReplaced: a worker that exits with status 0 on its own is
+// an unexpected exit too, and is replaced in its slot.
+func TestCleanExitIsReplaced(t *testing.T) {
+	t.Parallel()
+	b := startBaton(t, "run", "-w", "1", "--", testworkerBin)
+	first := b.workerPid(t, 1)
+	if info, err := fetchInfo(b.Addr()); err != nil || info.Pid != first {
+		t.Fatalf("GET /: %+v, %v; want worker %d", info, err, first)
+	}
+	_, _ = get(b.Addr(), "/exit?code=0", 10*time.Second) // the worker may exit before replying
+	exit := b.waitLog(t, "worker exited", func(r record) bool { return r.int("pid") == first }, waitTimeout)
+	if exit.str("status") != "exit status 0" || exit.str("expected") != "false" {
+		t.Errorf("exit record %s, want exit status 0, expected false", exit)
+	}
+	b.waitLog(t, "restarting worker", func(r record) bool { return r.int("slot") == 1 }, waitTimeout)
+	second := b.waitLog(t, "worker started", func(r record) bool {
+		return r.int("slot") == 1 && r.int("pid") != first
+	}, waitTimeout).int("pid")
+	info, err := fetchInfo(b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Pid != second || info.WorkerID != "1" {
+		t.Errorf("answered by pid %d worker %s, want the replacement %d in slot 1", info.Pid, info.WorkerID, second)
+	}
+}
+
+// TestCrashLoopBackoff: a worker that fails at start is restarted after
+// 100ms, 200ms, 400ms, 800ms..., and TERM during the backoff exits at once.
+func TestCrashLoopBackoff(t *testing.T) {
+	t.Parallel()
+	b := startBaton(t, "run", "-w", "1", "--", testworkerBin, "-exit-at-start", "3")
+	restarts := b.waitLogs(t, "restarting worker", nil, 4, waitTimeout)
+	starts := b.waitLogs(t, "worker started", nil, 4, waitTimeout)
+	for i, r := range restarts[:4] {
+		want := (100 * time.Millisecond) << i
+		got, err := time.ParseDuration(r.str("delay"))
+		if err != nil || got != want || r.int("failures") != i+1 || r.int("slot") != 1 {
+			t.Errorf("restart #%d: %s; want slot 1, delay %v, failures %d", i+1, r, want, i+1)
+		}
+		// The delay is kept, not just logged.
+		if i+1 < len(starts) {
+			if waited := starts[i+1].time(t).Sub(r.time(t)); waited < want-10*time.Millisecond {
+				t.Errorf("restart #%d started %v after it was scheduled, want %v", i+1, waited, want)
+			}
+		}
+	}
+	for _, r := range b.logs("worker exited", nil) {
+		if r.str("status") != "exit status 3" || r.str("expected") != "false" || r.int("slot") != 1 {
+			t.Errorf("exit record %s, want slot 1, exit status 3, expected false", r)
+		}
+		if _, err := time.ParseDuration(r.str("uptime")); err != nil {
+			t.Errorf("exit record %s: uptime is not a duration", r)
+		}
+	}
+	start := time.Now()
+	b.signal(t, syscall.SIGTERM)
+	if code := b.waitExit(t, exitTimeout); code != 0 {
+		t.Errorf("exit code %d after TERM, want 0", code)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("TERM during a crash loop took %v to exit, want well under 3s", took)
+	}
+	b.assertNothingLeft(t)
+}
+
+// TestBindForms: each address form baton accepts listens where it says and
+// reaches the workers.
+func TestBindForms(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, bind string
+		listener   string // the name in LISTEN_FDNAMES
+	}{
+		{name: "ipv4", bind: "127.0.0.1:0", listener: "bind0"},
+		{name: "ipv6", bind: "[::1]:0", listener: "bind0"},
+		{name: "host name", bind: "localhost:0", listener: "bind0"},
+		{name: "all interfaces", bind: ":0", listener: "bind0"},
+		{name: "named", bind: "api=127.0.0.1:0", listener: "api"},
+		{name: "unix", bind: "unix:SOCK", listener: "bind0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			bind := tc.bind
+			if bind == "unix:SOCK" {
+				bind = "unix:" + filepath.Join(t.TempDir(), "app.sock")
+			}
+			b := startBaton(t, "run", "-b", bind, "--", testworkerBin)
+			addr := b.ListenerAddr(t, tc.listener)
+			t.Logf("-b %s listens on %s", bind, addr)
+			info, err := fetchInfo(addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Listener != tc.listener || info.ListenFDNames != tc.listener {
+				t.Errorf("worker says listener %q, LISTEN_FDNAMES=%q; want %q", info.Listener, info.ListenFDNames, tc.listener)
+			}
+		})
+	}
+}
+
+// TestWorkerEnvironmentAndOutput: workers run in --chdir with baton's
+// environment and the -e variables (which win), and their stdout and stderr
+// come out on baton's.
+func TestWorkerEnvironmentAndOutput(t *testing.T) {
+	t.Parallel()
+	workdir := t.TempDir()
+	script := `echo "out: GREETING=$GREETING INHERITED=$INHERITED PWD=$(pwd) WORKER=$BATON_WORKER_ID"; echo "err: to stderr" >&2; exec "$0"`
+	b := launch(t, batonSpec{
+		args: []string{"run", "-w", "2", "--chdir", workdir, "-e", "GREETING=hello world",
+			"--", "/bin/sh", "-c", script, testworkerBin},
+		env: []string{"INHERITED=from baton", "GREETING=overridden"},
+	})
+	b.waitStarted(t)
+	collectWorkers(t, b.Addr(), 2, waitTimeout)
+	for _, id := range []string{"1", "2"} {
+		want := fmt.Sprintf("out: GREETING=hello world INHERITED=from baton PWD=%s WORKER=%s", workdir, id)
+		waitFor(t, waitTimeout, fmt.Sprintf("%q on baton's stdout", want), func() bool {
+			return slices.Contains(strings.Split(b.Stdout(), "\n"), want)
+		})
+	}
+	waitFor(t, waitTimeout, "the workers' stderr on baton's", func() bool {
+		n := 0
+		for _, line := range strings.Split(b.Stderr(), "\n") {
+			if line == "err: to stderr" {
+				n++
+			}
+		}
+		return n == 2
+	})
+}
+
+// TestTextLogFormat: without --log-format, baton logs slog's text format.
+func TestTextLogFormat(t *testing.T) {
+	t.Parallel()
+	b := launch(t, batonSpec{args: []string{"run", "--", testworkerBin}, textLogs: true})
+	for _, want := range []string{`level=INFO msg=listening name=bind0 addr=127.0.0.1:`, `msg="master started"`, `msg="worker started" slot=1`} {
+		waitFor(t, waitTimeout, fmt.Sprintf("%s in baton's stderr", want), func() bool {
+			return strings.Contains(b.Stderr(), want)
+		})
+	}
+	if len(b.logs("master started", nil)) > 0 {
+		t.Errorf("JSON records without --log-format json:\n%s", b.Stderr())
+	}
+}
