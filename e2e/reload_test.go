@@ -104,6 +104,26 @@ func assertNoFailures(t *testing.T, res loadResult) {
 	}
 }
 
+// workersOf lists the master's worker processes, leaving out its
+// short-lived helpers (baton _unlisten): a worker leads its own process
+// group, a helper stays in the master's.
+func workersOf(master int) []int {
+	var workers []int
+	for _, p := range allProcs() {
+		if p.ppid == master && p.pgrp == p.pid && !p.zombie() {
+			workers = append(workers, p.pid)
+		}
+	}
+	return workers
+}
+
+// waitWorkers waits until the master has n worker processes: after a
+// reload, the old ones drain for a moment.
+func (b *Baton) waitWorkers(t *testing.T, n int) {
+	t.Helper()
+	waitFor(t, 20*time.Second, fmt.Sprintf("%d worker processes", n), func() bool { return len(workersOf(b.Pid)) == n })
+}
+
 func steadyLoad(b *Baton) *load {
 	return startLoad(loadOptions{addr: b.Addr(), concurrency: 8, maxDuration: 2 * time.Minute})
 }
@@ -112,7 +132,7 @@ func TestReloadUnderLoadReplacesEveryWorkerWithoutAFailedRequest(t *testing.T) {
 	t.Parallel()
 	// 300 ms of "import" before the new workers take their listeners.
 	d := newDeployment(t, workerConfig(4, "", "-boot-delay", "300ms"))
-	b := startBaton(t, "run", "-c", d.path)
+	b := startBaton(t, "run", "-c", d.path, "--log-level", "debug")
 	old := servingGenerations(t, b.Addr(), 4)
 	assertAllGeneration(t, old, 1)
 
@@ -125,6 +145,7 @@ func TestReloadUnderLoadReplacesEveryWorkerWithoutAFailedRequest(t *testing.T) {
 	res := l.stop()
 	assertNoFailures(t, res)
 
+	b.waitWorkers(t, 4)
 	now := servingGenerations(t, b.Addr(), 4)
 	assertAllGeneration(t, now, 4)
 	for pid := range old {
@@ -132,8 +153,11 @@ func TestReloadUnderLoadReplacesEveryWorkerWithoutAFailedRequest(t *testing.T) {
 			t.Errorf("generation 1 worker %d is still alive after three reloads", pid)
 		}
 	}
-	if n := len(childrenOf(b.Pid)); n != 4 {
-		t.Errorf("master has %d children after the reloads, want 4", n)
+	// drain_unlisten (the default) took the listener out of every retired
+	// worker's epoll set before it was stopped.
+	deaf := b.logs("retiring worker no longer accepts", func(r record) bool { return r.int("removed") >= 1 })
+	if len(deaf) != 12 {
+		t.Errorf("%d retired workers were made to stop accepting, want all 12", len(deaf))
 	}
 }
 
@@ -170,6 +194,7 @@ func TestBadDeployThatExitsAtBootKeepsTheOldGenerationServing(t *testing.T) {
 	if r := b.reload(t, 3); r.msg() != "reload succeeded" {
 		t.Fatalf("reload after the fix: %s", r)
 	}
+	b.waitWorkers(t, 3)
 	assertAllGeneration(t, servingGenerations(t, b.Addr(), 3), 3)
 }
 
@@ -195,9 +220,7 @@ func TestBadDeployThatNeverGetsReadyIsRolledBackAfterBootTimeout(t *testing.T) {
 		}
 	}
 	// The stuck new workers are stopped: only the old ones remain.
-	waitFor(t, 15*time.Second, "the stuck generation to be stopped", func() bool {
-		return len(childrenOf(b.Pid)) == 2
-	})
+	b.waitWorkers(t, 2) // the stuck generation is stopped
 	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 1)
 }
 
@@ -223,8 +246,8 @@ func TestBadConfigOnHUPKeepsServingWithTheOldConfig(t *testing.T) {
 			t.Errorf("old worker %d no longer serves after a bad config", pid)
 		}
 	}
-	if n := len(childrenOf(b.Pid)); n != 2 {
-		t.Errorf("master has %d children, want the old 2", n)
+	if n := len(workersOf(b.Pid)); n != 2 {
+		t.Errorf("master has %d workers, want the old 2", n)
 	}
 }
 
@@ -241,7 +264,7 @@ func TestRollingReloadNeverExceedsWorkersPlusMaxSurge(t *testing.T) {
 	b.signal(t, syscall.SIGHUP)
 	deadline := time.Now().Add(reloadTimeout)
 	for len(b.logs("reload succeeded", nil)) == 0 && time.Now().Before(deadline) {
-		peak = max(peak, len(childrenOf(b.Pid)))
+		peak = max(peak, len(workersOf(b.Pid)))
 		samples++
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -258,6 +281,7 @@ func TestRollingReloadNeverExceedsWorkersPlusMaxSurge(t *testing.T) {
 		t.Errorf("sampling saw at most %d workers; the sampler is broken", peak)
 	}
 	assertNoFailures(t, res)
+	b.waitWorkers(t, workers)
 	assertAllGeneration(t, servingGenerations(t, b.Addr(), workers), 2)
 }
 
@@ -281,6 +305,7 @@ func TestHUPDuringAReloadIsQueued(t *testing.T) {
 	if n := len(b.logs("reload started", nil)); n != 2 {
 		t.Errorf("%d reloads started, want 2 (the HUPs during the first coalesce)", n)
 	}
+	b.waitWorkers(t, 2)
 	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 3)
 }
 
@@ -320,6 +345,7 @@ func TestReadinessModes(t *testing.T) {
 				t.Fatalf("reload: %s", r)
 			}
 			assertNoFailures(t, l.stop())
+			b.waitWorkers(t, 2)
 			for _, r := range b.logs("worker ready", func(r record) bool { return r.int("generation") == 2 }) {
 				if r.str("seen_by") != tc.seenBy {
 					t.Errorf("worker ready by %q, want %q: %s", r.str("seen_by"), tc.seenBy, r)
@@ -343,6 +369,7 @@ func TestNotifyModeWorkerThatNeverNotifiesFailsTheReload(t *testing.T) {
 	if r.msg() != "reload failed" || !strings.Contains(r.str("reason"), "boot_timeout") {
 		t.Fatalf("reload: %s, want a boot_timeout failure", r)
 	}
+	b.waitWorkers(t, 2) // the new ones served, unannounced, until stopped
 	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 1)
 }
 
@@ -365,8 +392,8 @@ func TestOldWorkerCrashDuringAReloadIsReplacedAndTheReloadCompletes(t *testing.T
 	if r := b.waitReloadEnd(t, 2); r.msg() != "reload succeeded" {
 		t.Fatalf("reload after an old worker crashed: %s", r)
 	}
+	b.waitWorkers(t, 3)
 	assertAllGeneration(t, servingGenerations(t, b.Addr(), 3), 2)
-	waitFor(t, 15*time.Second, "only the 3 new workers to remain", func() bool { return len(childrenOf(b.Pid)) == 3 })
 }
 
 func TestNewWorkerCrashDuringBootFailsTheReloadAndKeepsTheOldOnes(t *testing.T) {
@@ -390,6 +417,6 @@ func TestNewWorkerCrashDuringBootFailsTheReloadAndKeepsTheOldOnes(t *testing.T) 
 			t.Errorf("old worker %d did not survive the failed reload", pid)
 		}
 	}
-	waitFor(t, 15*time.Second, "the new generation to be stopped", func() bool { return len(childrenOf(b.Pid)) == 2 })
+	b.waitWorkers(t, 2) // the new generation is stopped
 	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 1)
 }

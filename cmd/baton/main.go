@@ -10,6 +10,7 @@ import (
 
 	"github.com/baton-pm/baton/internal/demo"
 	"github.com/baton-pm/baton/internal/proc"
+	"github.com/baton-pm/baton/internal/unlisten"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -37,6 +38,8 @@ func run(args []string) int {
 		switch args[0] {
 		case proc.ShimArg:
 			return proc.Shim(args[1:])
+		case unlisten.Arg:
+			return unlisten.Main(args[1:])
 		case demoWorkerArg:
 			if err := demo.Run(); err != nil {
 				fmt.Fprintln(os.Stderr, "baton demo worker:", err)

@@ -36,6 +36,7 @@ func masterOptions(cfg *config.Config) master.Options {
 		BootTimeout:     cfg.BootTimeout,
 		Strategy:        master.Strategy(cfg.ReloadStrategy),
 		MaxSurge:        cfg.MaxSurge,
+		DrainUnlisten:   cfg.DrainUnlisten,
 		PidFile:         cfg.PIDFile,
 		Version:         version,
 	}

@@ -52,6 +52,7 @@ type Config struct {
 	BootTimeout    time.Duration // boot_timeout: a reload fails if a new worker is not ready by then
 	ReloadStrategy string        // reload_strategy: "surge" or "rolling"
 	MaxSurge       int           // max_surge: rolling reloads' extra processes
+	DrainUnlisten  bool          // drain_unlisten: make a replaced worker stop accepting before it is stopped
 
 	PIDFile   string // pid: pidfile path, "" for none
 	LogLevel  string // log_level: "debug", "info", "warn" or "error"

@@ -29,6 +29,7 @@ func defaults(command ...string) *Config {
 		BootTimeout:     60 * time.Second,
 		ReloadStrategy:  "surge",
 		MaxSurge:        1,
+		DrainUnlisten:   true,
 		LogLevel:        "info",
 		LogFormat:       "text",
 	}
@@ -103,6 +104,7 @@ DATABASE_URL = "postgres://db/app"
 		BootTimeout:     60 * time.Second,
 		ReloadStrategy:  "rolling",
 		MaxSurge:        2,
+		DrainUnlisten:   true,
 		PIDFile:         d.path + "/baton.pid",
 		LogLevel:        "debug",
 		LogFormat:       "json",
@@ -723,6 +725,7 @@ ready = "auto"
 boot_timeout = "1m0s"
 reload_strategy = "surge"
 max_surge = 1
+drain_unlisten = true
 pid = ""
 log_level = "info"
 log_format = "text"

@@ -115,6 +115,11 @@ var keys = []key{
 		setting: func(c *Config) setting { return intSetting(&c.MaxSurge, 1) },
 	},
 	{
+		name: "drain_unlisten", def: "true", boolean: true,
+		usage:   "`BOOL`: before stopping a worker that a reload replaces, take the listeners out of its epoll sets so it accepts no new connection (protects servers whose shutdown drops just-accepted connections)",
+		setting: func(c *Config) setting { return boolSetting(&c.DrainUnlisten) },
+	},
+	{
 		name:    "pid",
 		usage:   "write the master's pid to `FILE`",
 		setting: func(c *Config) setting { return textSetting(&c.PIDFile) },

@@ -43,8 +43,11 @@ type Options struct {
 	BootTimeout     time.Duration
 	Strategy        Strategy
 	MaxSurge        int // rolling: at most Workers+MaxSurge processes alive
-	PidFile         string
-	Version         string
+	// DrainUnlisten makes a worker that is being replaced stop accepting
+	// (see package unlisten) before it gets its stop signal.
+	DrainUnlisten bool
+	PidFile       string
+	Version       string
 }
 
 // ReadyMode says how baton learns that a worker accepts connections.
@@ -89,8 +92,9 @@ type Master struct {
 	log    *slog.Logger
 	logOut *logging.Output
 
-	listeners []*listener.Listener
-	probe     *readiness.Probe
+	listeners      []*listener.Listener
+	listenerInodes []uint64 // socket inode of each listener
+	probe          *readiness.Probe
 
 	current *generation
 	reload  *reload // the reload in progress, if any
@@ -99,6 +103,9 @@ type Master struct {
 	lastReload *ReloadResult
 	lastGen    int
 	workers    map[int]*worker // every live worker process, of any generation, by pid
+	// helpers are short-lived baton helper processes (unlisten), by pid,
+	// with what to do when each exits.
+	helpers map[int]func(proc.Exit)
 
 	shutdown shutdownMode
 	events   chan func()
@@ -113,6 +120,7 @@ func New(opts Options, load Loader, log *slog.Logger, logOut *logging.Output) *M
 		log:     log,
 		logOut:  logOut,
 		workers: map[int]*worker{},
+		helpers: map[int]func(proc.Exit){},
 		events:  make(chan func(), 64),
 		quit:    make(chan struct{}),
 	}
@@ -176,7 +184,7 @@ func (m *Master) open() error {
 	if err != nil {
 		return err
 	}
-	probe, err := probeFor(ls)
+	inodes, err := socketInodes(ls)
 	if err != nil {
 		listener.CloseAll(ls)
 		return err
@@ -187,15 +195,15 @@ func (m *Master) open() error {
 			return err
 		}
 	}
-	m.listeners, m.probe = ls, probe
+	m.listeners, m.listenerInodes, m.probe = ls, inodes, readiness.NewProbe(inodes)
 	for _, l := range ls {
 		m.log.Info("listening", "name", l.Name, "addr", l.Addr)
 	}
 	return nil
 }
 
-// probeFor watches the listeners' socket inodes for ready = "auto".
-func probeFor(ls []*listener.Listener) (*readiness.Probe, error) {
+// socketInodes identifies the listeners in other processes' /proc entries.
+func socketInodes(ls []*listener.Listener) ([]uint64, error) {
 	inodes := make([]uint64, len(ls))
 	for i, l := range ls {
 		ino, err := readiness.SocketInode(l.FD())
@@ -204,7 +212,7 @@ func probeFor(ls []*listener.Listener) (*readiness.Probe, error) {
 		}
 		inodes[i] = ino
 	}
-	return readiness.NewProbe(inodes), nil
+	return inodes, nil
 }
 
 // cleanup runs however Run ends: no worker outlives the master, and the

@@ -270,6 +270,11 @@ func (m *Master) onBootTimeout(w *worker) {
 
 // onExit handles one reaped child.
 func (m *Master) onExit(e proc.Exit) {
+	if done, ok := m.helpers[e.Pid]; ok {
+		delete(m.helpers, e.Pid)
+		done(e)
+		return
+	}
 	w, ok := m.workers[e.Pid]
 	if !ok {
 		m.log.Debug("reaped a process that is not a worker", "pid", e.Pid, "status", proc.Describe(e.Status))
@@ -354,12 +359,26 @@ func backoff(failures int) time.Duration {
 }
 
 // retire asks a worker to stop and kills its group if it has not exited
-// within its generation's graceful timeout.
+// within its generation's graceful timeout. A ready worker that others
+// replace is first made to stop accepting (see drain.go).
 func (m *Master) retire(w *worker) {
 	if w.state == draining {
 		return
 	}
+	wasReady := w.state == ready
 	w.state = draining
+	if wasReady && m.shutdown == running && w.gen.opts.DrainUnlisten {
+		m.unlistenThen(w, func() { m.stop(w) })
+		return
+	}
+	m.stop(w)
+}
+
+// stop sends w its stop signal, and SIGKILL after the graceful timeout.
+func (m *Master) stop(w *worker) {
+	if m.workers[w.proc.Pid] != w {
+		return
+	}
 	m.signalWorker(w, w.gen.opts.StopSignal)
 	timeout := w.gen.opts.GracefulTimeout
 	m.after(timeout, func() {

@@ -149,40 +149,85 @@ func (p *Probe) fds(pid int) (sockets map[int]uint64, epolls []int) {
 	return sockets, epolls
 }
 
-// epollWatches reads the epoll set's registrations from fdinfo, one line
-// per target: "tfd: 7 events: 19 data: ... pos:0 ino:1a2b sdev:8".
+// epollWatches reports whether the epoll set has a watched listener
+// registered for input.
 func (p *Probe) epollWatches(pid, epfd int) bool {
-	data, err := os.ReadFile(fmt.Sprintf("%s/%d/fdinfo/%d", p.proc, pid, epfd))
-	if err != nil {
-		return false
-	}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		ino, events, ok := parseEpollTarget(sc.Text())
-		if ok && events&unix.EPOLLIN != 0 && p.inodes[ino] {
+	for _, t := range p.epollTargets(pid, epfd) {
+		if t.events&unix.EPOLLIN != 0 {
 			return true
 		}
 	}
 	return false
 }
 
-func parseEpollTarget(line string) (ino uint64, events uint32, ok bool) {
-	if !strings.HasPrefix(line, "tfd:") {
-		return 0, 0, false
+// epollTarget is one registration of a watched listener in an epoll set.
+type epollTarget struct {
+	fd     int // the registered fd number, in the owning process
+	ino    uint64
+	events uint32
+}
+
+// epollTargets reads the epoll set's registrations of watched listeners
+// from fdinfo, one line per target:
+// "tfd: 7 events: 19 data: ... pos:0 ino:1a2b sdev:8".
+func (p *Probe) epollTargets(pid, epfd int) []epollTarget {
+	data, err := os.ReadFile(fmt.Sprintf("%s/%d/fdinfo/%d", p.proc, pid, epfd))
+	if err != nil {
+		return nil
 	}
-	fields := strings.Fields(line)
-	var haveIno, haveEvents bool
-	for i, f := range fields {
-		switch {
-		case f == "events:" && i+1 < len(fields):
-			e, err := strconv.ParseUint(fields[i+1], 16, 32)
-			events, haveEvents = uint32(e), err == nil
-		case strings.HasPrefix(f, "ino:"):
-			v, err := strconv.ParseUint(f[len("ino:"):], 16, 64)
-			ino, haveIno = v, err == nil
+	var targets []epollTarget
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		if t, ok := parseEpollTarget(sc.Text()); ok && p.inodes[t.ino] {
+			targets = append(targets, t)
 		}
 	}
-	return ino, events, haveIno && haveEvents
+	return targets
+}
+
+func parseEpollTarget(line string) (t epollTarget, ok bool) {
+	if !strings.HasPrefix(line, "tfd:") {
+		return t, false
+	}
+	fields := strings.Fields(line)
+	var haveFD, haveIno, haveEvents bool
+	for i, f := range fields {
+		switch {
+		case f == "tfd:" && i+1 < len(fields):
+			fd, err := strconv.Atoi(fields[i+1])
+			t.fd, haveFD = fd, err == nil
+		case f == "events:" && i+1 < len(fields):
+			e, err := strconv.ParseUint(fields[i+1], 16, 32)
+			t.events, haveEvents = uint32(e), err == nil
+		case strings.HasPrefix(f, "ino:"):
+			v, err := strconv.ParseUint(f[len("ino:"):], 16, 64)
+			t.ino, haveIno = v, err == nil
+		}
+	}
+	return t, haveFD && haveIno && haveEvents
+}
+
+// Registration is a watched listener registered in an epoll set of a
+// worker's process: Pid's fd EpollFD watches its fd FD, the listener with
+// socket inode Inode.
+type Registration struct {
+	Pid, EpollFD, FD int
+	Inode            uint64
+}
+
+// Registrations lists every epoll registration of a watched listener in
+// root's process tree.
+func (p *Probe) Registrations(root int) []Registration {
+	var regs []Registration
+	for _, pid := range p.tree(root) {
+		_, epolls := p.fds(pid)
+		for _, epfd := range epolls {
+			for _, t := range p.epollTargets(pid, epfd) {
+				regs = append(regs, Registration{Pid: pid, EpollFD: epfd, FD: t.fd, Inode: t.ino})
+			}
+		}
+	}
+	return regs
 }
 
 // threadBlockedOnListener looks at every thread's current system call for

@@ -108,11 +108,11 @@ func TestNotWaitingWhileBootingOrOnAnotherSocket(t *testing.T) {
 }
 
 func TestParseEpollTarget(t *testing.T) {
-	ino, ev, ok := parseEpollTarget("tfd:        7 events:       19 data:                7  pos:0 ino:1a2b sdev:8")
-	if !ok || ino != 0x1a2b || ev != 0x19 {
-		t.Fatalf("got %x %x %v", ino, ev, ok)
+	got, ok := parseEpollTarget("tfd:        7 events:       19 data:                7  pos:0 ino:1a2b sdev:8")
+	if want := (epollTarget{fd: 7, ino: 0x1a2b, events: 0x19}); !ok || got != want {
+		t.Fatalf("got %+v %v, want %+v", got, ok, want)
 	}
-	if _, _, ok := parseEpollTarget("pos:\t0"); ok {
+	if _, ok := parseEpollTarget("pos:\t0"); ok {
 		t.Fatal("parsed a non-target line")
 	}
 }

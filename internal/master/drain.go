@@ -1,0 +1,78 @@
+package master
+
+import (
+	"time"
+
+	"github.com/baton-pm/baton/internal/proc"
+	"github.com/baton-pm/baton/internal/unlisten"
+)
+
+const (
+	// unlistenTimeout bounds the wait for the unlisten helpers; the stop
+	// signal goes out then whatever they did.
+	unlistenTimeout = time.Second
+	// readPause lets a worker that no longer accepts read the requests of
+	// connections it accepted just before, so its shutdown finds them in
+	// progress instead of idle.
+	readPause = 100 * time.Millisecond
+)
+
+// unlistenThen removes the shared listeners from w's epoll sets, so it
+// accepts no new connection while the next generation does, and calls
+// then once that is done (or could not be done) and readPause has passed.
+// Workers that wait on listeners otherwise (poll, select, blocking accept)
+// have nothing to remove and are stopped at once.
+func (m *Master) unlistenThen(w *worker, then func()) {
+	targets := m.unlistenTargets(w)
+	if len(targets) == 0 {
+		then()
+		return
+	}
+	pending, removed := 0, 0
+	finished := false
+	finish := func() {
+		if !finished {
+			finished = true
+			m.log.Debug("retiring worker no longer accepts", "slot", w.slot, "pid", w.proc.Pid,
+				"removed", removed, "registrations", len(targets))
+			m.after(readPause, then)
+		}
+	}
+	for _, t := range targets {
+		pid, err := unlisten.Start("/proc/self/exe", t)
+		if err != nil {
+			m.log.Warn("cannot make a retiring worker stop accepting; stopping it anyway", "pid", w.proc.Pid, "err", err)
+			continue
+		}
+		pending++
+		m.helpers[pid] = func(e proc.Exit) {
+			if e.Status.Exited() && e.Status.ExitStatus() == 0 {
+				removed++
+			} else {
+				m.log.Warn("could not make a retiring worker stop accepting", "pid", w.proc.Pid, "status", proc.Describe(e.Status))
+			}
+			if pending--; pending == 0 {
+				finish()
+			}
+		}
+	}
+	if pending == 0 {
+		then()
+		return
+	}
+	m.after(unlistenTimeout, finish)
+}
+
+// unlistenTargets lists the epoll registrations of baton's listeners in
+// w's process tree.
+func (m *Master) unlistenTargets(w *worker) []unlisten.Target {
+	byInode := map[uint64]int{}
+	for i, ino := range m.listenerInodes {
+		byInode[ino] = m.listeners[i].FD()
+	}
+	var targets []unlisten.Target
+	for _, r := range m.probe.Registrations(w.proc.Pid) {
+		targets = append(targets, unlisten.Target{Pid: r.Pid, EpollFD: r.EpollFD, FD: r.FD, ListenerFD: byInode[r.Inode]})
+	}
+	return targets
+}
