@@ -47,7 +47,13 @@ type Options struct {
 	// (see package unlisten) before it gets its stop signal.
 	DrainUnlisten bool
 	PidFile       string
-	Version       string
+	ConfigFile    string // "" when there is none
+	// ControlPath is the control socket; ControlRequired makes a failure
+	// to open it fatal (it was asked for), else it is logged and skipped.
+	ControlPath     string
+	ControlRequired bool
+	MetricsAddr     string // "" for no HTTP endpoint
+	Version         string
 }
 
 // ReadyMode says how baton learns that a worker accepts connections.
@@ -75,6 +81,13 @@ const (
 	Rolling Strategy = "rolling" // at most MaxSurge extra processes at a time
 )
 
+// Observer is told of events that metrics count; nil for none.
+type Observer interface {
+	ReloadFinished(ok bool, d time.Duration)
+	WorkerRestarted(reason string)
+	WorkerBooted(d time.Duration)
+}
+
 // Loader re-reads the configuration for a reload.
 type Loader func() (Options, error)
 
@@ -99,6 +112,8 @@ type Master struct {
 	current *generation
 	reload  *reload // the reload in progress, if any
 	queued  bool    // a HUP arrived during a reload: reload again after it
+	// queuedWaiters wait for the queued reload.
+	queuedWaiters []*reloadWaiter
 	// lastReload is how the last reload ended, nil before the first.
 	lastReload *ReloadResult
 	lastGen    int
@@ -106,6 +121,10 @@ type Master struct {
 	// helpers are short-lived baton helper processes (unlisten), by pid,
 	// with what to do when each exits.
 	helpers map[int]func(proc.Exit)
+
+	metrics Observer
+	pid     int
+	started time.Time
 
 	shutdown shutdownMode
 	events   chan func()
@@ -120,6 +139,7 @@ func New(opts Options, load Loader, log *slog.Logger, logOut *logging.Output) *M
 		log:     log,
 		logOut:  logOut,
 		workers: map[int]*worker{},
+		pid:     os.Getpid(),
 		helpers: map[int]func(proc.Exit){},
 		events:  make(chan func(), 64),
 		quit:    make(chan struct{}),
@@ -142,6 +162,7 @@ func (m *Master) Run() error {
 		return &StartError{Err: err}
 	}
 	defer m.cleanup()
+	m.started = time.Now()
 
 	m.log.Info("master started", "pid", os.Getpid(), "version", m.opts.Version,
 		"workers", m.opts.Workers, "command", strings.Join(m.opts.Command, " "),
@@ -257,7 +278,7 @@ func (m *Master) handleSignal(sig syscall.Signal) {
 			m.onExit(e)
 		}
 	case syscall.SIGHUP:
-		m.requestReload()
+		m.requestReload(nil)
 	case syscall.SIGTERM:
 		m.beginShutdown(graceful, sig)
 	case syscall.SIGINT, syscall.SIGQUIT:

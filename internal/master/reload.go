@@ -19,46 +19,75 @@ import (
 type reload struct {
 	old, next *generation
 	started   time.Time
+	waiters   []*reloadWaiter // the clients waiting for this reload's end
 }
 
-// ReloadResult is how the last reload ended.
+// ReloadResult is how a reload ended.
 type ReloadResult struct {
 	Generation int
 	OK         bool
 	Reason     string
+	Stderr     []string // the failing worker's last lines
 	Started    time.Time
 	Duration   time.Duration
 }
 
-func (m *Master) requestReload() {
+// reloadWaiter is a client (baton reload) waiting for a reload: it gets
+// progress reports, which must not block, and the result.
+type reloadWaiter struct {
+	progress func(reload *reload)
+	done     chan ReloadResult // buffered: delivering never blocks
+}
+
+func newReloadWaiter(progress func(*reload)) *reloadWaiter {
+	return &reloadWaiter{progress: progress, done: make(chan ReloadResult, 1)}
+}
+
+// requestReload starts a reload, or queues one if a reload is in
+// progress; w (nil for a HUP) waits for the one that reads the config
+// after the request.
+func (m *Master) requestReload(w *reloadWaiter) {
 	if m.shutdown != running {
 		m.log.Warn("reload ignored: shutting down")
+		deliver([]*reloadWaiter{w}, ReloadResult{Reason: "the master is shutting down", Started: time.Now()})
 		return
 	}
 	if m.reload != nil {
 		m.queued = true
+		if w != nil {
+			m.queuedWaiters = append(m.queuedWaiters, w)
+		}
 		m.log.Info("reload requested during a reload; it will start when this one ends",
 			"generation", m.reload.next.num)
 		return
 	}
-	m.startReload()
+	m.startReload([]*reloadWaiter{w})
 }
 
-func (m *Master) startReload() {
+// deliver hands res to every waiter; nil waiters (HUPs) are skipped.
+func deliver(waiters []*reloadWaiter, res ReloadResult) {
+	for _, w := range waiters {
+		if w != nil {
+			w.done <- res
+		}
+	}
+}
+
+func (m *Master) startReload(waiters []*reloadWaiter) {
 	started := time.Now()
 	opts, err := m.load()
 	if err != nil {
-		m.rejectConfig(started, "the configuration is invalid", "problems", strings.Split(err.Error(), "\n"))
+		m.rejectConfig(waiters, started, "the configuration is invalid: "+err.Error(), "problems", strings.Split(err.Error(), "\n"))
 		return
 	}
 	if reason := listenersChanged(m.opts, opts); reason != "" {
-		m.rejectConfig(started, reason)
+		m.rejectConfig(waiters, started, reason)
 		return
 	}
 	// The pidfile belongs to the running master; a new path applies at the
 	// next start.
 	opts.PidFile, opts.Version = m.opts.PidFile, m.opts.Version
-	r := &reload{old: m.current, next: m.newGeneration(opts), started: started}
+	r := &reload{old: m.current, next: m.newGeneration(opts), started: started, waiters: waiters}
 	m.reload = r
 	m.log.Info("reload started", "generation", r.next.num, "workers", r.next.size,
 		"strategy", string(opts.Strategy), "ready", opts.Ready.String(), "command", strings.Join(opts.Command, " "))
@@ -67,11 +96,13 @@ func (m *Master) startReload() {
 
 // rejectConfig ends a reload whose new configuration cannot be applied;
 // no worker was started, so the generation number stays free.
-func (m *Master) rejectConfig(started time.Time, reason string, attrs ...any) {
+func (m *Master) rejectConfig(waiters []*reloadWaiter, started time.Time, reason string, attrs ...any) {
 	gen := m.lastGen + 1
 	m.log.Error("reload failed", append([]any{"generation", gen, "reason", reason + "; still running the old configuration",
 		"serving_generation", m.current.num}, attrs...)...)
-	m.endReload(ReloadResult{Generation: gen, OK: false, Reason: reason, Started: started})
+	res := m.endReload(ReloadResult{Generation: gen, OK: false, Reason: reason, Started: started})
+	deliver(waiters, res)
+	m.startQueued()
 }
 
 // listenersChanged explains why a new config cannot be applied by a reload:
@@ -121,6 +152,11 @@ func (m *Master) advanceReload() {
 			return // the spawn failed the reload
 		}
 	}
+	for _, w := range r.waiters {
+		if w != nil && w.progress != nil {
+			w.progress(r)
+		}
+	}
 }
 
 // processLimit is how many worker processes, draining ones included, may
@@ -164,7 +200,8 @@ func (m *Master) completeReload() {
 	d := time.Since(r.started)
 	m.log.Info("reload succeeded", "generation", r.next.num, "workers", r.next.size,
 		"duration", d.Round(time.Millisecond).String())
-	m.endReload(ReloadResult{Generation: r.next.num, OK: true, Started: r.started})
+	deliver(r.waiters, m.endReload(ReloadResult{Generation: r.next.num, OK: true, Started: r.started}))
+	m.startQueued()
 }
 
 // failReload stops the new generation and brings the old one back to full
@@ -188,44 +225,62 @@ func (m *Master) failReload(culprit *worker, reason string) {
 			m.spawn(s)
 		}
 	}
-	result := ReloadResult{Generation: r.next.num, OK: false, Started: r.started}
+	result := ReloadResult{Generation: r.next.num, OK: false, Started: r.started, Reason: reason}
 	if culprit != nil {
 		result.Reason = fmt.Sprintf("worker in slot %d (pid %d) %s", culprit.slot, culprit.proc.Pid, reason)
-		m.logReloadFailure(r, culprit, result.Reason)
-	} else {
-		result.Reason = reason
-		m.log.Error("reload failed", "generation", r.next.num,
-			"reason", reason, "serving_generation", r.old.num)
 	}
-	m.endReload(result)
+	recorded := m.endReload(result)
+	m.reportFailure(r, culprit, recorded)
+	m.startQueued()
 }
 
-// logReloadFailure logs the failure with the culprit's last stderr lines,
-// waiting (off the master's goroutine, at most half a second) for the pipe
-// to drain so the lines are complete.
-func (m *Master) logReloadFailure(r *reload, culprit *worker, reason string) {
+// reportFailure logs a failed reload and tells its waiters, with the
+// culprit's last stderr lines: it waits (off the master's goroutine, at most
+// half a second) for the culprit's stderr to drain so the lines are
+// complete.
+func (m *Master) reportFailure(r *reload, culprit *worker, res ReloadResult) {
+	report := func(lines []string) {
+		res.Stderr = lines
+		if m.lastReload != nil && m.lastReload.Generation == res.Generation {
+			m.lastReload.Stderr = lines
+		}
+		m.log.Error("reload failed", "generation", r.next.num, "reason", res.Reason,
+			"serving_generation", r.old.num, "duration", res.Duration.Round(time.Millisecond).String(), "stderr", lines)
+		deliver(r.waiters, res)
+	}
+	if culprit == nil {
+		report(nil)
+		return
+	}
 	tail := culprit.proc.Stderr
-	d := time.Since(r.started).Round(time.Millisecond).String()
 	go func() {
 		select {
 		case <-tail.Wait():
 		case <-time.After(500 * time.Millisecond):
 		}
 		lines := tail.Lines(stderrLines)
-		m.post(func() {
-			m.log.Error("reload failed", "generation", r.next.num,
-				"reason", reason, "serving_generation", r.old.num, "duration", d, "stderr", lines)
-		})
+		m.post(func() { report(lines) })
 	}()
 }
 
-// endReload records the result and starts a queued reload.
-func (m *Master) endReload(res ReloadResult) {
+// endReload records how a reload ended and returns the record.
+func (m *Master) endReload(res ReloadResult) ReloadResult {
 	res.Duration = time.Since(res.Started)
 	m.lastReload = &res
-	if m.queued && m.shutdown == running {
-		m.queued = false
-		m.log.Info("starting the reload that was queued")
-		m.startReload()
+	if m.metrics != nil {
+		m.metrics.ReloadFinished(res.OK, res.Duration)
 	}
+	return res
+}
+
+// startQueued starts the reload requested during the one that just ended.
+func (m *Master) startQueued() {
+	if !m.queued || m.shutdown != running {
+		return
+	}
+	m.queued = false
+	waiters := m.queuedWaiters
+	m.queuedWaiters = nil
+	m.log.Info("starting the reload that was queued")
+	m.startReload(waiters)
 }

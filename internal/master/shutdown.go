@@ -1,6 +1,7 @@
 package master
 
 import (
+	"fmt"
 	"syscall"
 	"time"
 
@@ -23,6 +24,7 @@ const (
 // SIGINT and kill after a short while. A quick request during a graceful
 // shutdown escalates it; a second quick request kills at once. A reload in
 // progress is abandoned.
+// sig is the signal that asked for it, or 0 for a control request.
 func (m *Master) beginShutdown(mode shutdownMode, sig syscall.Signal) {
 	switch {
 	case m.shutdown == quick && mode == quick:
@@ -33,16 +35,17 @@ func (m *Master) beginShutdown(mode shutdownMode, sig syscall.Signal) {
 		return
 	}
 	m.shutdown = mode
-	if m.reload != nil {
-		m.log.Warn("reload abandoned: shutting down", "generation", m.reload.next.num)
-		m.reload, m.queued = nil, false
-	}
+	m.abandonReloads()
 	stopSig, timeout := m.opts.StopSignal, m.opts.GracefulTimeout
 	if mode == quick {
 		stopSig, timeout = syscall.SIGINT, min(quickTimeout, m.opts.GracefulTimeout)
 	}
-	m.log.Info("shutting down", "signal", proc.SignalName(sig), "graceful", mode == graceful,
-		"workers", len(m.workers), "timeout", timeout.String())
+	cause := []any{"requested_by", "control socket"}
+	if sig != 0 {
+		cause = []any{"signal", proc.SignalName(sig)}
+	}
+	m.log.Info("shutting down", append(cause, "graceful", mode == graceful,
+		"workers", len(m.workers), "timeout", timeout.String())...)
 	for _, w := range m.workers {
 		w.state = draining
 		m.signalWorker(w, stopSig)
@@ -91,4 +94,37 @@ func (m *Master) scale(delta int) {
 	if s.worker != nil {
 		m.retire(s.worker)
 	}
+}
+
+// abandonReloads ends the reload in progress and the queued one: the
+// master is shutting down. Their waiters are told so.
+func (m *Master) abandonReloads() {
+	abandoned := ReloadResult{Reason: "abandoned: the master is shutting down", Started: time.Now()}
+	if r := m.reload; r != nil {
+		m.log.Warn("reload abandoned: shutting down", "generation", r.next.num)
+		abandoned.Generation = r.next.num
+		deliver(r.waiters, abandoned)
+		m.reload = nil
+	}
+	deliver(m.queuedWaiters, abandoned)
+	m.queued, m.queuedWaiters = false, nil
+}
+
+// scaleTo sets the current generation's worker count (baton scale N).
+func (m *Master) scaleTo(n int) error {
+	switch {
+	case n < 1:
+		return fmt.Errorf("scale: %d workers: one worker is the minimum", n)
+	case m.shutdown != running:
+		return fmt.Errorf("scale: the master is shutting down")
+	case m.reload != nil:
+		return fmt.Errorf("scale: a reload is in progress; try again when it has finished")
+	}
+	for m.current.size < n {
+		m.scale(+1)
+	}
+	for m.current.size > n {
+		m.scale(-1)
+	}
+	return nil
 }

@@ -41,6 +41,7 @@ type slot struct {
 	gen      *generation
 	worker   *worker
 	failures int  // crashes in a row, for the backoff
+	restarts int  // replacements of a crashed worker, for status
 	pending  bool // a restart is scheduled
 	// handedOver: during a reload, the new generation's worker in this
 	// slot is ready, so this one was retired and is not replaced.
@@ -247,6 +248,9 @@ func (m *Master) markReady(w *worker, how string) {
 	}
 	w.state = ready
 	w.ready = time.Since(w.proc.Started)
+	if m.metrics != nil {
+		m.metrics.WorkerBooted(w.ready)
+	}
 	m.log.Info("worker ready", "slot", w.slot, "pid", w.proc.Pid, "generation", w.gen.num,
 		"boot_time", w.ready.Round(time.Millisecond).String(), "seen_by", how)
 	if s := w.gen.slots[w.slot]; s != nil && s.worker == w {
@@ -333,6 +337,10 @@ func (m *Master) failBoot(s *slot, w *worker, reason string) {
 // scheduleRestart replaces a slot's worker after its backoff delay.
 func (m *Master) scheduleRestart(s *slot) {
 	s.failures++
+	s.restarts++
+	if m.metrics != nil {
+		m.metrics.WorkerRestarted("crash")
+	}
 	delay := backoff(s.failures)
 	s.pending = true
 	level := slog.LevelInfo

@@ -1,0 +1,128 @@
+// Package control is baton's control socket: a unix socket, mode 0600,
+// served only to the master's own uid and root, speaking line-delimited
+// JSON. The CLI's reload, upgrade, scale, stop and status commands are its
+// clients. The server calls a Handler and never imports the master.
+package control
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Version is the protocol version; a request with another is refused.
+const Version = 1
+
+// Commands.
+const (
+	CmdStatus  = "status"
+	CmdReload  = "reload"
+	CmdUpgrade = "upgrade"
+	CmdScale   = "scale"
+	CmdStop    = "stop"
+)
+
+// Response types: a request gets zero or more progress lines and then
+// exactly one done or error line.
+const (
+	TypeProgress = "progress"
+	TypeDone     = "done"
+	TypeError    = "error"
+)
+
+// Request is one line a client sends.
+type Request struct {
+	V       int    `json:"v"`
+	Cmd     string `json:"cmd"`
+	Wait    bool   `json:"wait,omitempty"`    // reload, upgrade: stream progress until the end
+	Workers int    `json:"workers,omitempty"` // scale
+	Quick   bool   `json:"quick,omitempty"`   // stop
+}
+
+// Response is one line the server sends.
+type Response struct {
+	V        int           `json:"v"`
+	Type     string        `json:"type"`
+	Progress *Progress     `json:"progress,omitempty"`
+	Reload   *ReloadResult `json:"reload,omitempty"`
+	Status   *Status       `json:"status,omitempty"`
+	Error    string        `json:"error,omitempty"`
+}
+
+// Progress is the state of a reload in progress.
+type Progress struct {
+	Generation int    `json:"generation"`
+	Workers    int    `json:"workers"`     // size of the new generation
+	Starting   int    `json:"starting"`    // new workers booting
+	Ready      int    `json:"ready"`       // new workers ready
+	OldServing int    `json:"old_serving"` // old workers still serving
+	Draining   int    `json:"draining"`    // workers finishing their requests
+	Phase      string `json:"phase"`       // "queued", "starting", "handing over"
+}
+
+// ReloadResult is how a reload ended.
+type ReloadResult struct {
+	Generation int       `json:"generation"`
+	OK         bool      `json:"ok"`
+	Reason     string    `json:"reason,omitempty"`
+	Stderr     []string  `json:"stderr,omitempty"` // the failing worker's last lines
+	Started    time.Time `json:"started"`
+	Duration   float64   `json:"duration_seconds"`
+}
+
+// Status describes the master and its workers.
+type Status struct {
+	Pid          int           `json:"pid"`
+	Version      string        `json:"version"`
+	Started      time.Time     `json:"started"`
+	Uptime       float64       `json:"uptime_seconds"`
+	ConfigFile   string        `json:"config_file,omitempty"`
+	Listeners    []Listener    `json:"listeners"`
+	Generation   int           `json:"generation"`
+	Workers      int           `json:"workers"` // the target count
+	Reloading    bool          `json:"reloading"`
+	ShuttingDown bool          `json:"shutting_down"`
+	LastReload   *ReloadResult `json:"last_reload,omitempty"`
+	WorkerList   []Worker      `json:"worker_list"`
+}
+
+// Listener is one open listening socket.
+type Listener struct {
+	Name string `json:"name"`
+	Addr string `json:"addr"`
+}
+
+// Worker is one worker process.
+type Worker struct {
+	Slot       int       `json:"slot"`
+	Pid        int       `json:"pid"`
+	Generation int       `json:"generation"`
+	State      string    `json:"state"` // starting, ready, draining
+	Started    time.Time `json:"started"`
+	Uptime     float64   `json:"uptime_seconds"`
+	RSS        uint64    `json:"rss_bytes"` // of its whole process group
+	Restarts   int       `json:"restarts"`  // of its slot
+	Status     string    `json:"status,omitempty"`
+}
+
+// ErrNotAvailable answers a command this version does not implement yet.
+var ErrNotAvailable = errors.New("not available in this version of baton")
+
+// Handler carries out requests; the master implements it. Every method may
+// be called from many goroutines at once and must honour ctx.
+type Handler interface {
+	Status(ctx context.Context) (Status, error)
+	// Reload starts a reload, or queues one behind the reload in progress
+	// (concurrent callers share it), reports its progress to progress (nil
+	// for none) and returns how it ended.
+	Reload(ctx context.Context, progress func(Progress)) (ReloadResult, error)
+	// TriggerReload starts or queues a reload and returns at once, like HUP.
+	TriggerReload(ctx context.Context) error
+	// Upgrade and TriggerUpgrade are the same for a binary upgrade.
+	Upgrade(ctx context.Context, progress func(Progress)) (ReloadResult, error)
+	TriggerUpgrade(ctx context.Context) error
+	Scale(ctx context.Context, workers int) error
+	// Stop begins a shutdown and returns at once; the master closes the
+	// control socket when it exits.
+	Stop(ctx context.Context, quick bool) error
+}
