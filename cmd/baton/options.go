@@ -4,6 +4,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/baton-pm/baton/internal/config"
+	"github.com/baton-pm/baton/internal/control"
 	"github.com/baton-pm/baton/internal/listener"
 	"github.com/baton-pm/baton/internal/master"
 )
@@ -38,6 +39,10 @@ func masterOptions(cfg *config.Config) master.Options {
 		MaxSurge:        cfg.MaxSurge,
 		DrainUnlisten:   cfg.DrainUnlisten,
 		PidFile:         cfg.PIDFile,
+		ConfigFile:      cfg.Source(),
+		ControlPath:     controlPath(cfg),
+		ControlRequired: cfg.Control != "",
+		MetricsAddr:     cfg.MetricsBind,
 		Version:         version,
 	}
 }
@@ -52,4 +57,13 @@ func reloadLoader(fs *pflag.FlagSet, command []string) master.Loader {
 		}
 		return masterOptions(cfg), nil
 	}
+}
+
+// controlPath is the configured control socket, else the default one the
+// CLI's client commands look for too.
+func controlPath(cfg *config.Config) string {
+	if cfg.Control != "" {
+		return cfg.Control
+	}
+	return control.DefaultPath(cfg.PIDFile)
 }

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -149,4 +151,19 @@ func unwrapPath(err error) error {
 		return pathErr.Err
 	}
 	return err
+}
+
+// checkHostPort accepts "" (off) or HOST:PORT with a numeric port.
+func checkHostPort(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		_, err = strconv.ParseUint(port, 10, 16)
+	}
+	if err != nil {
+		return fmt.Errorf("%q: expected HOST:PORT, such as 127.0.0.1:9100", addr)
+	}
+	return nil
 }

@@ -54,10 +54,12 @@ type Config struct {
 	MaxSurge       int           // max_surge: rolling reloads' extra processes
 	DrainUnlisten  bool          // drain_unlisten: make a replaced worker stop accepting before it is stopped
 
-	PIDFile   string // pid: pidfile path, "" for none
-	LogLevel  string // log_level: "debug", "info", "warn" or "error"
-	LogFormat string // log_format: "text" or "json"
-	LogFile   string // log_file: "" for stderr
+	PIDFile     string // pid: pidfile path, "" for none
+	Control     string // control: control socket path, "" for the default
+	MetricsBind string // metrics_bind: HTTP address of /metrics etc., "" for none
+	LogLevel    string // log_level: "debug", "info", "warn" or "error"
+	LogFormat   string // log_format: "text" or "json"
+	LogFile     string // log_file: "" for stderr
 
 	source string // the config file read, "" if none
 }

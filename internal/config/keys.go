@@ -126,6 +126,18 @@ var keys = []key{
 		check:   func(c *Config) error { return checkParentDir(c.PIDFile) },
 	},
 	{
+		name:    "control",
+		usage:   "control socket `PATH` for baton reload/status/scale/stop (default: beside the pidfile, else $XDG_RUNTIME_DIR/baton.sock or /run/baton.sock)",
+		setting: func(c *Config) setting { return textSetting(&c.Control) },
+		check:   func(c *Config) error { return checkParentDir(c.Control) },
+	},
+	{
+		name:    "metrics_bind",
+		usage:   "serve /metrics, /healthz, /readyz and /status on `ADDR` (HOST:PORT; keep it on loopback or a private network)",
+		setting: func(c *Config) setting { return textSetting(&c.MetricsBind) },
+		check:   func(c *Config) error { return checkHostPort(c.MetricsBind) },
+	},
+	{
 		name: "log_level", def: "info",
 		usage:   "log `LEVEL`: debug, info, warn or error",
 		setting: func(c *Config) setting { return choiceSetting(&c.LogLevel, "debug", "info", "warn", "error") },

@@ -107,6 +107,14 @@ func openTCP(s Spec) (*Listener, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("bind %s: SO_REUSEADDR: %w", s.Address, err)
 	}
+	// Accepted connections inherit TCP_NODELAY from the listener. Servers
+	// that take the fd without knowing it is TCP (uvicorn --fd wraps it as
+	// AF_UNIX, so asyncio never sets it) would otherwise answer keep-alive
+	// requests 40 ms late: Nagle waiting for a delayed ACK.
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("bind %s: TCP_NODELAY: %w", s.Address, err)
+	}
 	if family == unix.AF_INET6 {
 		// "[::]:80" means IPv6 only here; listing 0.0.0.0 too is explicit.
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)

@@ -44,7 +44,16 @@ func TestTCPPortZeroReportsRealPortAndAcceptsConnections(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dial %s: %v", l.Addr, err)
 	}
-	conn.Close()
+	defer conn.Close()
+	// What a worker accepts has TCP_NODELAY without setting it itself.
+	accepted, _, err := unix.Accept(l.FD())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(accepted)
+	if v, err := unix.GetsockoptInt(accepted, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
+		t.Fatalf("accepted connection TCP_NODELAY = %d, %v; want it inherited from the listener", v, err)
+	}
 }
 
 func TestIPv6Loopback(t *testing.T) {
