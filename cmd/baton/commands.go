@@ -28,6 +28,7 @@ without a refused connection. Signals keep Gunicorn's meanings.`,
 		SilenceErrors: true,
 	}
 	root.AddCommand(newRunCommand(), newCheckCommand(), newDemoCommand(), newVersionCommand())
+	root.AddCommand(newClientCommands()...)
 	return root
 }
 

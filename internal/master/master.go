@@ -161,8 +161,15 @@ func (m *Master) Run() error {
 	if err := m.open(); err != nil {
 		return &StartError{Err: err}
 	}
-	defer m.cleanup()
 	m.started = time.Now()
+	closeEndpoints, err := m.openEndpoints()
+	if err != nil {
+		m.cleanup()
+		return &StartError{Err: err}
+	}
+	// Deferred calls run last first: the endpoints close after cleanup.
+	defer closeEndpoints()
+	defer m.cleanup()
 
 	m.log.Info("master started", "pid", os.Getpid(), "version", m.opts.Version,
 		"workers", m.opts.Workers, "command", strings.Join(m.opts.Command, " "),

@@ -1,0 +1,385 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// cliResult is what one run of a baton client command did.
+type cliResult struct {
+	code           int
+	stdout, stderr string
+}
+
+// cli runs a baton client command (reload, status, ...) to its end, as
+// the user cred says (nil: as the test).
+func cli(t *testing.T, cred *syscall.Credential, args ...string) cliResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	bin := batonBin
+	if cred != nil {
+		bin = binaryFor(t, cred)
+	}
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = cleanEnv()
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	res := cliResult{stdout: out.String(), stderr: errOut.String()}
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		res.code = exit.ExitCode()
+	case err != nil:
+		t.Fatalf("baton %s: %v", strings.Join(args, " "), err)
+	}
+	t.Logf("baton %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), res.code, res.stdout, res.stderr)
+	return res
+}
+
+// binaryFor copies baton where the user cred can execute it (the test's
+// build directory is private to root).
+func binaryFor(t *testing.T, cred *syscall.Credential) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "baton-other-user-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin := filepath.Join(dir, "baton")
+	if err := copyFile(batonBin, bin); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// controlled starts baton with a config file and an explicit control
+// socket and returns both.
+func controlled(t *testing.T, d *deployment, extra ...string) (*Baton, string) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "baton.sock")
+	b := startBaton(t, append([]string{"run", "-c", d.path, "--control", sock}, extra...)...)
+	b.waitLog(t, "control socket listening", nil, waitTimeout)
+	return b, sock
+}
+
+func TestBatonReloadReportsEachOutcome(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, workerConfig(2, `boot_timeout = "1s"`))
+	b, sock := controlled(t, d)
+	servingGenerations(t, b.Addr(), 2)
+
+	t.Run("good deploy", func(t *testing.T) {
+		r := cli(t, nil, "reload", "--control", sock)
+		if r.code != 0 || !strings.Contains(r.stdout, "reload succeeded: generation 2 serves") {
+			t.Fatalf("exit %d, stdout %q", r.code, r.stdout)
+		}
+		// Not a terminal: progress comes as plain lines.
+		if !strings.Contains(r.stdout, "generation 2: ") {
+			t.Errorf("no progress lines in %q", r.stdout)
+		}
+	})
+	t.Run("crash at boot", func(t *testing.T) {
+		d.write(workerConfig(2, `boot_timeout = "1s"`, "-exit-at-start", "3"))
+		r := cli(t, nil, "reload", "--control", sock)
+		want := []string{"reload failed (generation 3)", "exited during boot: exit status 3",
+			"the old generation keeps serving", "| testworker: failing at boot as asked"}
+		if r.code != 1 || !containsAll(r.stderr, want) {
+			t.Fatalf("exit %d, stderr %q; want exit 1 and %q", r.code, r.stderr, want)
+		}
+	})
+	t.Run("never ready", func(t *testing.T) {
+		d.write(workerConfig(2, `boot_timeout = "1s"`, "-boot-delay", "1h"))
+		r := cli(t, nil, "reload", "--control", sock)
+		if r.code != 1 || !strings.Contains(r.stderr, "not ready within boot_timeout (1s)") {
+			t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+		}
+	})
+	t.Run("bad config", func(t *testing.T) {
+		d.write("workers = 0\n" + fmt.Sprintf("command = [%q]\n", testworkerBin))
+		r := cli(t, nil, "reload", "--control", sock)
+		if r.code != 1 || !containsAll(r.stderr, []string{"the configuration is invalid", d.path + ":1: workers: expected an integer ≥ 1, got 0"}) {
+			t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+		}
+	})
+	// Still serving, with generation 2 of the good deploy.
+	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 2)
+}
+
+func TestConcurrentBatonReloadsShareTheQueuedReload(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, workerConfig(2, "", "-boot-delay", "500ms"))
+	b, sock := controlled(t, d)
+	servingGenerations(t, b.Addr(), 2)
+
+	var wg sync.WaitGroup
+	results := make([]cliResult, 3)
+	for i := range results {
+		wg.Go(func() { results[i] = cli(t, nil, "reload", "--control", sock) })
+		time.Sleep(100 * time.Millisecond) // the later ones arrive during the first
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.code != 0 {
+			t.Errorf("reload %d: exit %d: %s", i, r.code, r.stderr)
+		}
+	}
+	// The first started generation 2; the two that came during it share
+	// the one queued behind it.
+	if n := len(b.logs("reload started", nil)); n != 2 {
+		t.Errorf("%d reloads started, want 2", n)
+	}
+	if !strings.Contains(results[1].stdout, "generation 3 serves") || !strings.Contains(results[2].stdout, "generation 3 serves") {
+		t.Errorf("the later reloads should both report generation 3: %q, %q", results[1].stdout, results[2].stdout)
+	}
+}
+
+func TestStatusJSONMatchesTheRealProcesses(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, workerConfig(3, ""))
+	b, sock := controlled(t, d)
+	b.waitLogs(t, "worker ready", nil, 3, waitTimeout)
+
+	r := cli(t, nil, "status", "--json", "--control", sock)
+	if r.code != 0 {
+		t.Fatalf("status: exit %d: %s", r.code, r.stderr)
+	}
+	var st struct {
+		Pid        int    `json:"pid"`
+		Generation int    `json:"generation"`
+		Workers    int    `json:"workers"`
+		ConfigFile string `json:"config_file"`
+		WorkerList []struct {
+			Slot  int    `json:"slot"`
+			Pid   int    `json:"pid"`
+			State string `json:"state"`
+			RSS   uint64 `json:"rss_bytes"`
+		} `json:"worker_list"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatalf("status --json is not JSON: %v", err)
+	}
+	if st.Pid != b.Pid || st.Generation != 1 || st.Workers != 3 || st.ConfigFile != d.path {
+		t.Errorf("status = %+v", st)
+	}
+	kids := map[int]bool{}
+	for _, pid := range workersOf(b.Pid) {
+		kids[pid] = true
+	}
+	if len(st.WorkerList) != 3 || len(kids) != 3 {
+		t.Fatalf("status lists %d workers, the master has %d", len(st.WorkerList), len(kids))
+	}
+	for _, w := range st.WorkerList {
+		if !kids[w.Pid] || w.State != "ready" || w.RSS == 0 {
+			t.Errorf("worker %+v: not a live ready child with its RSS", w)
+		}
+	}
+	text := cli(t, nil, "status", "--control", sock)
+	if text.code != 0 || !containsAll(text.stdout, []string{"SLOT", "ready", fmt.Sprint(b.Pid)}) {
+		t.Errorf("status table: %q", text.stdout)
+	}
+}
+
+func TestScaleAndStop(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, workerConfig(1, ""))
+	b, sock := controlled(t, d)
+
+	if r := cli(t, nil, "scale", "3", "--control", sock); r.code != 0 {
+		t.Fatalf("scale: exit %d", r.code)
+	}
+	b.waitWorkers(t, 3)
+	if r := cli(t, nil, "scale", "0", "--control", sock); r.code != 2 {
+		t.Errorf("scale 0: exit %d, want 2", r.code)
+	}
+	r := cli(t, nil, "stop", "--control", sock)
+	if r.code != 0 || !strings.Contains(r.stdout, "stopped") {
+		t.Fatalf("stop: exit %d, %q", r.code, r.stdout)
+	}
+	// stop returned once the master had exited (it may await reaping).
+	if processAlive(b.Pid) {
+		t.Error("baton stop returned while the master was still running")
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("control socket left behind: %v", err)
+	}
+}
+
+func TestControlSocketRefusesStrangersAndSurvivesGarbage(t *testing.T) {
+	t.Parallel()
+	if os.Getuid() != 0 {
+		t.Fatal("this test runs the client as nobody and needs root")
+	}
+	d := newDeployment(t, workerConfig(1, ""))
+	// A socket directory every user can reach, unlike t.TempDir's.
+	dir, err := os.MkdirTemp("", "baton-control-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "baton.sock")
+	b := startBaton(t, "run", "-c", d.path, "--control", sock)
+	b.waitLog(t, "control socket listening", nil, waitTimeout)
+	info, err := os.Stat(sock)
+	if err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket mode %v (%v), want 0600", info.Mode().Perm(), err)
+	}
+
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	if r := cli(t, nobody, "status", "--control", sock); r.code == 0 || !strings.Contains(r.stderr, "permission denied") {
+		t.Errorf("status as nobody: exit %d, stderr %q; want a refusal", r.code, r.stderr)
+	}
+	// Even when the file's permissions are loosened by mistake, the
+	// master checks who is connecting.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(sock, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	r := cli(t, nobody, "status", "--control", sock)
+	if r.code == 0 || !strings.Contains(r.stderr, "permission denied: uid 65534 is not the master's uid 0 or root") {
+		t.Errorf("status as nobody on a 0666 socket: exit %d, stderr %q; want the master's refusal", r.code, r.stderr)
+	}
+	b.waitLog(t, "control socket: refused a connection from another user", func(r record) bool { return r.int("uid") == 65534 }, waitTimeout)
+
+	for _, garbage := range []string{"not json\n", `{"v":99,"cmd":"status"}` + "\n", strings.Repeat("x", 1<<20) + "\n", ""} {
+		conn, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(conn, garbage)
+		if garbage == "" {
+			conn.Close() // connect and leave
+			continue
+		}
+		reply, _ := io.ReadAll(conn)
+		conn.Close()
+		if !strings.Contains(string(reply), `"type":"error"`) {
+			t.Errorf("garbage %.20q: reply %.200q, want an error line", garbage, reply)
+		}
+	}
+	if r := cli(t, nil, "status", "--control", sock); r.code != 0 {
+		t.Fatalf("status after garbage: exit %d: %s", r.code, r.stderr)
+	}
+	servingGenerations(t, b.Addr(), 1)
+}
+
+func TestMetricsAndReadiness(t *testing.T) {
+	t.Parallel()
+	// Workers that take 2 s to drain, so /readyz can be seen at 503
+	// while they still run.
+	d := newDeployment(t, workerConfig(2, `metrics_bind = "127.0.0.1:0"`))
+	b, sock := controlled(t, d)
+	addr := b.waitLog(t, "metrics endpoint listening", nil, waitTimeout).str("addr")
+	b.waitLogs(t, "worker ready", nil, 2, waitTimeout)
+	if r := cli(t, nil, "reload", "--control", sock); r.code != 0 {
+		t.Fatalf("reload: exit %d", r.code)
+	}
+
+	families := scrape(t, "http://"+addr+"/metrics")
+	for _, name := range []string{"baton_reloads_total", "baton_reload_duration_seconds", "baton_workers",
+		"baton_worker_boot_seconds", "baton_worker_restarts_total", "process_resident_memory_bytes", "process_open_fds"} {
+		if families[name] == nil {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+	if got := counterWithLabel(families["baton_reloads_total"], "result", "success"); got != 1 {
+		t.Errorf("baton_reloads_total{result=success} = %v, want 1", got)
+	}
+	if code := httpStatus(t, "http://"+addr+"/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz = %d while serving, want 200", code)
+	}
+	if code := httpStatus(t, "http://"+addr+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz = %d, want 200", code)
+	}
+
+	// A slow request keeps a worker draining after TERM.
+	slow := make(chan error, 1)
+	go func() { _, err := get(b.Addr(), "/slow?ms=2000", 20*time.Second); slow <- err }()
+	time.Sleep(200 * time.Millisecond)
+	b.signal(t, syscall.SIGTERM)
+	b.waitLog(t, "shutting down", nil, waitTimeout)
+	if code := httpStatus(t, "http://"+addr+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz = %d during shutdown, want 503", code)
+	}
+	if len(workersOf(b.Pid)) == 0 {
+		t.Error("the workers were gone before /readyz was checked: the test proves nothing")
+	}
+	if err := <-slow; err != nil {
+		t.Errorf("slow request during shutdown: %v", err)
+	}
+	if code := b.waitExit(t, 30*time.Second); code != 0 {
+		t.Errorf("exit %d", code)
+	}
+}
+
+func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics does not parse: %v", err)
+	}
+	return families
+}
+
+func httpStatus(t *testing.T, url string) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// counterWithLabel is the value of the counter in f whose label name has
+// value, or -1.
+func counterWithLabel(f *dto.MetricFamily, name, value string) float64 {
+	if f == nil {
+		return -1
+	}
+	for _, m := range f.GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == name && l.GetValue() == value {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return -1
+}

@@ -1,0 +1,90 @@
+package metrics
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Server timeouts. The endpoints answer small bodies, so generous limits
+// only serve to stop slow or idle clients from holding connections forever.
+const (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 10 * time.Second
+	writeTimeout      = 30 * time.Second // above probeTimeout, so a slow master still gets its 503 out
+	idleTimeout       = 60 * time.Second
+	maxHeaderBytes    = 64 << 10
+)
+
+// Server is the running metrics HTTP server.
+type Server struct {
+	srv  *http.Server
+	ln   net.Listener
+	done chan struct{} // closed when the serve goroutine has returned
+	once sync.Once
+	err  error
+}
+
+// Serve binds addr synchronously, so a busy port is reported to the caller
+// (at startup or reload) rather than only logged, then serves h in a
+// goroutine. A nil log discards server errors.
+func Serve(addr string, h http.Handler, log *slog.Logger) (*Server, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, listenError(addr, err)
+	}
+	s := &Server{
+		srv: &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: readHeaderTimeout,
+			ReadTimeout:       readTimeout,
+			WriteTimeout:      writeTimeout,
+			IdleTimeout:       idleTimeout,
+			MaxHeaderBytes:    maxHeaderBytes,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		},
+		ln:   ln,
+		done: make(chan struct{}),
+	}
+	go s.serve(log)
+	return s, nil
+}
+
+func listenError(addr string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("metrics: cannot listen on %s: address already in use (another process, or another baton, holds it): %w", addr, err)
+	}
+	return fmt.Errorf("metrics: cannot listen on %s: %w", addr, err)
+}
+
+func (s *Server) serve(log *slog.Logger) {
+	defer close(s.done)
+	if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("metrics server stopped", "addr", s.Addr(), "err", err)
+	}
+}
+
+// Addr returns the bound address, with the real port when addr had port 0.
+func (s *Server) Addr() string {
+	return s.ln.Addr().String()
+}
+
+// Close stops the server at once, closing open connections, and waits for
+// the serve goroutine to return. It does not drain in-flight scrapes: it is
+// called when the master exits or moves the endpoint, and a scrape lost then
+// is harmless. Close is safe to call more than once.
+func (s *Server) Close() error {
+	s.once.Do(func() {
+		s.err = s.srv.Close()
+		<-s.done
+	})
+	return s.err
+}
