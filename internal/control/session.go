@@ -44,14 +44,16 @@ func (s *Server) serveConn(conn *net.UnixConn, peer *unix.Ucred) {
 		defer close(watched)
 		watchHangup(conn, cancel)
 	}()
-	// Closing conn (deferred untrack, or Close) is what ends the watcher.
+	// Closing conn ends the watcher; wait for it, so nothing is left
+	// reading conn once this connection is done.
 	defer func() { conn.Close(); <-watched }()
 
 	req, resp := s.answer(ctx, line, w)
 	s.log.Debug("control request", "cmd", req.Cmd, "uid", peer.Uid, "pid", peer.Pid, "type", resp.Type, "error", resp.Error)
 	if req.Cmd == CmdStop && resp.Type == TypeDone {
 		// `baton stop` waits for the master to exit by waiting for EOF:
-		// keep the connection open until the server closes.
+		// keep the connection open until the server closes (or the
+		// client gives up).
 		<-ctx.Done()
 	}
 }
