@@ -38,6 +38,7 @@ func masterOptions(cfg *config.Config) master.Options {
 		Strategy:        master.Strategy(cfg.ReloadStrategy),
 		MaxSurge:        cfg.MaxSurge,
 		DrainUnlisten:   cfg.DrainUnlisten,
+		BootNice:        cfg.BootNice,
 		PidFile:         cfg.PIDFile,
 		ConfigFile:      cfg.Source(),
 		ControlPath:     controlPath(cfg),

@@ -53,6 +53,7 @@ type Config struct {
 	ReloadStrategy string        // reload_strategy: "surge" or "rolling"
 	MaxSurge       int           // max_surge: rolling reloads' extra processes
 	DrainUnlisten  bool          // drain_unlisten: make a replaced worker stop accepting before it is stopped
+	BootNice       bool          // boot_nice: boot workers at nice +10 while others serve
 
 	PIDFile     string // pid: pidfile path, "" for none
 	Control     string // control: control socket path, "" for the default

@@ -30,6 +30,7 @@ func defaults(command ...string) *Config {
 		ReloadStrategy:  "surge",
 		MaxSurge:        1,
 		DrainUnlisten:   true,
+		BootNice:        true,
 		LogLevel:        "info",
 		LogFormat:       "text",
 	}
@@ -105,6 +106,7 @@ DATABASE_URL = "postgres://db/app"
 		ReloadStrategy:  "rolling",
 		MaxSurge:        2,
 		DrainUnlisten:   true,
+		BootNice:        true,
 		PIDFile:         d.path + "/baton.pid",
 		LogLevel:        "debug",
 		LogFormat:       "json",
@@ -726,6 +728,7 @@ boot_timeout = "1m0s"
 reload_strategy = "surge"
 max_surge = 1
 drain_unlisten = true
+boot_nice = true
 pid = ""
 control = ""
 metrics_bind = ""

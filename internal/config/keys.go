@@ -120,6 +120,11 @@ var keys = []key{
 		setting: func(c *Config) setting { return boolSetting(&c.DrainUnlisten) },
 	},
 	{
+		name: "boot_nice", def: "true", boolean: true,
+		usage:   "`BOOL`: a worker that boots while others serve runs at nice +10 until it is ready, so its start-up does not slow them (needs root or RLIMIT_NICE to undo; skipped otherwise)",
+		setting: func(c *Config) setting { return boolSetting(&c.BootNice) },
+	},
+	{
 		name:    "pid",
 		usage:   "write the master's pid to `FILE`",
 		setting: func(c *Config) setting { return textSetting(&c.PIDFile) },

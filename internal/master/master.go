@@ -46,8 +46,10 @@ type Options struct {
 	// DrainUnlisten makes a worker that is being replaced stop accepting
 	// (see package unlisten) before it gets its stop signal.
 	DrainUnlisten bool
-	PidFile       string
-	ConfigFile    string // "" when there is none
+	// BootNice boots workers at a lower CPU priority while others serve.
+	BootNice   bool
+	PidFile    string
+	ConfigFile string // "" when there is none
 	// ControlPath is the control socket; ControlRequired makes a failure
 	// to open it fatal (it was asked for), else it is logged and skipped.
 	ControlPath     string
@@ -123,8 +125,12 @@ type Master struct {
 	helpers map[int]func(proc.Exit)
 
 	metrics Observer
-	pid     int
-	started time.Time
+	// niceBoots: workers boot at a lower CPU priority while others serve;
+	// ownNice is baton's own nice value, which they get back when ready.
+	niceBoots bool
+	ownNice   int
+	pid       int
+	started   time.Time
 
 	shutdown shutdownMode
 	events   chan func()
@@ -162,6 +168,7 @@ func (m *Master) Run() error {
 		return &StartError{Err: err}
 	}
 	m.started = time.Now()
+	m.initBootPriority()
 	closeEndpoints, err := m.openEndpoints()
 	if err != nil {
 		m.cleanup()

@@ -68,6 +68,7 @@ type worker struct {
 	notify *sdnotify.Socket
 	status string // the last STATUS= it sent
 	ready  time.Duration
+	niced  bool // booting at a lower CPU priority (nice.go)
 }
 
 func (w *worker) closeNotify() {
@@ -119,6 +120,7 @@ func (m *Master) spawn(s *slot) {
 	s.worker = w
 	m.workers[p.Pid] = w
 	m.log.Info("worker started", "slot", s.id, "pid", p.Pid, "generation", s.gen.num)
+	m.lowerBootPriority(w)
 	m.watchReadiness(w)
 }
 
@@ -248,6 +250,7 @@ func (m *Master) markReady(w *worker, how string) {
 	}
 	w.state = ready
 	w.ready = time.Since(w.proc.Started)
+	m.restorePriority(w)
 	if m.metrics != nil {
 		m.metrics.WorkerBooted(w.ready)
 	}
@@ -268,6 +271,7 @@ func (m *Master) onBootTimeout(w *worker) {
 		m.failReload(w, reason)
 		return
 	}
+	m.restorePriority(w)
 	m.log.Warn("worker "+reason+"; it keeps running, but check the ready setting",
 		"slot", w.slot, "pid", w.proc.Pid, "ready", w.gen.opts.Ready.String())
 }

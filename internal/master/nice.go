@@ -1,0 +1,74 @@
+package master
+
+import (
+	"golang.org/x/sys/unix"
+)
+
+// bootNice is the niceness a worker boots with while others serve: an
+// interpreter's start-up (imports, compiling) then takes CPU from the
+// serving workers only when they leave some, so a reload does not push
+// their latency up. The worker gets its normal priority back once ready.
+const bootNice = 10
+
+// canRestorePriority reports whether baton may lower a process's nice
+// value back to its own (root, or RLIMIT_NICE allows it); without that a
+// niced worker would stay slow, so boot priority is not lowered at all.
+func canRestorePriority() bool {
+	if unix.Geteuid() == 0 {
+		return true
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NICE, &lim); err != nil {
+		return false
+	}
+	own, err := unix.Getpriority(unix.PRIO_PROCESS, 0)
+	if err != nil {
+		return false
+	}
+	// getpriority(2) returns 20-nice; RLIMIT_NICE allows nice down to
+	// 20-rlim_cur.
+	return lim.Cur >= uint64(own)
+}
+
+// lowerBootPriority makes the worker's process group boot at bootNice
+// above baton's own priority, when baton can undo it and some worker
+// already serves.
+func (m *Master) lowerBootPriority(w *worker) {
+	if !m.niceBoots || !m.anyReady() {
+		return
+	}
+	if err := unix.Setpriority(unix.PRIO_PGRP, w.proc.Pid, m.ownNice+bootNice); err != nil {
+		m.log.Debug("cannot lower a booting worker's CPU priority", "pid", w.proc.Pid, "err", err)
+		return
+	}
+	w.niced = true
+}
+
+// restorePriority gives a niced worker's group baton's own priority.
+func (m *Master) restorePriority(w *worker) {
+	if !w.niced {
+		return
+	}
+	w.niced = false
+	if err := unix.Setpriority(unix.PRIO_PGRP, w.proc.Pid, m.ownNice); err != nil {
+		m.log.Warn("cannot restore a worker's CPU priority after boot", "pid", w.proc.Pid, "err", err)
+	}
+}
+
+func (m *Master) anyReady() bool {
+	for _, w := range m.workers {
+		if w.state == ready {
+			return true
+		}
+	}
+	return false
+}
+
+// initBootPriority decides whether workers boot niced.
+func (m *Master) initBootPriority() {
+	prio, err := unix.Getpriority(unix.PRIO_PROCESS, 0)
+	if err != nil || !m.opts.BootNice || !canRestorePriority() {
+		return
+	}
+	m.niceBoots, m.ownNice = true, 20-prio
+}
