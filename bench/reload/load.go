@@ -1,0 +1,106 @@
+package main
+
+import (
+	"cmp"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	vegeta "github.com/tsenart/vegeta/v12/lib"
+)
+
+// noReplay keeps net/http from ever sending a request twice. A POST is not
+// "replayable" in net/http, but the Transport still retries any request on
+// a reused connection when it wrote nothing before the connection failed,
+// if the body can be rewound (GetBody, which http.NewRequest sets for a
+// bytes.Reader body). Dropping GetBody turns that retry off too, so every
+// failure the server causes reaches the result.
+type noReplay struct{ next http.RoundTripper }
+
+func (n noReplay) RoundTrip(r *http.Request) (*http.Response, error) {
+	c := *r // a RoundTripper must not modify the caller's request
+	c.GetBody = nil
+	return n.next.RoundTrip(&c)
+}
+
+// newClient is vegeta's own client (same dialer and transport settings as
+// vegeta.KeepAlive and vegeta.Timeout would make), wrapped in noReplay.
+// keepAlive false opens a new connection for every request.
+func newClient(keepAlive bool, timeout time.Duration) *http.Client {
+	dialer := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+	if !keepAlive {
+		dialer.KeepAlive = 0
+	}
+	tr := &http.Transport{
+		Proxy:               nil, // 127.0.0.1 only; never through a proxy from the environment
+		DialContext:         dialer.DialContext,
+		DisableKeepAlives:   !keepAlive,
+		MaxIdleConnsPerHost: vegeta.DefaultConnections,
+		MaxConnsPerHost:     vegeta.DefaultMaxConnections,
+		DisableCompression:  true,
+	}
+	return &http.Client{
+		Transport: noReplay{tr},
+		Timeout:   timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse // a redirect is a non-2xx answer here
+		},
+	}
+}
+
+// attack runs a constant-rate, open-loop attack: request n (from 0) is due
+// at start + (n+1)/rate whatever happened to the earlier ones, and vegeta starts
+// another worker goroutine whenever all are busy (MaxWorkers is
+// unbounded), so a stalled server does not slow the client down. It
+// returns every result, with times relative to start (taken just before
+// the attack begins, and also the origin of the HUP schedule).
+func attack(url string, rate int, duration, timeout time.Duration, keepAlive bool, start time.Time) []sample {
+	body := []byte("ping")
+	targeter := vegeta.NewStaticTargeter(vegeta.Target{
+		Method: http.MethodPost,
+		URL:    url,
+		Body:   body,
+		Header: http.Header{"Content-Type": []string{"text/plain"}},
+	})
+	atk := vegeta.NewAttacker(
+		vegeta.Client(newClient(keepAlive, timeout)),
+		vegeta.Workers(64),
+		vegeta.MaxWorkers(1<<20),
+		vegeta.MaxBody(64),
+	)
+	pacer := vegeta.ConstantPacer{Freq: rate, Per: time.Second}
+	interval := time.Second / time.Duration(rate)
+	var out []sample
+	for r := range atk.Attack(targeter, pacer, duration, "reload") {
+		s := sample{
+			Seq:     r.Seq,
+			Start:   r.Timestamp.Sub(start),
+			Latency: r.Latency,
+			Code:    r.Code,
+			Err:     r.Error,
+			Kind:    Classify(r.Code, r.Error),
+		}
+		// vegeta's ConstantPacer sends hit n at (n+1)/rate.
+		s.Lag = s.Start - time.Duration(r.Seq+1)*interval
+		if s.Kind == OK {
+			s.PID, _ = strconv.Atoi(strings.TrimSpace(string(r.Body)))
+		}
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b sample) int { return cmp.Compare(a.Seq, b.Seq) })
+	return out
+}
+
+// probe reports whether the server answers 200 now.
+func probe(url string) bool {
+	c := newClient(false, 2*time.Second)
+	resp, err := c.Post(url, "text/plain", strings.NewReader("ping"))
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}

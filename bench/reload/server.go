@@ -1,0 +1,404 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// logLine is one line a server wrote (stdout and stderr share one pipe, so
+// their order is kept), with the time the benchmark read it.
+type logLine struct {
+	At   time.Time
+	Text string
+}
+
+// batonEvent is one of baton's JSON log records.
+type batonEvent struct {
+	At     time.Time
+	Msg    string
+	Level  string
+	Fields map[string]any
+}
+
+func (e batonEvent) str(key string) string {
+	switch v := e.Fields[key].(type) {
+	case string:
+		return v
+	case float64:
+		return strconv.FormatFloat(v, 'f', -1, 64)
+	case nil:
+		return ""
+	default:
+		b, _ := json.Marshal(v)
+		return string(b)
+	}
+}
+
+// server is one running server under test: Gunicorn's master or baton's,
+// started in a process group of its own.
+type server struct {
+	kind    string // "gunicorn" or "baton"
+	port    int
+	cmd     *exec.Cmd
+	logPath string
+
+	exited    chan struct{} // closed when the master has exited
+	exitAt    time.Time
+	exitText  string
+	readerEnd chan struct{}
+
+	mu     sync.Mutex
+	lines  []logLine
+	events []batonEvent
+	notify chan struct{} // pinged on each new line
+}
+
+// serverEnv is the benchmark's environment without anything that would
+// make a server think it was socket-activated or supervised.
+func serverEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		switch name {
+		case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "PYTHONDONTWRITEBYTECODE":
+			continue
+		}
+		env = append(env, kv)
+	}
+	// Deploys replace app.py in place; keep no bytecode cache beside it.
+	return append(env, "PYTHONDONTWRITEBYTECODE=1")
+}
+
+// serverArgv is the exact command line of each server (the same app, the
+// same number of workers, the same graceful timeout).
+func serverArgv(cfg *config, kind, appDir string, port int) []string {
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	w := strconv.Itoa(cfg.workers)
+	switch kind {
+	case "gunicorn":
+		return []string{cfg.gunicorn, "-k", "uvicorn.workers.UvicornWorker", "-w", w, "-b", addr,
+			"--graceful-timeout", "30", "app:app"}
+	case "baton":
+		// uvicorn's access log is off, as it is by default under Gunicorn, so
+		// both servers do the same work per request.
+		argv := []string{cfg.baton, "run", "-b", addr, "-w", w, "--log-format", "json",
+			"--boot-timeout", "20s", "--graceful-timeout", "30s", "--chdir", appDir}
+		argv = append(argv, cfg.batonFlags...)
+		return append(argv, "--", cfg.uvicorn, "--fd", "3", "--no-access-log", "app:app")
+	}
+	panic("unknown server " + kind)
+}
+
+// running is the server under test now, for the interrupt handler.
+var running struct {
+	sync.Mutex
+	s *server
+}
+
+// stopOnInterrupt makes INT and TERM stop the server under test (and reap
+// all it started) before the benchmark exits: servers run in process
+// groups of their own, so a ^C on the terminal does not reach them.
+func stopOnInterrupt() {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		sig := <-ch
+		fmt.Fprintf(os.Stderr, "reload: %s: stopping the server under test\n", sig)
+		running.Lock()
+		if s := running.s; s != nil {
+			s.stop(5 * time.Second)
+		}
+		os.Exit(130)
+	}()
+}
+
+func startServer(cfg *config, kind, appDir, logPath string) (*server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	argv := serverArgv(cfg, kind, appDir, port)
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		logFile.Close()
+		return nil, err
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = appDir
+	cmd.Env = serverEnv()
+	cmd.Stdout, cmd.Stderr = w, w
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	fmt.Fprintf(logFile, "# %s\n", strings.Join(argv, " "))
+	if err := cmd.Start(); err != nil {
+		r.Close()
+		w.Close()
+		logFile.Close()
+		return nil, fmt.Errorf("start %s: %w", kind, err)
+	}
+	w.Close()
+	s := &server{kind: kind, port: port, cmd: cmd, logPath: logPath,
+		exited: make(chan struct{}), readerEnd: make(chan struct{}), notify: make(chan struct{}, 1)}
+	running.Lock()
+	running.s = s
+	running.Unlock()
+	go s.read(r, logFile)
+	go func() {
+		err := cmd.Wait()
+		s.mu.Lock()
+		s.exitAt = time.Now()
+		s.exitText = cmd.ProcessState.String()
+		if err != nil && cmd.ProcessState == nil {
+			s.exitText = err.Error()
+		}
+		s.mu.Unlock()
+		close(s.exited)
+	}()
+	return s, nil
+}
+
+func (s *server) read(r io.ReadCloser, logFile *os.File) {
+	defer close(s.readerEnd)
+	defer r.Close()
+	defer logFile.Close()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+	for sc.Scan() {
+		now := time.Now()
+		text := sc.Text()
+		fmt.Fprintf(logFile, "%s %s\n", now.Format("15:04:05.000"), text)
+		s.mu.Lock()
+		s.lines = append(s.lines, logLine{At: now, Text: text})
+		if ev, ok := parseBatonLine(text); ok {
+			ev.At = now
+			s.events = append(s.events, ev)
+		}
+		s.mu.Unlock()
+		select {
+		case s.notify <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// parseBatonLine finds one of baton's JSON records in a line. Workers'
+// stderr goes through baton's too, so a record may follow a worker's
+// partial line: look for the record's start anywhere in the line.
+func parseBatonLine(text string) (batonEvent, bool) {
+	i := strings.Index(text, `{"time":`)
+	if i < 0 {
+		return batonEvent{}, false
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(text[i:]), &m); err != nil {
+		return batonEvent{}, false
+	}
+	ev := batonEvent{Fields: m}
+	ev.Msg, _ = m["msg"].(string)
+	ev.Level, _ = m["level"].(string)
+	return ev, ev.Msg != ""
+}
+
+func (s *server) snapshot() ([]logLine, []batonEvent) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]logLine(nil), s.lines...), append([]batonEvent(nil), s.events...)
+}
+
+func (s *server) countLines(substr string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, l := range s.lines {
+		if strings.Contains(l.Text, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+func (s *server) alive() bool {
+	select {
+	case <-s.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+func (s *server) url() string { return fmt.Sprintf("http://127.0.0.1:%d/", s.port) }
+
+// waitReady polls until the server answers 200, then until every worker
+// of the first generation has said it is up: for baton its "worker ready"
+// records, for Gunicorn uvicorn's "Application startup complete." lines.
+func (s *server) waitReady(workers int, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		if !s.alive() {
+			return fmt.Errorf("%s exited while starting (%s); see %s", s.kind, s.exitText, s.logPath)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not answer within %s; see %s", s.kind, limit, s.logPath)
+		}
+		if probe(s.url()) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	marker := "Application startup complete"
+	if s.kind == "baton" {
+		marker = `"msg":"worker ready"`
+	}
+	for s.countLines(marker) < workers {
+		if !s.alive() {
+			return fmt.Errorf("%s exited while starting (%s); see %s", s.kind, s.exitText, s.logPath)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: %d of %d workers up after %s; see %s", s.kind, s.countLines(marker), workers, limit, s.logPath)
+		}
+		select {
+		case <-s.notify:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// hup sends SIGHUP to the master and returns when it was sent.
+func (s *server) hup() (time.Time, error) {
+	if !s.alive() {
+		return time.Time{}, fmt.Errorf("%s master already exited", s.kind)
+	}
+	at := time.Now()
+	return at, s.cmd.Process.Signal(syscall.SIGHUP)
+}
+
+// stop sends TERM to the master, waits for it (and kills its group after
+// grace), then kills and reaps whatever it left behind: members of its
+// process group, and orphans re-parented to this process (a child
+// subreaper). It returns what was left behind before that last step.
+func (s *server) stop(grace time.Duration) (termed bool, leftovers []string) {
+	if s.alive() {
+		termed = true
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.exited:
+		case <-time.After(grace):
+			leftovers = append(leftovers, fmt.Sprintf("master pid %d still running %s after TERM", s.cmd.Process.Pid, grace))
+			_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+			<-s.exited
+		}
+	}
+	// Give orphans a moment to be re-parented before looking.
+	time.Sleep(200 * time.Millisecond)
+	leftovers = append(leftovers, sweep(s.cmd.Process.Pid)...)
+	select {
+	case <-s.readerEnd:
+	case <-time.After(2 * time.Second):
+	}
+	return termed, leftovers
+}
+
+// becomeSubreaper makes orphaned descendants (say, a worker whose master
+// died) children of this process, so that sweep can find and reap them.
+func becomeSubreaper() error {
+	return unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+}
+
+// sweep kills and reaps every process in process group pgid and every
+// child of this process (the servers have been waited for, so any child is
+// an orphan some server left), and describes each one it found alive.
+func sweep(pgid int) []string {
+	var found []string
+	for round := 0; round < 20; round++ {
+		procs := strays(pgid)
+		if len(procs) == 0 {
+			return found
+		}
+		for _, p := range procs {
+			if p.state != "Z" {
+				found = append(found, fmt.Sprintf("pid %d (%s, pgid %d)", p.pid, p.comm, p.pgid))
+				_ = syscall.Kill(p.pid, syscall.SIGKILL)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+		for _, p := range procs {
+			if p.ppid == os.Getpid() {
+				var ws unix.WaitStatus
+				_, _ = unix.Wait4(p.pid, &ws, unix.WNOHANG, nil)
+			}
+		}
+	}
+	return append(found, "some processes could not be killed")
+}
+
+type procInfo struct {
+	pid, ppid, pgid int
+	comm, state     string
+}
+
+// strays lists processes in group pgid or whose parent is this process.
+func strays(pgid int) []procInfo {
+	self := os.Getpid()
+	var out []procInfo
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		p, ok := readStat(pid)
+		if !ok {
+			continue
+		}
+		if p.pgid == pgid || p.ppid == self {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func readStat(pid int) (procInfo, bool) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return procInfo{}, false
+	}
+	text := string(b)
+	open, closeIdx := strings.IndexByte(text, '('), strings.LastIndexByte(text, ')')
+	if open < 0 || closeIdx < open {
+		return procInfo{}, false
+	}
+	fields := strings.Fields(text[closeIdx+1:])
+	if len(fields) < 3 {
+		return procInfo{}, false
+	}
+	ppid, _ := strconv.Atoi(fields[1])
+	pgid, _ := strconv.Atoi(fields[2])
+	return procInfo{pid: pid, ppid: ppid, pgid: pgid, comm: text[open+1 : closeIdx], state: fields[0]}, true
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
