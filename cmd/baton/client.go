@@ -44,12 +44,15 @@ func (f *masterFlags) socketPath() string {
 	return control.DefaultPath(f.pid)
 }
 
-func (f *masterFlags) dial() (*control.Client, error) {
-	c, err := control.Dial(f.socketPath())
+// connect dials the master and returns the client with a context that
+// Ctrl-C ends, and timeout when > 0; done releases both.
+func (f *masterFlags) connect(timeout time.Duration) (c *control.Client, ctx context.Context, done func(), err error) {
+	c, err = control.Dial(f.socketPath())
 	if err != nil {
-		return nil, usageError(err)
+		return nil, nil, nil, usageError(err)
 	}
-	return c, nil
+	ctx, cancel := interruptible(timeout)
+	return c, ctx, func() { cancel(); c.Close() }, nil
 }
 
 // interruptible is a context ended by Ctrl-C, and by timeout when it is > 0.
@@ -87,13 +90,11 @@ failing worker, its exit status and last stderr lines, or the config
 errors). On a terminal it shows progress on one updating line.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := mf.dial()
+			c, ctx, done, err := mf.connect(timeout)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			ctx, cancel := interruptible(timeout)
-			defer cancel()
+			defer done()
 			if noWait {
 				if _, err := c.Call(ctx, control.Request{Cmd: name}, nil); err != nil {
 					return &exitCodeError{code: exitFailed, err: err}
@@ -190,13 +191,11 @@ func newScaleCommand() *cobra.Command {
 			if err != nil || n < 1 {
 				return usageError(fmt.Errorf("scale: %q: expected a number of workers ≥ 1", args[0]))
 			}
-			c, err := mf.dial()
+			c, ctx, done, err := mf.connect(30 * time.Second)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			ctx, cancel := interruptible(30 * time.Second)
-			defer cancel()
+			defer done()
 			if _, err := c.Call(ctx, control.Request{Cmd: control.CmdScale, Workers: n}, nil); err != nil {
 				return &exitCodeError{code: exitFailed, err: err}
 			}
@@ -217,17 +216,15 @@ func newStopCommand() *cobra.Command {
 		Short: "Shut the master down (gracefully, like TERM; --quick like QUIT) and wait until it has exited",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := mf.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := interruptible(timeout)
-			defer cancel()
 			st, err := fetchStatus(&mf)
 			if err != nil {
 				return err
 			}
+			c, ctx, done, err := mf.connect(timeout)
+			if err != nil {
+				return err
+			}
+			defer done()
 			if _, err := c.Call(ctx, control.Request{Cmd: control.CmdStop, Quick: quick}, nil); err != nil {
 				return &exitCodeError{code: exitFailed, err: err}
 			}
@@ -276,13 +273,11 @@ func newStatusCommand() *cobra.Command {
 }
 
 func fetchStatus(mf *masterFlags) (*control.Status, error) {
-	c, err := mf.dial()
+	c, ctx, done, err := mf.connect(10 * time.Second)
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
-	ctx, cancel := interruptible(10 * time.Second)
-	defer cancel()
+	defer done()
 	resp, err := c.Call(ctx, control.Request{Cmd: control.CmdStatus}, nil)
 	if err != nil {
 		return nil, &exitCodeError{code: exitFailed, err: err}
