@@ -256,9 +256,6 @@ func (m *Master) markReady(w *worker, how string) {
 	}
 	m.log.Info("worker ready", "slot", w.slot, "pid", w.proc.Pid, "generation", w.gen.num,
 		"boot_time", w.ready.Round(time.Millisecond).String(), "seen_by", how)
-	if s := w.gen.slots[w.slot]; s != nil && s.worker == w {
-		s.failures = 0
-	}
 	m.advanceReload()
 }
 
