@@ -399,3 +399,22 @@ func TestTextLogFormat(t *testing.T) {
 		t.Errorf("JSON records without --log-format json:\n%s", b.Stderr())
 	}
 }
+
+// A worker that gets ready and then crashes soon after is still a crash
+// loop: the backoff grows until a worker stays up for a while (10 s).
+func TestBackoffGrowsForWorkersThatCrashAfterBecomingReady(t *testing.T) {
+	t.Parallel()
+	b := startBaton(t, "run", "-w", "1", "--", testworkerBin)
+	for i := 1; i <= 3; i++ {
+		b.waitLogs(t, "worker ready", nil, i, waitTimeout)
+		// The crash: the worker exits with 1 after answering.
+		if _, err := get(b.Addr(), "/exit?code=1", 10*time.Second); err != nil {
+			t.Fatalf("crash %d: %v", i, err)
+		}
+		r := b.waitLogs(t, "restarting worker", nil, i, waitTimeout)[i-1]
+		want := (100 * time.Millisecond) << (i - 1)
+		if got, err := time.ParseDuration(r.str("delay")); err != nil || got != want {
+			t.Errorf("restart %d after a ready worker crashed: %s, want delay %v", i, r, want)
+		}
+	}
+}
