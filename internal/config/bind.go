@@ -16,6 +16,9 @@ const (
 	NetworkTCP  = "tcp"  // Address is host:port; the host may be empty (all interfaces)
 	NetworkUnix = "unix" // Address is the socket's path
 	NetworkFD   = "fd"   // FD is a listening socket baton inherited
+	// NetworkSystemd takes the sockets systemd passed (socket activation):
+	// all of them, or those whose FileDescriptorName is Address.
+	NetworkSystemd = "systemd"
 )
 
 // A Bind is one listener: a socket to open, or one baton inherited.
@@ -34,7 +37,7 @@ type Bind struct {
 const maxUnixPath = 107
 
 // bindForms ends every message about an address that is not one.
-const bindForms = "expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH or fd://N"
+const bindForms = "expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH, fd://N, systemd or systemd:NAME"
 
 // bindName is what LISTEN_FDNAMES can carry: no ':' (its separator), and
 // no '=' (ours, between name and address).
@@ -84,6 +87,8 @@ func (b Bind) identity() string {
 		return "tcp " + strings.ToLower(b.Address)
 	case NetworkUnix:
 		return "unix " + filepath.Clean(b.Address)
+	case NetworkSystemd:
+		return "systemd " + b.Address
 	default:
 		return "fd " + strconv.Itoa(b.FD)
 	}
@@ -91,7 +96,7 @@ func (b Bind) identity() string {
 
 // parseBind parses one bind, the index-th of its list (for its default
 // name): [NAME=]ADDR with ADDR one of HOST:PORT, [V6]:PORT, :PORT,
-// unix:PATH or fd://N.
+// unix:PATH, fd://N, systemd or systemd:NAME.
 func parseBind(raw string, index int) (Bind, error) {
 	b := Bind{Raw: raw, Name: "bind" + strconv.Itoa(index)}
 	addr := raw
@@ -109,6 +114,9 @@ func parseBind(raw string, index int) (Bind, error) {
 		err = fmt.Errorf("%q contains a NUL byte", raw)
 	case addr == "":
 		err = fmt.Errorf("%q has no address: %s", raw, bindForms)
+	case addr == "systemd" || strings.HasPrefix(addr, "systemd:"):
+		b.Network = NetworkSystemd
+		b.Address, err = parseSystemdName(raw, addr)
 	case strings.HasPrefix(addr, "unix:"):
 		b.Network = NetworkUnix
 		b.Address, err = parseUnixPath(raw, addr)
@@ -123,6 +131,19 @@ func parseBind(raw string, index int) (Bind, error) {
 		return Bind{}, err
 	}
 	return b, nil
+}
+
+// parseSystemdName takes the NAME of systemd:NAME ("" for all sockets),
+// as a .socket unit's FileDescriptorName= gives it.
+func parseSystemdName(raw, addr string) (string, error) {
+	name, named := strings.CutPrefix(addr, "systemd:")
+	if !named {
+		return "", nil
+	}
+	if !bindName.MatchString(name) {
+		return "", fmt.Errorf("%q: %q is not a FileDescriptorName: expected systemd:NAME with 1 to 64 of A-Z a-z 0-9 _ . -", raw, name)
+	}
+	return name, nil
 }
 
 // parseUnixPath takes the path of unix:PATH, or of unix://PATH as Gunicorn

@@ -32,6 +32,8 @@ func TestParseBind(t *testing.T) {
 		{"admin=127.0.0.1:9000", Bind{Name: "admin", Network: "tcp", Address: "127.0.0.1:9000"}},
 		{"a.b_c-D9=unix:/x", Bind{Name: "a.b_c-D9", Network: "unix", Address: "/x"}},
 		{"metrics=fd://4", Bind{Name: "metrics", Network: "fd", FD: 4}},
+		{"systemd", Bind{Network: "systemd"}},
+		{"systemd:web", Bind{Network: "systemd", Address: "web"}},
 	}
 	for _, tt := range tests {
 		want := tt.want
@@ -50,17 +52,18 @@ func TestParseBindErrors(t *testing.T) {
 	t.Parallel()
 	long := "unix:/" + strings.Repeat("s", 199)
 	tests := []struct{ raw, want string }{
-		{"localhost", `"localhost" has no port: expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH or fd://N`},
-		{"127.0.0.1:", `"127.0.0.1:" has no port: expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH or fd://N`},
+		{"localhost", `"localhost" has no port: expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH, fd://N, systemd or systemd:NAME`},
+		{"127.0.0.1:", `"127.0.0.1:" has no port: expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH, fd://N, systemd or systemd:NAME`},
 		{"1.2.3.4:99999", `"1.2.3.4:99999": port 99999 is out of range: expected 0 to 65535`},
 		{"1.2.3.4:http", `"1.2.3.4:http": port "http" is not a number: expected 0 to 65535`},
 		{"1.2.3.4:-1", `"1.2.3.4:-1": port "-1" is not a number: expected 0 to 65535`},
 		{"::1:8000", `"::1:8000": an IPv6 address needs brackets: expected [V6]:PORT, like [::1]:8000`},
-		{"[::1:8000", `"[::1:8000" is not an address: expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH or fd://N`},
+		{"[::1:8000", `"[::1:8000" is not an address: expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH, fd://N, systemd or systemd:NAME`},
 		{"[1.2.3.4]:80", `"[1.2.3.4]:80": "1.2.3.4" is not an IPv6 address: brackets are for [V6]:PORT`},
 		{"01.2.3.4:80", `"01.2.3.4:80": "01.2.3.4" is not an IP address or a host name`},
 		{"bad_host:80", `"bad_host:80": "bad_host" is not an IP address or a host name`},
-		{"tcp://1.2.3.4:80", `"tcp://1.2.3.4:80": unknown scheme "tcp://": expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH or fd://N`},
+		{"systemd:a:b", `"systemd:a:b": "a:b" is not a FileDescriptorName: expected systemd:NAME with 1 to 64 of A-Z a-z 0-9 _ . -`},
+		{"tcp://1.2.3.4:80", `"tcp://1.2.3.4:80": unknown scheme "tcp://": expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH, fd://N, systemd or systemd:NAME`},
 		{"fd://1", `"fd://1": fd 1 is baton's stdout, not an inherited listener: expected fd://N with N ≥ 3`},
 		{"fd://0", `"fd://0": fd 0 is baton's stdin, not an inherited listener: expected fd://N with N ≥ 3`},
 		{"fd://x", `"fd://x": "x" is not an fd number: expected fd://N with N ≥ 3`},
@@ -70,8 +73,8 @@ func TestParseBindErrors(t *testing.T) {
 		{"fd://99999999999", `"fd://99999999999": "99999999999" is not an fd number: expected fd://N with N ≥ 3`},
 		{"unix:", `"unix:" has no socket path: expected unix:PATH`},
 		{long, `"` + long + `": unix socket path is 200 bytes, the limit is 107`},
-		{"", `"" has no address: expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH or fd://N`},
-		{"web=", `"web=" has no address: expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH or fd://N`},
+		{"", `"" has no address: expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH, fd://N, systemd or systemd:NAME`},
+		{"web=", `"web=" has no address: expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH, fd://N, systemd or systemd:NAME`},
 		{"=:80", `"=:80": the name "" is not valid: expected 1 to 64 of A-Z a-z 0-9 _ . -`},
 		{"my app=:80", `"my app=:80": the name "my app" is not valid: expected 1 to 64 of A-Z a-z 0-9 _ . -`},
 		{strings.Repeat("n", 65) + "=:80", `"` + strings.Repeat("n", 65) + `=:80": the name "` + strings.Repeat("n", 65) + `" is not valid: expected 1 to 64 of A-Z a-z 0-9 _ . -`},

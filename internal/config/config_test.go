@@ -334,7 +334,7 @@ func TestProblems(t *testing.T) {
 		{
 			name: "bind without port",
 			file: "\nbind = [\"127.0.0.1\"]\n",
-			want: []string{`baton.toml:2: bind: "127.0.0.1" has no port: expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH or fd://N`},
+			want: []string{`baton.toml:2: bind: "127.0.0.1" has no port: expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH, fd://N, systemd or systemd:NAME`},
 		},
 		{
 			name: "bind item not a string",
@@ -347,7 +347,7 @@ func TestProblems(t *testing.T) {
 			name: "bad binds, each reported",
 			file: fmt.Sprintf("bind = [\"localhost\", \"1.2.3.4:99999\", \"fd://1\", \"unix:%s\"]\n", long),
 			want: []string{
-				`baton.toml:1: bind: "localhost" has no port: expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH or fd://N`,
+				`baton.toml:1: bind: "localhost" has no port: expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH, fd://N, systemd or systemd:NAME`,
 				`baton.toml:1: bind: "1.2.3.4:99999": port 99999 is out of range: expected 0 to 65535`,
 				`baton.toml:1: bind: "fd://1": fd 1 is baton's stdout, not an inherited listener: expected fd://N with N ≥ 3`,
 				`baton.toml:1: bind: "unix:` + long + `": unix socket path is 200 bytes, the limit is 107`,
@@ -530,7 +530,7 @@ func TestProblems(t *testing.T) {
 			args: []string{"--backlog", "-1", "-e", "X"},
 			want: []string{
 				`baton.toml:1: workers: expected an integer, got a string ("four")`,
-				`baton.toml:2: bind: "127.0.0.1" has no port: expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH or fd://N`,
+				`baton.toml:2: bind: "127.0.0.1" has no port: expected HOST:PORT, [V6]:PORT, :PORT, unix:PATH, fd://N, systemd or systemd:NAME`,
 				`baton.toml:3: unknown key "wrokers" (did you mean "workers"?)`,
 				`baton.toml:4: log_level: expected one of debug, info, warn, error, got "loud"`,
 				`--backlog: expected an integer ≥ 1, got -1`,

@@ -44,7 +44,7 @@ const commandKey = "command"
 var keys = []key{
 	{
 		name: "bind", short: "b", flag: flagRepeat, def: "127.0.0.1:8000",
-		usage:   "listen on `ADDR`: HOST:PORT, [V6]:PORT, :PORT, unix:PATH or fd://N, optionally NAME=ADDR; repeat for more (replaces the file's list)",
+		usage:   "listen on `ADDR`: HOST:PORT, [V6]:PORT, :PORT, unix:PATH, fd://N, systemd or systemd:NAME, optionally NAME=ADDR; repeat for more (replaces the file's list)",
 		setting: func(c *Config) setting { return bindsSetting{&c.Binds} },
 	},
 	{

@@ -19,7 +19,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Spec says what to listen on. Network is "tcp", "unix" or "fd".
+// Spec says what to listen on. Network is "tcp", "unix", "fd" or
+// "systemd" (socket activation: Address is the FileDescriptorName wanted,
+// "" for every socket systemd passed).
 type Spec struct {
 	Name     string
 	Network  string
@@ -44,7 +46,7 @@ type Listener struct {
 // spawner dups it into place in the child).
 func (l *Listener) FD() int { return l.fd }
 
-// Network is "tcp", "unix" or "fd".
+// Network is "tcp", "unix", "fd" or "systemd".
 func (l *Listener) Network() string { return l.network }
 
 // Open opens every spec, in order. On any error the ones already opened are
@@ -52,12 +54,12 @@ func (l *Listener) Network() string { return l.network }
 func Open(specs []Spec) ([]*Listener, error) {
 	var opened []*Listener
 	for _, s := range specs {
-		l, err := open(s)
+		ls, err := open(s)
 		if err != nil {
 			CloseAll(opened)
 			return nil, err
 		}
-		opened = append(opened, l)
+		opened = append(opened, ls...)
 	}
 	return opened, nil
 }
@@ -80,16 +82,26 @@ func (l *Listener) Close() error {
 	return err
 }
 
-func open(s Spec) (*Listener, error) {
+// open opens one spec; "systemd" may stand for several sockets.
+func open(s Spec) ([]*Listener, error) {
+	var l *Listener
+	var err error
 	switch s.Network {
 	case "tcp":
-		return openTCP(s)
+		l, err = openTCP(s)
 	case "unix":
-		return openUnix(s)
+		l, err = openUnix(s)
 	case "fd":
-		return adoptFD(s)
+		l, err = adoptFD(s)
+	case "systemd":
+		return openSystemd(s)
+	default:
+		err = fmt.Errorf("listener %s: unknown network %q", s.Name, s.Network)
 	}
-	return nil, fmt.Errorf("listener %s: unknown network %q", s.Name, s.Network)
+	if err != nil {
+		return nil, err
+	}
+	return []*Listener{l}, nil
 }
 
 func openTCP(s Spec) (*Listener, error) {

@@ -23,6 +23,7 @@ import (
 	"github.com/baton-pm/baton/internal/pidfile"
 	"github.com/baton-pm/baton/internal/proc"
 	"github.com/baton-pm/baton/internal/readiness"
+	"github.com/baton-pm/baton/internal/sdnotify"
 )
 
 // Options is everything the master needs to run one generation; cmd/baton
@@ -125,6 +126,11 @@ type Master struct {
 	helpers map[int]func(proc.Exit)
 
 	metrics Observer
+	// systemd is told how the service is (Type=notify); systemdReady
+	// once READY=1 was sent, systemdFailed once a send failed.
+	systemd       sdnotify.Systemd
+	systemdReady  bool
+	systemdFailed bool
 	// niceBoots: workers boot at a lower CPU priority while others serve;
 	// ownNice is baton's own nice value, which they get back when ready.
 	niceBoots bool
@@ -183,6 +189,7 @@ func (m *Master) Run() error {
 		"ready", m.opts.Ready.String())
 	m.current = m.newGeneration(m.opts)
 	m.current.fill(m)
+	m.startWatchdog()
 	for !m.finished() {
 		select {
 		case sig := <-sigs:

@@ -75,6 +75,7 @@ func deliver(waiters []*reloadWaiter, res ReloadResult) {
 
 func (m *Master) startReload(waiters []*reloadWaiter) {
 	started := time.Now()
+	m.notifyReloading(m.lastGen + 1)
 	opts, err := m.load()
 	if err != nil {
 		m.rejectConfig(waiters, started, "the configuration is invalid: "+err.Error(), "problems", strings.Split(err.Error(), "\n"))
@@ -267,6 +268,7 @@ func (m *Master) reportFailure(r *reload, culprit *worker, res ReloadResult) {
 func (m *Master) endReload(res ReloadResult) ReloadResult {
 	res.Duration = time.Since(res.Started)
 	m.lastReload = &res
+	m.notifyReloadEnd(res)
 	if m.metrics != nil {
 		m.metrics.ReloadFinished(res.OK, res.Duration)
 	}

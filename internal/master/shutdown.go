@@ -35,6 +35,7 @@ func (m *Master) beginShutdown(mode shutdownMode, sig syscall.Signal) {
 		return
 	}
 	m.shutdown = mode
+	m.tellSystemd("STOPPING=1", "STATUS=shutting down")
 	m.abandonReloads()
 	stopSig, timeout := m.opts.StopSignal, m.opts.GracefulTimeout
 	if mode == quick {

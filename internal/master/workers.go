@@ -257,6 +257,7 @@ func (m *Master) markReady(w *worker, how string) {
 	m.log.Info("worker ready", "slot", w.slot, "pid", w.proc.Pid, "generation", w.gen.num,
 		"boot_time", w.ready.Round(time.Millisecond).String(), "seen_by", how)
 	m.advanceReload()
+	m.notifyProgress()
 }
 
 func (m *Master) onBootTimeout(w *worker) {
