@@ -249,6 +249,7 @@ type batonSpec struct {
 	textLogs   bool       // do not add --log-format json
 	extraFiles []*os.File // become fds 3, 4, ... of baton
 	env        []string   // added to baton's environment
+	bin        string     // the baton binary; default: the one TestMain built
 }
 
 // Baton is one running (or exited) baton process.
@@ -295,7 +296,11 @@ func launch(t testing.TB, spec batonSpec) *Baton {
 		listenerAddrs: map[string]string{},
 	}
 	b.procs.init()
-	cmd := exec.Command(batonBin, withTestFlags(spec)...)
+	bin := batonBin
+	if spec.bin != "" {
+		bin = spec.bin
+	}
+	cmd := exec.Command(bin, withTestFlags(spec)...)
 	cmd.Dir = b.Dir
 	cmd.Env = append(cleanEnv(), spec.env...)
 	cmd.ExtraFiles = spec.extraFiles

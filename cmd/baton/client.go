@@ -68,7 +68,7 @@ func interruptible(timeout time.Duration) (context.Context, context.CancelFunc) 
 func newClientCommands() []*cobra.Command {
 	return []*cobra.Command{
 		newRolloutCommand(control.CmdReload, "Reload: start a new generation of workers and retire the old one once it is ready"),
-		newRolloutCommand(control.CmdUpgrade, "Upgrade the baton binary itself (not available in this version yet)"),
+		newRolloutCommand(control.CmdUpgrade, "Upgrade: start a new master from the baton binary on disk and hand it the listeners once its workers are ready"),
 		newScaleCommand(), newStopCommand(), newStatusCommand(), newTopCommand(),
 	}
 }
@@ -128,13 +128,21 @@ func waitForRollout(ctx context.Context, c *control.Client, name string, timeout
 	if !res.OK {
 		return &exitCodeError{code: exitFailed, err: errors.New(describeFailure(name, res))}
 	}
+	if name == control.CmdUpgrade {
+		fmt.Printf("upgrade succeeded: the new master, pid %d, baton %s, serves (%.1fs)\n", res.MasterPid, res.Version, res.Duration)
+		return nil
+	}
 	fmt.Printf("%s succeeded: generation %d serves (%.1fs)\n", name, res.Generation, res.Duration)
 	return nil
 }
 
 func describeFailure(name string, res *control.ReloadResult) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s failed (generation %d): %s; the old generation keeps serving", name, res.Generation, res.Reason)
+	if name == control.CmdUpgrade {
+		fmt.Fprintf(&b, "upgrade failed: %s; the old master keeps serving", res.Reason)
+	} else {
+		fmt.Fprintf(&b, "%s failed (generation %d): %s; the old generation keeps serving", name, res.Generation, res.Reason)
+	}
 	if len(res.Stderr) > 0 {
 		b.WriteString("\nlast lines of the worker's stderr:")
 		for _, l := range res.Stderr {
@@ -160,8 +168,11 @@ func newProgressPrinter(f *os.File) *progressPrinter {
 func (p *progressPrinter) show(pr control.Progress) {
 	line := fmt.Sprintf("generation %d: %s: %d/%d ready, %d starting; old serving %d, draining %d",
 		pr.Generation, pr.Phase, pr.Ready, pr.Workers, pr.Starting, pr.OldServing, pr.Draining)
-	if pr.Phase == "queued" {
+	switch {
+	case pr.Phase == "queued":
 		line = fmt.Sprintf("queued behind the reload of generation %d", pr.Generation)
+	case pr.Master != 0:
+		line = fmt.Sprintf("upgrade: new master pid %d: %s", pr.Master, pr.Phase)
 	}
 	if line == p.last {
 		return

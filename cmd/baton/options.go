@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+
 	"github.com/spf13/pflag"
 
 	"github.com/baton-pm/baton/internal/config"
@@ -44,6 +46,10 @@ func masterOptions(cfg *config.Config) master.Options {
 		ControlPath:     controlPath(cfg),
 		ControlRequired: cfg.Control != "",
 		MetricsAddr:     cfg.MetricsBind,
+		Executable:      executable,
+		Args:            os.Args,
+		StartDir:        startDir,
+		Handover:        cfg.UpgradeHandover,
 		Version:         version,
 	}
 }
@@ -59,6 +65,15 @@ func reloadLoader(fs *pflag.FlagSet, command []string) master.Loader {
 		return masterOptions(cfg), nil
 	}
 }
+
+// executable and startDir are resolved once at start, so an upgrade runs
+// the binary now at that path (replaced by the deploy) from the directory
+// baton was started in.
+var executable, startDir = func() (string, string) {
+	exe, _ := os.Executable()
+	dir, _ := os.Getwd()
+	return exe, dir
+}()
 
 // controlPath is the configured control socket, else the default one the
 // CLI's client commands look for too.

@@ -31,6 +31,7 @@ func defaults(command ...string) *Config {
 		MaxSurge:        1,
 		DrainUnlisten:   true,
 		BootNice:        true,
+		UpgradeHandover: "auto",
 		LogLevel:        "info",
 		LogFormat:       "text",
 	}
@@ -107,6 +108,7 @@ DATABASE_URL = "postgres://db/app"
 		MaxSurge:        2,
 		DrainUnlisten:   true,
 		BootNice:        true,
+		UpgradeHandover: "auto",
 		PIDFile:         d.path + "/baton.pid",
 		LogLevel:        "debug",
 		LogFormat:       "json",
@@ -729,6 +731,7 @@ reload_strategy = "surge"
 max_surge = 1
 drain_unlisten = true
 boot_nice = true
+upgrade_handover = "auto"
 pid = ""
 control = ""
 metrics_bind = ""

@@ -125,6 +125,11 @@ var keys = []key{
 		setting: func(c *Config) setting { return boolSetting(&c.BootNice) },
 	},
 	{
+		name: "upgrade_handover", def: "auto",
+		usage:   "after an upgrade's new master is ready: `MODE` auto (the old master drains and exits) or manual (it waits for WINCH, then TERM)",
+		setting: func(c *Config) setting { return choiceSetting(&c.UpgradeHandover, "auto", "manual") },
+	},
+	{
 		name:    "pid",
 		usage:   "write the master's pid to `FILE`",
 		setting: func(c *Config) setting { return textSetting(&c.PIDFile) },

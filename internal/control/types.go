@@ -52,12 +52,13 @@ type Response struct {
 // Progress is the state of a reload in progress.
 type Progress struct {
 	Generation int    `json:"generation"`
-	Workers    int    `json:"workers"`     // size of the new generation
-	Starting   int    `json:"starting"`    // new workers booting
-	Ready      int    `json:"ready"`       // new workers ready
-	OldServing int    `json:"old_serving"` // old workers still serving
-	Draining   int    `json:"draining"`    // workers finishing their requests
-	Phase      string `json:"phase"`       // "queued", "starting", "handing over"
+	Workers    int    `json:"workers"`          // size of the new generation
+	Starting   int    `json:"starting"`         // new workers booting
+	Ready      int    `json:"ready"`            // new workers ready
+	OldServing int    `json:"old_serving"`      // old workers still serving
+	Draining   int    `json:"draining"`         // workers finishing their requests
+	Phase      string `json:"phase"`            // "queued", "starting", "handing over"
+	Master     int    `json:"master,omitempty"` // upgrade: the new master's pid
 }
 
 // ReloadResult is how a reload ended.
@@ -65,7 +66,9 @@ type ReloadResult struct {
 	Generation int       `json:"generation"`
 	OK         bool      `json:"ok"`
 	Reason     string    `json:"reason,omitempty"`
-	Stderr     []string  `json:"stderr,omitempty"` // the failing worker's last lines
+	Stderr     []string  `json:"stderr,omitempty"`     // the failing worker's last lines
+	MasterPid  int       `json:"master_pid,omitempty"` // upgrade: the new master
+	Version    string    `json:"version,omitempty"`    // upgrade: the new master's version
 	Started    time.Time `json:"started"`
 	Duration   float64   `json:"duration_seconds"`
 }

@@ -3,7 +3,6 @@ package master
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sort"
 	"time"
 
@@ -109,7 +108,7 @@ func toControlResult(r *ReloadResult) *control.ReloadResult {
 	}
 	return &control.ReloadResult{
 		Generation: r.Generation, OK: r.OK, Reason: r.Reason, Stderr: r.Stderr,
-		Started: r.Started, Duration: r.Duration.Seconds(),
+		Started: r.Started, Duration: r.Duration.Seconds(), MasterPid: r.MasterPid, Version: r.Version,
 	}
 }
 
@@ -166,11 +165,32 @@ func (m *Master) progressOf(r *reload) control.Progress {
 }
 
 func (h controlHandler) Upgrade(ctx context.Context, progress func(control.Progress)) (control.ReloadResult, error) {
-	return control.ReloadResult{}, fmt.Errorf("binary upgrade: %w", control.ErrNotAvailable)
+	m := h.m
+	w := newReloadWaiter(nil)
+	newMaster := 0
+	if err := m.call(ctx, func() {
+		m.requestUpgrade(w)
+		if m.upgrade != nil {
+			newMaster = m.upgrade.pid
+		}
+	}); err != nil {
+		return control.ReloadResult{}, err
+	}
+	if progress != nil && newMaster != 0 {
+		progress(control.Progress{Master: newMaster, Phase: "the new master is starting its workers"})
+	}
+	select {
+	case res := <-w.done:
+		return *toControlResult(&res), nil
+	case <-ctx.Done():
+		return control.ReloadResult{}, ctx.Err()
+	case <-m.quit:
+		return control.ReloadResult{}, errMasterExited
+	}
 }
 
 func (h controlHandler) TriggerUpgrade(ctx context.Context) error {
-	return fmt.Errorf("binary upgrade: %w", control.ErrNotAvailable)
+	return h.m.call(ctx, func() { h.m.requestUpgrade(nil) })
 }
 
 func (h controlHandler) Scale(ctx context.Context, workers int) error {

@@ -56,7 +56,13 @@ type Options struct {
 	ControlPath     string
 	ControlRequired bool
 	MetricsAddr     string // "" for no HTTP endpoint
-	Version         string
+	// Executable, Args and StartDir start a new master on upgrade: the
+	// binary path and arguments baton was started with, and its directory.
+	Executable string
+	Args       []string
+	StartDir   string
+	Handover   string // upgrade_handover: "auto" or "manual"
+	Version    string
 }
 
 // ReadyMode says how baton learns that a worker accepts connections.
@@ -128,9 +134,17 @@ type Master struct {
 	metrics Observer
 	// systemd is told how the service is (Type=notify); systemdReady
 	// once READY=1 was sent, systemdFailed once a send failed.
-	systemd       sdnotify.Systemd
-	systemdReady  bool
-	systemdFailed bool
+	systemd sdnotify.Systemd
+	// upgrade is the binary upgrade in progress (old master's side);
+	// handedOver once a new master took over; upgradePipe is the new
+	// master's line back to the old one.
+	upgrade     *upgrade
+	handedOver  bool
+	upgradePipe *os.File
+	// endpointClosers close the control socket and metrics endpoint.
+	endpointClosers []func()
+	systemdReady    bool
+	systemdFailed   bool
 	// niceBoots: workers boot at a lower CPU priority while others serve;
 	// ownNice is baton's own nice value, which they get back when ready.
 	niceBoots bool
@@ -170,18 +184,19 @@ func (m *Master) Run() error {
 	defer signal.Stop(sigs)
 	defer close(m.quit)
 
+	m.upgradePipe = takeUpgradePipe()
 	if err := m.open(); err != nil {
 		return &StartError{Err: err}
 	}
 	m.started = time.Now()
 	m.initBootPriority()
-	closeEndpoints, err := m.openEndpoints()
-	if err != nil {
+	if err := m.openEndpoints(); err != nil {
+		m.closeEndpointsNow()
 		m.cleanup()
 		return &StartError{Err: err}
 	}
 	// Deferred calls run last first: the endpoints close after cleanup.
-	defer closeEndpoints()
+	defer m.closeEndpointsNow()
 	defer m.cleanup()
 
 	m.log.Info("master started", "pid", os.Getpid(), "version", m.opts.Version,
@@ -222,7 +237,10 @@ func (m *Master) open() error {
 			return err
 		}
 	}
-	ls, err := listener.Open(m.opts.Listeners)
+	ls, upgraded, err := listener.FromHandover()
+	if !upgraded {
+		ls, err = listener.Open(m.opts.Listeners)
+	}
 	if err != nil {
 		return err
 	}
@@ -264,7 +282,17 @@ func (m *Master) cleanup() {
 		_ = w.proc.SignalGroup(syscall.SIGKILL)
 		w.closeNotify()
 	}
-	listener.CloseAll(m.listeners)
+	if m.handedOver {
+		// The new master serves these sockets and owns their files.
+		for _, l := range m.listeners {
+			l.Release()
+		}
+		if err := pidfile.RemoveIfOurs(m.oldbin()); err != nil {
+			m.log.Warn("cannot remove the old pidfile", "path", m.oldbin(), "err", err)
+		}
+	} else {
+		listener.CloseAll(m.listeners)
+	}
 	if m.opts.PidFile != "" {
 		if err := pidfile.RemoveIfOurs(m.opts.PidFile); err != nil {
 			m.log.Warn("cannot remove pidfile", "path", m.opts.PidFile, "err", err)
@@ -311,9 +339,9 @@ func (m *Master) handleSignal(sig syscall.Signal) {
 	case syscall.SIGUSR1:
 		m.reopenLog()
 	case syscall.SIGUSR2:
-		m.log.Warn("binary upgrade (USR2) is not available in this version yet; nothing changed")
+		m.requestUpgrade(nil)
 	case syscall.SIGWINCH:
-		m.log.Warn("stopping workers on WINCH is not available in this version yet; nothing changed")
+		m.stopAllWorkers()
 	}
 }
 

@@ -28,6 +28,8 @@ type ReloadResult struct {
 	OK         bool
 	Reason     string
 	Stderr     []string // the failing worker's last lines
+	MasterPid  int      // upgrades: the new master
+	Version    string   // upgrades: the new master's version
 	Started    time.Time
 	Duration   time.Duration
 }
@@ -50,6 +52,11 @@ func (m *Master) requestReload(w *reloadWaiter) {
 	if m.shutdown != running {
 		m.log.Warn("reload ignored: shutting down")
 		deliver([]*reloadWaiter{w}, ReloadResult{Reason: "the master is shutting down", Started: time.Now()})
+		return
+	}
+	if m.upgrade != nil || m.handedOver {
+		m.log.Warn("reload refused: a binary upgrade is in progress")
+		deliver([]*reloadWaiter{w}, ReloadResult{Reason: "a binary upgrade is in progress; reload when it has finished", Started: time.Now()})
 		return
 	}
 	if m.reload != nil {

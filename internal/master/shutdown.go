@@ -35,13 +35,19 @@ func (m *Master) beginShutdown(mode shutdownMode, sig syscall.Signal) {
 		return
 	}
 	m.shutdown = mode
-	m.tellSystemd("STOPPING=1", "STATUS=shutting down")
+	if !m.handedOver {
+		// After a hand-over the new master is the service.
+		m.tellSystemd("STOPPING=1", "STATUS=shutting down")
+	}
 	m.abandonReloads()
 	stopSig, timeout := m.opts.StopSignal, m.opts.GracefulTimeout
 	if mode == quick {
 		stopSig, timeout = syscall.SIGINT, min(quickTimeout, m.opts.GracefulTimeout)
 	}
 	cause := []any{"requested_by", "control socket"}
+	if m.handedOver {
+		cause = []any{"requested_by", "upgrade hand-over"}
+	}
 	if sig != 0 {
 		cause = []any{"signal", proc.SignalName(sig)}
 	}

@@ -2,6 +2,7 @@ package master
 
 import (
 	"fmt"
+	"strconv"
 )
 
 // The master reports to systemd (Type=notify) at each step of its life:
@@ -39,6 +40,13 @@ func (m *Master) notifyProgress() {
 			return
 		}
 		m.systemdReady = true
+		if m.upgradePipe != nil {
+			// Started by an upgrade: this master is the service's main
+			// process from now on (the unit needs NotifyAccess=all).
+			m.tellSystemd("MAINPID="+strconv.Itoa(m.pid), "READY=1", m.readyStatus())
+			m.reportReadyToOldMaster()
+			return
+		}
 		m.tellSystemd("READY=1", m.readyStatus())
 		return
 	}

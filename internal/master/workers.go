@@ -276,6 +276,9 @@ func (m *Master) onBootTimeout(w *worker) {
 
 // onExit handles one reaped child.
 func (m *Master) onExit(e proc.Exit) {
+	if m.onNewMasterExit(e) {
+		return
+	}
 	if done, ok := m.helpers[e.Pid]; ok {
 		delete(m.helpers, e.Pid)
 		done(e)

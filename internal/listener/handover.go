@@ -1,0 +1,57 @@
+package listener
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// HandoverEnv carries, to a new master started by a binary upgrade, the
+// name and address of each listener it inherits as fds 3, 4, ...:
+// "name|addr" entries separated by newlines.
+const HandoverEnv = "BATON_UPGRADE_LISTENERS"
+
+// HandoverValue describes ls for HandoverEnv.
+func HandoverValue(ls []*Listener) string {
+	entries := make([]string, len(ls))
+	for i, l := range ls {
+		entries[i] = l.Name + "|" + l.Addr
+	}
+	return strings.Join(entries, "\n")
+}
+
+// FromHandover adopts the listeners an old master handed over, if this
+// process was started by an upgrade; ok is false otherwise. The variable
+// is removed, so workers never see it.
+func FromHandover() (ls []*Listener, ok bool, err error) {
+	value, ok := os.LookupEnv(HandoverEnv)
+	if !ok {
+		return nil, false, nil
+	}
+	os.Unsetenv(HandoverEnv)
+	for i, entry := range strings.Split(value, "\n") {
+		name, addr, _ := strings.Cut(entry, "|")
+		l, err := adoptFD(Spec{Name: name, Network: "fd", FD: 3 + i})
+		if err != nil {
+			CloseAll(ls)
+			return nil, true, fmt.Errorf("listener %s (%s) from the old master: %w", name, addr, err)
+		}
+		l.Addr = addr
+		// The new master owns the unix socket file from now on.
+		l.path, _ = strings.CutPrefix(addr, "unix:")
+		if l.path == addr {
+			l.path = ""
+		}
+		ls = append(ls, l)
+	}
+	return ls, true, nil
+}
+
+// Release closes the socket without removing its unix socket file: a new
+// master serves it now.
+func (l *Listener) Release() error {
+	l.path = ""
+	return unix.Close(l.fd)
+}
