@@ -129,6 +129,11 @@ func (h controlHandler) Reload(ctx context.Context, progress func(control.Progre
 	if err != nil {
 		return control.ReloadResult{}, err
 	}
+	return m.awaitResult(ctx, w)
+}
+
+// awaitResult waits for the reload or upgrade w waits on to end.
+func (m *Master) awaitResult(ctx context.Context, w *reloadWaiter) (control.ReloadResult, error) {
 	select {
 	case res := <-w.done:
 		return *toControlResult(&res), nil
@@ -179,14 +184,7 @@ func (h controlHandler) Upgrade(ctx context.Context, progress func(control.Progr
 	if progress != nil && newMaster != 0 {
 		progress(control.Progress{Master: newMaster, Phase: "the new master is starting its workers"})
 	}
-	select {
-	case res := <-w.done:
-		return *toControlResult(&res), nil
-	case <-ctx.Done():
-		return control.ReloadResult{}, ctx.Err()
-	case <-m.quit:
-		return control.ReloadResult{}, errMasterExited
-	}
+	return m.awaitResult(ctx, w)
 }
 
 func (h controlHandler) TriggerUpgrade(ctx context.Context) error {
