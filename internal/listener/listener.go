@@ -36,18 +36,14 @@ type Listener struct {
 	Name string
 	// Addr is the address actually bound, with the kernel's port when the
 	// spec asked for port 0, or "unix:/path".
-	Addr    string
-	fd      int
-	network string
-	path    string // unix socket file this process created, removed on Close
+	Addr string
+	fd   int
+	path string // unix socket file this process created, removed on Close
 }
 
 // FD is the listening socket's file descriptor (close-on-exec; the worker
 // spawner dups it into place in the child).
 func (l *Listener) FD() int { return l.fd }
-
-// Network is "tcp", "unix", "fd" or "systemd".
-func (l *Listener) Network() string { return l.network }
 
 // Open opens every spec, in order. On any error the ones already opened are
 // closed again, so a failed start leaves nothing behind.
@@ -140,7 +136,7 @@ func openTCP(s Spec) (*Listener, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("bind %s: getsockname: %w", s.Address, err)
 	}
-	return &Listener{Name: s.Name, Addr: formatSockaddr(bound), fd: fd, network: "tcp"}, nil
+	return &Listener{Name: s.Name, Addr: formatSockaddr(bound), fd: fd}, nil
 }
 
 func bindAndListen(fd int, sa unix.Sockaddr, backlog int) error {
@@ -232,7 +228,7 @@ func openUnix(s Spec) (*Listener, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("bind unix:%s: %w", path, explainBindError(err))
 	}
-	l := &Listener{Name: s.Name, Addr: "unix:" + path, fd: fd, network: "unix", path: path}
+	l := &Listener{Name: s.Name, Addr: "unix:" + path, fd: fd, path: path}
 	// chmod before listen, so no client connects through looser bits.
 	if err := os.Chmod(path, s.UnixMode.Perm()); err != nil {
 		l.Close()
@@ -304,5 +300,5 @@ func adoptFD(s Spec) (*Listener, error) {
 	if sa, err := unix.Getsockname(fd); err == nil {
 		addr = formatSockaddr(sa)
 	}
-	return &Listener{Name: s.Name, Addr: addr, fd: fd, network: "fd"}, nil
+	return &Listener{Name: s.Name, Addr: addr, fd: fd}, nil
 }

@@ -59,7 +59,6 @@ func openSystemd(s Spec) ([]*Listener, error) {
 			CloseAll(ls)
 			return nil, fmt.Errorf("bind %s: %w", label, err)
 		}
-		l.network = "systemd"
 		ls = append(ls, l)
 	}
 	if len(ls) == 0 {
