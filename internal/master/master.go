@@ -93,6 +93,7 @@ const (
 // Observer is told of events that metrics count; nil for none.
 type Observer interface {
 	ReloadFinished(ok bool, d time.Duration)
+	ReloadRejected() // a reload whose configuration was invalid
 	WorkerRestarted(reason string)
 	WorkerBooted(d time.Duration)
 }

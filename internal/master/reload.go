@@ -109,6 +109,10 @@ func (m *Master) rejectConfig(waiters []*reloadWaiter, started time.Time, reason
 	m.log.Error("reload failed", append([]any{"generation", gen, "reason", reason + "; still running the old configuration",
 		"serving_generation", m.current.num}, attrs...)...)
 	res := m.endReload(ReloadResult{Generation: gen, OK: false, Reason: reason, Started: started})
+	if m.metrics != nil {
+		// A failure without a reload's duration: out of the histogram.
+		m.metrics.ReloadRejected()
+	}
 	deliver(waiters, res)
 	m.startQueued()
 }
@@ -208,7 +212,11 @@ func (m *Master) completeReload() {
 	d := time.Since(r.started)
 	m.log.Info("reload succeeded", "generation", r.next.num, "workers", r.next.size,
 		"duration", d.Round(time.Millisecond).String())
-	deliver(r.waiters, m.endReload(ReloadResult{Generation: r.next.num, OK: true, Started: r.started}))
+	res := m.endReload(ReloadResult{Generation: r.next.num, OK: true, Started: r.started})
+	if m.metrics != nil {
+		m.metrics.ReloadFinished(true, res.Duration)
+	}
+	deliver(r.waiters, res)
 	m.startQueued()
 }
 
@@ -238,6 +246,9 @@ func (m *Master) failReload(culprit *worker, reason string) {
 		result.Reason = fmt.Sprintf("worker in slot %d (pid %d) %s", culprit.slot, culprit.proc.Pid, reason)
 	}
 	recorded := m.endReload(result)
+	if m.metrics != nil {
+		m.metrics.ReloadFinished(false, recorded.Duration)
+	}
 	m.reportFailure(r, culprit, recorded)
 	m.startQueued()
 }
@@ -276,9 +287,6 @@ func (m *Master) endReload(res ReloadResult) ReloadResult {
 	res.Duration = time.Since(res.Started)
 	m.lastReload = &res
 	m.notifyReloadEnd(res)
-	if m.metrics != nil {
-		m.metrics.ReloadFinished(res.OK, res.Duration)
-	}
 	return res
 }
 
