@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -417,4 +418,45 @@ func TestBackoffGrowsForWorkersThatCrashAfterBecomingReady(t *testing.T) {
 			t.Errorf("restart %d after a ready worker crashed: %s, want delay %v", i, r, want)
 		}
 	}
+}
+
+// The worker watchdog (timeout): a worker that pinged and then fell silent
+// is killed and replaced; one that never pings is left alone.
+func TestWorkerWatchdog(t *testing.T) {
+	t.Parallel()
+	t.Run("silent after pinging is replaced", func(t *testing.T) {
+		t.Parallel()
+		b := startBaton(t, "run", "-w", "1", "--timeout", "500ms", "--graceful-timeout", "2s", "--",
+			testworkerBin, "-watchdog-for", "700ms")
+		first := b.waitLog(t, "worker started", nil, waitTimeout).int("pid")
+		missed := b.waitLog(t, "worker missed its watchdog; killing and replacing it", nil, waitTimeout)
+		if missed.int("pid") != first {
+			t.Errorf("watchdog record %s, want pid %d", missed, first)
+		}
+		b.waitLog(t, "restarting worker", func(r record) bool { return r.int("slot") == 1 }, waitTimeout)
+		b.waitLogs(t, "worker started", nil, 2, waitTimeout)
+		if processAlive(first) {
+			t.Errorf("the hung worker %d is still alive", first)
+		}
+		servingGenerations(t, b.Addr(), 1)
+	})
+	t.Run("never pinging is not watched", func(t *testing.T) {
+		t.Parallel()
+		b := startBaton(t, "run", "-w", "1", "--timeout", "200ms", "--", testworkerBin)
+		pid := b.waitLog(t, "worker ready", nil, waitTimeout).int("pid")
+		time.Sleep(1500 * time.Millisecond) // seven timeouts
+		if n := len(b.logs("worker missed its watchdog; killing and replacing it", nil)); n != 0 || !processAlive(pid) {
+			t.Errorf("a worker that never pinged was killed (%d watchdog records)", n)
+		}
+	})
+	t.Run("WATCHDOG_USEC is in the worker's environment", func(t *testing.T) {
+		t.Parallel()
+		sh, err := exec.LookPath("sh")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := startBaton(t, "run", "-w", "1", "--timeout", "1.5s", "--ready", "delay:0s", "--",
+			sh, "-c", `echo "watchdog_usec=$WATCHDOG_USEC"; exec sleep 60`)
+		waitFor(t, waitTimeout, "the worker's output", func() bool { return strings.Contains(b.Stdout(), "watchdog_usec=1500000") })
+	})
 }

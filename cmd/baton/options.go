@@ -35,6 +35,7 @@ func masterOptions(cfg *config.Config) master.Options {
 		ListenEnv:       cfg.ListenEnv,
 		StopSignal:      cfg.StopSignal,
 		GracefulTimeout: cfg.GracefulTimeout,
+		WorkerTimeout:   cfg.Timeout,
 		Ready:           master.ReadyMode{Kind: master.ReadyKind(cfg.Ready.Mode), Delay: cfg.Ready.Delay},
 		BootTimeout:     cfg.BootTimeout,
 		Strategy:        master.Strategy(cfg.ReloadStrategy),

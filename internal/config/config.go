@@ -48,6 +48,7 @@ type Config struct {
 	StopSignal      syscall.Signal // stop_signal: asks a worker to stop gracefully
 	GracefulTimeout time.Duration  // graceful_timeout: how long a stopping worker may take
 
+	Timeout        time.Duration // timeout: worker watchdog interval, 0 for off
 	Ready          Readiness     // ready: how a worker is seen to be ready
 	BootTimeout    time.Duration // boot_timeout: a reload fails if a new worker is not ready by then
 	ReloadStrategy string        // reload_strategy: "surge" or "rolling"

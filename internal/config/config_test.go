@@ -25,6 +25,7 @@ func defaults(command ...string) *Config {
 		ListenEnv:       true,
 		StopSignal:      syscall.SIGTERM,
 		GracefulTimeout: 30 * time.Second,
+		Timeout:         30 * time.Second,
 		Ready:           Readiness{Mode: "auto"},
 		BootTimeout:     60 * time.Second,
 		ReloadStrategy:  "surge",
@@ -102,6 +103,7 @@ DATABASE_URL = "postgres://db/app"
 		ListenEnv:       false,
 		StopSignal:      syscall.SIGQUIT,
 		GracefulTimeout: 90 * time.Second,
+		Timeout:         30 * time.Second,
 		Ready:           Readiness{Mode: "delay", Delay: 2 * time.Second},
 		BootTimeout:     60 * time.Second,
 		ReloadStrategy:  "rolling",
@@ -725,6 +727,7 @@ env = { A = "1", B = "2" }
 listen_env = true
 stop_signal = "TERM"
 graceful_timeout = "30s"
+timeout = "30s"
 ready = "auto"
 boot_timeout = "1m0s"
 reload_strategy = "surge"
@@ -799,7 +802,7 @@ func TestSuggest(t *testing.T) {
 		"binds":       "bind",
 		"pd":          "pid",
 		"ab":          "",
-		"timeout":     "",
+		"timeot":      "timeout",
 		"daemonize":   "",
 		"environment": "",
 	}

@@ -95,6 +95,11 @@ var keys = []key{
 		setting: func(c *Config) setting { return durationSetting(&c.GracefulTimeout) },
 	},
 	{
+		name: "timeout", def: "30s",
+		usage:   "a worker that sent WATCHDOG=1 must send it again within `DURATION`, or it is killed and replaced (0: off; workers that never ping are not watched)",
+		setting: func(c *Config) setting { return durationSetting(&c.Timeout) },
+	},
+	{
 		name: "ready", def: "auto",
 		usage:   "readiness `MODE`: auto (seen waiting on a listener), notify (sends READY=1 to NOTIFY_SOCKET) or delay:DURATION",
 		setting: func(c *Config) setting { return readySetting(&c.Ready) },

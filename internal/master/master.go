@@ -40,10 +40,13 @@ type Options struct {
 	ListenEnv       bool
 	StopSignal      syscall.Signal
 	GracefulTimeout time.Duration
-	Ready           ReadyMode
-	BootTimeout     time.Duration
-	Strategy        Strategy
-	MaxSurge        int // rolling: at most Workers+MaxSurge processes alive
+	// WorkerTimeout (timeout): a worker that sent WATCHDOG=1 must keep
+	// sending it this often; 0 turns the worker watchdog off.
+	WorkerTimeout time.Duration
+	Ready         ReadyMode
+	BootTimeout   time.Duration
+	Strategy      Strategy
+	MaxSurge      int // rolling: at most Workers+MaxSurge processes alive
 	// DrainUnlisten makes a worker that is being replaced stop accepting
 	// (see package unlisten) before it gets its stop signal.
 	DrainUnlisten bool

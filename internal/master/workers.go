@@ -69,6 +69,11 @@ type worker struct {
 	status string // the last STATUS= it sent
 	ready  time.Duration
 	niced  bool // booting at a lower CPU priority (nice.go)
+	// watchdog.go: watched since its first WATCHDOG=1, last pinged then;
+	// hung once it missed one.
+	watched  bool
+	lastPing time.Time
+	hung     bool
 }
 
 func (w *worker) closeNotify() {
@@ -106,7 +111,7 @@ func (m *Master) spawn(s *slot) {
 	notify, err := sdnotify.Listen("baton-notify")
 	if err != nil {
 		m.log.Error("cannot open a notify socket for a worker", "slot", s.id, "err", err)
-		m.scheduleRestart(s)
+		m.scheduleRestart(s, "crash")
 		return
 	}
 	p, err := proc.Start(m.workerSpec(s, notify.Addr()))
@@ -173,6 +178,7 @@ func (m *Master) workerEnv(s *slot, notifyAddr string) []string {
 			"LISTEN_FDS="+strconv.Itoa(len(m.listeners)),
 			"LISTEN_FDNAMES="+strings.Join(names, ":"))
 	}
+	env = append(env, watchdogEnv(s.gen.opts.WorkerTimeout)...)
 	return append(env,
 		"NOTIFY_SOCKET="+notifyAddr,
 		"BATON_WORKER_ID="+strconv.Itoa(s.id),
@@ -234,6 +240,9 @@ func (m *Master) onNotify(w *worker, msg sdnotify.Message) {
 	}
 	if status, ok := msg.Status(); ok {
 		w.status = status
+	}
+	if msg.Watchdog() {
+		m.onWatchdogPing(w)
 	}
 	// Only in notify mode: gunicorn's arbiter, for one, sends READY=1
 	// before its workers have imported the app, so in auto mode the probe
@@ -327,7 +336,11 @@ func (m *Master) onCrash(w *worker, lived time.Duration, status string) {
 	if lived >= backoffReset {
 		s.failures = 0
 	}
-	m.scheduleRestart(s)
+	reason := "crash"
+	if w.hung {
+		reason = "watchdog"
+	}
+	m.scheduleRestart(s, reason)
 }
 
 // failBoot handles a worker that could not even be started.
@@ -336,15 +349,16 @@ func (m *Master) failBoot(s *slot, w *worker, reason string) {
 		m.failReload(w, "cannot start: "+reason)
 		return
 	}
-	m.scheduleRestart(s)
+	m.scheduleRestart(s, "boot_failure")
 }
 
-// scheduleRestart replaces a slot's worker after its backoff delay.
-func (m *Master) scheduleRestart(s *slot) {
+// scheduleRestart replaces a slot's worker after its backoff delay; reason
+// is counted in the metrics.
+func (m *Master) scheduleRestart(s *slot, reason string) {
 	s.failures++
 	s.restarts++
 	if m.metrics != nil {
-		m.metrics.WorkerRestarted("crash")
+		m.metrics.WorkerRestarted(reason)
 	}
 	delay := backoff(s.failures)
 	s.pending = true

@@ -41,6 +41,7 @@ type options struct {
 	ignoreTerm  bool
 	spawnChild  bool
 	notifyReady bool
+	watchdogFor time.Duration
 	graceful    time.Duration
 }
 
@@ -51,6 +52,7 @@ func parseFlags() options {
 	flag.BoolVar(&o.ignoreTerm, "ignore-term", false, "ignore SIGTERM, so that only SIGKILL stops the worker")
 	flag.BoolVar(&o.spawnChild, "spawn-child", false, "start `sleep 3600` in the worker's process group")
 	flag.BoolVar(&o.notifyReady, "notify-ready", false, "send READY=1 once serving (and STOPPING=1 on SIGTERM)")
+	flag.DurationVar(&o.watchdogFor, "watchdog-for", 0, "send WATCHDOG=1 every 100 ms for this long, then fall silent while still serving (a hang)")
 	flag.DurationVar(&o.graceful, "graceful", 30*time.Second, "how long SIGTERM waits for in-flight requests")
 	flag.Parse()
 	return o
@@ -104,6 +106,9 @@ func main() {
 	servers, serveErr := w.serve(ctx, listeners, names)
 	fmt.Fprintf(os.Stderr, "testworker: serving pid=%d worker=%s listeners=%d\n",
 		os.Getpid(), os.Getenv("BATON_WORKER_ID"), len(listeners))
+	if opts.watchdogFor > 0 {
+		go pingWatchdog(opts.watchdogFor)
+	}
 	if opts.notifyReady {
 		notify(worker.Ready())
 	}
@@ -315,4 +320,12 @@ func notify(err error) {
 func fail(err error) {
 	fmt.Fprintf(os.Stderr, "testworker: %v\n", err)
 	os.Exit(1)
+}
+
+// pingWatchdog sends WATCHDOG=1 every 100 ms for d, then stops, as a worker
+// whose event loop hung would.
+func pingWatchdog(d time.Duration) {
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		notify(worker.Watchdog())
+	}
 }
