@@ -383,3 +383,39 @@ func counterWithLabel(f *dto.MetricFamily, name, value string) float64 {
 	}
 	return -1
 }
+
+// A slot that keeps crashing makes the master degraded: status and /readyz
+// say so (the host still serves), and the log shows what the worker said.
+func TestCrashLoopingSlotIsReportedDegraded(t *testing.T) {
+	t.Parallel()
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Slot 2 fails at boot every time; slot 1 serves.
+	script := `if [ "$BATON_WORKER_ID" = 2 ]; then echo "slot two: cannot connect to the database" >&2; exit 3; fi; exec "$0"`
+	d := newDeployment(t, fmt.Sprintf("workers = 2\nbind = [\"127.0.0.1:0\"]\nmetrics_bind = \"127.0.0.1:0\"\ncommand = [%q, \"-c\", %q, %q]\n",
+		sh, script, testworkerBin))
+	b, sock := controlled(t, d)
+	addr := b.waitLog(t, "metrics endpoint listening", nil, waitTimeout).str("addr")
+	b.waitLog(t, "restarting worker", func(r record) bool { return r.int("slot") == 2 && r.int("failures") >= 3 }, waitTimeout)
+
+	last := b.waitLog(t, "last stderr lines of the worker that exited", func(r record) bool { return r.int("slot") == 2 }, waitTimeout)
+	if !strings.Contains(last.line, "slot two: cannot connect to the database") {
+		t.Errorf("crash record without the worker's last words: %s", last)
+	}
+	st := cli(t, nil, "status", "--json", "--control", sock)
+	if !strings.Contains(st.stdout, `"degraded"`) || !strings.Contains(st.stdout, "slot 2: ") {
+		t.Errorf("status does not say slot 2 is crash-looping: %s", st.stdout)
+	}
+	resp, err := http.Get("http://" + addr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "degraded: slot 2") {
+		t.Errorf("/readyz = %d %q, want 200 saying degraded", resp.StatusCode, body)
+	}
+	servingGenerations(t, b.Addr(), 1)
+}

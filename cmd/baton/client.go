@@ -315,6 +315,9 @@ func printStatus(w io.Writer, st *control.Status) {
 		state = "reloading"
 	}
 	fmt.Fprintf(w, "state    %s, generation %d, %d workers\n", state, st.Generation, st.Workers)
+	for _, d := range st.Degraded {
+		fmt.Fprintf(w, "DEGRADED %s\n", d)
+	}
 	if r := st.LastReload; r != nil {
 		result := "succeeded"
 		if !r.OK {

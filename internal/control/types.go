@@ -86,7 +86,10 @@ type Status struct {
 	Reloading    bool          `json:"reloading"`
 	ShuttingDown bool          `json:"shutting_down"`
 	LastReload   *ReloadResult `json:"last_reload,omitempty"`
-	WorkerList   []Worker      `json:"worker_list"`
+	// Degraded lists the slots that keep crashing ("slot 2: 5 crashes in
+	// a row"); the others serve.
+	Degraded   []string `json:"degraded,omitempty"`
+	WorkerList []Worker `json:"worker_list"`
 }
 
 // Listener is one open listening socket.

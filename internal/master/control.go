@@ -79,6 +79,7 @@ func (m *Master) status() (control.Status, []int) {
 	for _, l := range m.listeners {
 		st.Listeners = append(st.Listeners, control.Listener{Name: l.Name, Addr: l.Addr})
 	}
+	st.Degraded = m.crashLooping()
 	var groups []int
 	for pid, w := range m.workers {
 		restarts := 0

@@ -98,7 +98,7 @@ func (s metricsSource) Snapshot(ctx context.Context) (metrics.Snapshot, error) {
 	if err != nil {
 		return metrics.Snapshot{}, err
 	}
-	snap := metrics.Snapshot{ShuttingDown: st.ShuttingDown, Generation: st.Generation}
+	snap := metrics.Snapshot{ShuttingDown: st.ShuttingDown, Generation: st.Generation, Degraded: st.Degraded}
 	for _, w := range st.WorkerList {
 		snap.Workers = append(snap.Workers, metrics.Worker{Generation: w.Generation, State: w.State, RSS: w.RSS})
 	}

@@ -336,6 +336,7 @@ func (m *Master) onCrash(w *worker, lived time.Duration, status string) {
 	if lived >= backoffReset {
 		s.failures = 0
 	}
+	m.logLastWords(w, status)
 	reason := "crash"
 	if w.hung {
 		reason = "watchdog"

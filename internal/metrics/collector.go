@@ -12,6 +12,8 @@ type Snapshot struct {
 	Workers      []Worker // every live worker process
 	ShuttingDown bool
 	Generation   int // current generation
+	// Degraded describes crash-looping slots; the host still serves.
+	Degraded []string
 }
 
 // Worker is one live worker process as seen by the master.

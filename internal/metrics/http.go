@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -74,6 +75,11 @@ func (h handler) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	if reason := notReady(s); reason != "" {
 		plain(w, http.StatusServiceUnavailable, reason)
+		return
+	}
+	if len(s.Degraded) > 0 {
+		// Still serving: a load balancer should keep it; a human should look.
+		plain(w, http.StatusOK, "ready (degraded: "+strings.Join(s.Degraded, "; ")+")")
 		return
 	}
 	plain(w, http.StatusOK, "ready")
