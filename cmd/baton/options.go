@@ -42,6 +42,7 @@ func masterOptions(cfg *config.Config) master.Options {
 		MaxSurge:        cfg.MaxSurge,
 		DrainUnlisten:   cfg.DrainUnlisten,
 		BootNice:        cfg.BootNice,
+		Subreaper:       cfg.Subreaper,
 		PidFile:         cfg.PIDFile,
 		ConfigFile:      cfg.Source(),
 		ControlPath:     controlPath(cfg),

@@ -55,6 +55,7 @@ type Config struct {
 	MaxSurge       int           // max_surge: rolling reloads' extra processes
 	DrainUnlisten  bool          // drain_unlisten: make a replaced worker stop accepting before it is stopped
 	BootNice       bool          // boot_nice: boot workers at nice +10 while others serve
+	Subreaper      bool          // subreaper: reap orphaned descendants (always as PID 1)
 	// UpgradeHandover is "auto" or "manual": what the old master does once
 	// an upgrade's new master is ready.
 	UpgradeHandover string

@@ -734,6 +734,7 @@ reload_strategy = "surge"
 max_surge = 1
 drain_unlisten = true
 boot_nice = true
+subreaper = false
 upgrade_handover = "auto"
 pid = ""
 control = ""

@@ -130,6 +130,11 @@ var keys = []key{
 		setting: func(c *Config) setting { return boolSetting(&c.BootNice) },
 	},
 	{
+		name: "subreaper", def: "false", boolean: true,
+		usage:   "`BOOL`: reap orphaned descendants of workers (a child subreaper); always on when baton is PID 1 in a container",
+		setting: func(c *Config) setting { return boolSetting(&c.Subreaper) },
+	},
+	{
 		name: "upgrade_handover", def: "auto",
 		usage:   "after an upgrade's new master is ready: `MODE` auto (the old master drains and exits) or manual (it waits for WINCH, then TERM)",
 		setting: func(c *Config) setting { return choiceSetting(&c.UpgradeHandover, "auto", "manual") },

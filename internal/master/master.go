@@ -51,7 +51,9 @@ type Options struct {
 	// (see package unlisten) before it gets its stop signal.
 	DrainUnlisten bool
 	// BootNice boots workers at a lower CPU priority while others serve.
-	BootNice   bool
+	BootNice bool
+	// Subreaper makes baton reap orphaned descendants; always on as PID 1.
+	Subreaper  bool
 	PidFile    string
 	ConfigFile string // "" when there is none
 	// ControlPath is the control socket; ControlRequired makes a failure
@@ -188,6 +190,7 @@ func (m *Master) Run() error {
 	defer signal.Stop(sigs)
 	defer close(m.quit)
 
+	m.becomeSubreaper()
 	m.upgradePipe = takeUpgradePipe()
 	if err := m.open(); err != nil {
 		return &StartError{Err: err}
