@@ -63,13 +63,20 @@ func cli(t *testing.T, cred *syscall.Credential, args ...string) cliResult {
 // build directory is private to root).
 func binaryFor(t *testing.T, cred *syscall.Credential) string {
 	t.Helper()
+	return executableByAll(t, batonBin)
+}
+
+// executableByAll copies the binary src into a directory every user can
+// reach.
+func executableByAll(t *testing.T, src string) string {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "baton-other-user-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	bin := filepath.Join(dir, "baton")
-	if err := copyFile(batonBin, bin); err != nil {
+	bin := filepath.Join(dir, filepath.Base(src))
+	if err := copyFile(src, bin); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chmod(dir, 0o755); err != nil {

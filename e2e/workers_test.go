@@ -460,3 +460,53 @@ func TestWorkerWatchdog(t *testing.T) {
 		waitFor(t, waitTimeout, "the worker's output", func() bool { return strings.Contains(b.Stdout(), "watchdog_usec=1500000") })
 	})
 }
+
+// user: baton stays root and runs the workers as another user with no
+// supplementary groups; their notify messages still count, and the reload
+// drains them like any other.
+func TestWorkersRunAsAnotherUser(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Fatal("this test needs root to start workers as nobody")
+	}
+	sock := filepath.Join(t.TempDir(), "app.sock")
+	b := startBaton(t, "run", "-w", "2", "--user", "nobody", "--unix-owner", "nobody", "--ready", "notify",
+		"-b", "127.0.0.1:0", "-b", "unix:"+sock, "--", executableByAll(t, testworkerBin), "-notify-ready")
+	b.waitLogs(t, "worker ready", nil, 2, waitTimeout) // READY=1 from uid 65534 was accepted
+	for _, pid := range workersOf(b.Pid) {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"Uid:\t65534\t65534\t65534\t65534", "Gid:\t65534\t65534\t65534\t65534"} {
+			if !strings.Contains(string(status), want) {
+				t.Errorf("worker %d: /proc status lacks %q", pid, want)
+			}
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if groups, ok := strings.CutPrefix(line, "Groups:"); ok && strings.TrimSpace(groups) != "" {
+				t.Errorf("worker %d has supplementary groups %q, want none", pid, groups)
+			}
+		}
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(sock, &st); err != nil || st.Uid != 65534 {
+		t.Errorf("unix socket owner uid %d (%v), want 65534", st.Uid, err)
+	}
+	l := steadyLoad(b)
+	if r := b.reload(t, 2); r.msg() != "reload succeeded" {
+		t.Fatalf("reload: %s", r)
+	}
+	assertNoFailures(t, l.stop())
+}
+
+func TestUserNeedsRoot(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Fatal("this test runs baton as nobody and needs root")
+	}
+	r := cli(t, &syscall.Credential{Uid: 65534, Gid: 65534}, "run", "-b", "127.0.0.1:0", "--user", "root", "--", "/bin/true")
+	if r.code != 2 || !strings.Contains(r.stderr, "needs baton to run as root (it runs as uid 65534)") {
+		t.Errorf("--user as nobody: exit %d, stderr %q", r.code, r.stderr)
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"syscall"
 
 	"github.com/spf13/pflag"
 
@@ -23,6 +24,8 @@ func masterOptions(cfg *config.Config) master.Options {
 			FD:       b.FD,
 			Backlog:  cfg.Backlog,
 			UnixMode: cfg.UnixMode,
+			UnixUID:  cfg.UnixUID,
+			UnixGID:  cfg.UnixGID,
 		}
 	}
 	return master.Options{
@@ -43,6 +46,7 @@ func masterOptions(cfg *config.Config) master.Options {
 		DrainUnlisten:   cfg.DrainUnlisten,
 		BootNice:        cfg.BootNice,
 		Subreaper:       cfg.Subreaper,
+		RunAs:           runAs(cfg),
 		PidFile:         cfg.PIDFile,
 		ConfigFile:      cfg.Source(),
 		ControlPath:     controlPath(cfg),
@@ -76,6 +80,15 @@ var executable, startDir = func() (string, string) {
 	dir, _ := os.Getwd()
 	return exe, dir
 }()
+
+// runAs is the credential workers run with, or nil for baton's own.
+// Groups is empty, not nil: the workers' supplementary groups are cleared.
+func runAs(cfg *config.Config) *syscall.Credential {
+	if cfg.RunAsUID < 0 {
+		return nil
+	}
+	return &syscall.Credential{Uid: uint32(cfg.RunAsUID), Gid: uint32(cfg.RunAsGID), Groups: []uint32{}}
+}
 
 // controlPath is the configured control socket, else the default one the
 // CLI's client commands look for too.

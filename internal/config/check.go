@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -166,4 +167,84 @@ func checkHostPort(addr string) error {
 		return fmt.Errorf("%q: expected HOST:PORT, such as 127.0.0.1:9100", addr)
 	}
 	return nil
+}
+
+// resolveRunAs turns user and group (names or ids) into RunAsUID and
+// RunAsGID (-1 when not set; a user's primary group when only user is).
+// Switching users needs root: baton stays root to bind and manage, and
+// starts the workers as the user.
+func resolveRunAs(c *Config) error {
+	c.RunAsUID, c.RunAsGID = -1, -1
+	if c.User == "" && c.Group == "" {
+		return nil
+	}
+	if c.User != "" {
+		u, err := lookupUser(c.User)
+		if err != nil {
+			return err
+		}
+		c.RunAsUID, _ = strconv.Atoi(u.Uid)
+		c.RunAsGID, _ = strconv.Atoi(u.Gid)
+	}
+	if c.Group != "" {
+		gid, err := lookupGroup(c.Group)
+		if err != nil {
+			return fmt.Errorf("group: %w", err)
+		}
+		c.RunAsGID = gid
+		if c.RunAsUID < 0 {
+			c.RunAsUID = os.Geteuid()
+		}
+	}
+	if os.Geteuid() != 0 && (c.RunAsUID != os.Geteuid() || c.RunAsGID != os.Getegid()) {
+		return fmt.Errorf("running workers as uid %d, gid %d needs baton to run as root (it runs as uid %d)",
+			c.RunAsUID, c.RunAsGID, os.Geteuid())
+	}
+	return nil
+}
+
+// resolveUnixOwner turns unix_owner ("USER" or "USER:GROUP") into the ids
+// unix socket files are given (-1: unchanged).
+func resolveUnixOwner(c *Config) error {
+	c.UnixUID, c.UnixGID = -1, -1
+	if c.UnixOwner == "" {
+		return nil
+	}
+	name, group, hasGroup := strings.Cut(c.UnixOwner, ":")
+	u, err := lookupUser(name)
+	if err != nil {
+		return err
+	}
+	c.UnixUID, _ = strconv.Atoi(u.Uid)
+	c.UnixGID, _ = strconv.Atoi(u.Gid)
+	if hasGroup {
+		if c.UnixGID, err = lookupGroup(group); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func lookupUser(nameOrID string) (*user.User, error) {
+	if _, err := strconv.Atoi(nameOrID); err == nil {
+		if u, err := user.LookupId(nameOrID); err == nil {
+			return u, nil
+		}
+	}
+	u, err := user.Lookup(nameOrID)
+	if err != nil {
+		return nil, fmt.Errorf("no such user %q", nameOrID)
+	}
+	return u, nil
+}
+
+func lookupGroup(nameOrID string) (int, error) {
+	if id, err := strconv.Atoi(nameOrID); err == nil {
+		return id, nil
+	}
+	g, err := user.LookupGroup(nameOrID)
+	if err != nil {
+		return 0, fmt.Errorf("no such group %q", nameOrID)
+	}
+	return strconv.Atoi(g.Gid)
 }

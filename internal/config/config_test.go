@@ -33,6 +33,10 @@ func defaults(command ...string) *Config {
 		DrainUnlisten:   true,
 		BootNice:        true,
 		UpgradeHandover: "auto",
+		RunAsUID:        -1,
+		RunAsGID:        -1,
+		UnixUID:         -1,
+		UnixGID:         -1,
 		LogLevel:        "info",
 		LogFormat:       "text",
 	}
@@ -111,6 +115,10 @@ DATABASE_URL = "postgres://db/app"
 		DrainUnlisten:   true,
 		BootNice:        true,
 		UpgradeHandover: "auto",
+		RunAsUID:        -1,
+		RunAsGID:        -1,
+		UnixUID:         -1,
+		UnixGID:         -1,
 		PIDFile:         d.path + "/baton.pid",
 		LogLevel:        "debug",
 		LogFormat:       "json",
@@ -734,6 +742,9 @@ reload_strategy = "surge"
 max_surge = 1
 drain_unlisten = true
 boot_nice = true
+user = ""
+group = ""
+unix_owner = ""
 subreaper = false
 upgrade_handover = "auto"
 pid = ""
@@ -897,5 +908,31 @@ func TestListenEnvFlagForms(t *testing.T) {
 	got := strings.Join(d.problems([]string{"--listen-env=maybe"}, d.app()), "\n")
 	if !strings.Contains(got, `--listen-env: expected true or false, got "maybe"`) {
 		t.Errorf("problems = %s", got)
+	}
+}
+
+func TestRunAsResolvesNamesAndIDs(t *testing.T) {
+	t.Parallel()
+	d := newTestDir(t)
+	if os.Geteuid() != 0 {
+		got := strings.Join(d.problems([]string{"--user", "root"}, d.app()), "\n")
+		if !strings.Contains(got, "needs baton to run as root") {
+			t.Errorf("--user as non-root: %s", got)
+		}
+		return
+	}
+	c := d.mustLoad([]string{"--user", "nobody", "--unix-owner", "nobody:0"}, d.app())
+	if c.RunAsUID != 65534 || c.RunAsGID != 65534 || c.UnixUID != 65534 || c.UnixGID != 0 {
+		t.Errorf("nobody: run as %d:%d, unix owner %d:%d", c.RunAsUID, c.RunAsGID, c.UnixUID, c.UnixGID)
+	}
+	c = d.mustLoad([]string{"--user", "65534", "--group", "0"}, d.app())
+	if c.RunAsUID != 65534 || c.RunAsGID != 0 {
+		t.Errorf("ids: run as %d:%d", c.RunAsUID, c.RunAsGID)
+	}
+	got := strings.Join(d.problems([]string{"--user", "no-such-user-xyz", "--unix-owner", "root:no-such-group-xyz"}, d.app()), "\n")
+	for _, want := range []string{`--user: no such user "no-such-user-xyz"`, `no such group "no-such-group-xyz"`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("problems lack %q:\n%s", want, got)
+		}
 	}
 }

@@ -130,6 +130,23 @@ var keys = []key{
 		setting: func(c *Config) setting { return boolSetting(&c.BootNice) },
 	},
 	{
+		name:    "user",
+		usage:   "run workers as `USER` (name or uid) with no supplementary groups; baton itself stays root to bind and manage them",
+		setting: func(c *Config) setting { return textSetting(&c.User) },
+		check:   resolveRunAs,
+	},
+	{
+		name:    "group",
+		usage:   "run workers with primary `GROUP` (name or gid); default: the user's",
+		setting: func(c *Config) setting { return textSetting(&c.Group) },
+	},
+	{
+		name:    "unix_owner",
+		usage:   "give unix socket files to `USER[:GROUP]` (names or ids), e.g. so nginx's group can connect",
+		setting: func(c *Config) setting { return textSetting(&c.UnixOwner) },
+		check:   resolveUnixOwner,
+	},
+	{
 		name: "subreaper", def: "false", boolean: true,
 		usage:   "`BOOL`: reap orphaned descendants of workers (a child subreaper); always on when baton is PID 1 in a container",
 		setting: func(c *Config) setting { return boolSetting(&c.Subreaper) },

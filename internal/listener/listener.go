@@ -29,6 +29,9 @@ type Spec struct {
 	FD       int         // for fd: an fd this process inherited
 	Backlog  int         // listen(2) backlog for tcp and unix
 	UnixMode os.FileMode // permission bits of a unix socket file
+	// UnixUID and UnixGID own a unix socket file; -1 (or 0 in both, the
+	// zero Spec) leaves it as created.
+	UnixUID, UnixGID int
 }
 
 // Listener is one open listening socket owned by the master.
@@ -233,6 +236,12 @@ func openUnix(s Spec) (*Listener, error) {
 	if err := os.Chmod(path, s.UnixMode.Perm()); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("bind unix:%s: chmod: %w", path, err)
+	}
+	if s.UnixUID > 0 || s.UnixGID > 0 {
+		if err := os.Lchown(path, s.UnixUID, s.UnixGID); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("bind unix:%s: chown: %w", path, err)
+		}
 	}
 	if err := unix.Listen(fd, s.Backlog); err != nil {
 		l.Close()

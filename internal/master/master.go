@@ -52,6 +52,8 @@ type Options struct {
 	DrainUnlisten bool
 	// BootNice boots workers at a lower CPU priority while others serve.
 	BootNice bool
+	// RunAs, if set, is the user and group workers run as.
+	RunAs *syscall.Credential
 	// Subreaper makes baton reap orphaned descendants; always on as PID 1.
 	Subreaper  bool
 	PidFile    string

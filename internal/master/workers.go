@@ -114,6 +114,9 @@ func (m *Master) spawn(s *slot) {
 		m.scheduleRestart(s, "crash")
 		return
 	}
+	if c := s.gen.opts.RunAs; c != nil {
+		notify.TrustUID(c.Uid)
+	}
 	p, err := proc.Start(m.workerSpec(s, notify.Addr()))
 	if err != nil {
 		notify.Close()
@@ -136,14 +139,15 @@ func (m *Master) workerSpec(s *slot, notifyAddr string) proc.Spec {
 	}
 	opts := s.gen.opts
 	return proc.Spec{
-		Shim:      "/proc/self/exe",
-		Path:      opts.CommandPath,
-		Args:      opts.Command,
-		Dir:       opts.Dir,
-		Env:       m.workerEnv(s, notifyAddr),
-		Listeners: fds,
-		Stdout:    1,
-		Stderr:    os.Stderr,
+		Shim:       "/proc/self/exe",
+		Path:       opts.CommandPath,
+		Args:       opts.Command,
+		Dir:        opts.Dir,
+		Env:        m.workerEnv(s, notifyAddr),
+		Listeners:  fds,
+		Stdout:     1,
+		Stderr:     os.Stderr,
+		Credential: opts.RunAs,
 	}
 }
 

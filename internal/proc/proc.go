@@ -43,6 +43,9 @@ type Spec struct {
 	// Stderr receives the worker's stderr, through a pipe that keeps its
 	// last lines (see Tail).
 	Stderr io.Writer
+	// Credential, if set, runs the worker as that user and group with no
+	// supplementary groups (the master stays root to bind and manage).
+	Credential *syscall.Credential
 }
 
 // Process is a started worker.
@@ -93,7 +96,8 @@ func Start(spec Spec) (*Process, error) {
 			// A worker never outlives the master: kill -9 of the
 			// master kills the worker instead of leaving it holding
 			// the port.
-			Pdeathsig: syscall.SIGKILL,
+			Pdeathsig:  syscall.SIGKILL,
+			Credential: spec.Credential,
 		},
 	}
 	pid, err := syscall.ForkExec(spec.Shim, argv, attr)

@@ -61,6 +61,8 @@ func Parse(data []byte) map[string]string {
 type Socket struct {
 	conn *net.UnixConn
 	addr string
+	// workerUID is also trusted: the worker may run as another user.
+	workerUID uint32
 }
 
 // Listen opens a new socket whose name starts with prefix.
@@ -78,7 +80,7 @@ func Listen(prefix string) (*Socket, error) {
 		conn.Close()
 		return nil, fmt.Errorf("notify socket: SO_PASSCRED: %w", err)
 	}
-	return &Socket{conn: conn, addr: addr}, nil
+	return &Socket{conn: conn, addr: addr, workerUID: uint32(os.Getuid())}, nil
 }
 
 func passCredentials(conn *net.UnixConn) error {
@@ -92,6 +94,10 @@ func passCredentials(conn *net.UnixConn) error {
 	})
 	return errors.Join(err, sockErr)
 }
+
+// TrustUID accepts messages from uid too (a worker run as another user).
+// Call it before Receive.
+func (s *Socket) TrustUID(uid uint32) { s.workerUID = uid }
 
 // Addr is the value for the worker's NOTIFY_SOCKET.
 func (s *Socket) Addr() string { return s.addr }
@@ -120,7 +126,7 @@ func (s *Socket) Receive(handle func(Message), reject func(Message)) {
 		if cred, ok := readControl(oob[:oobn]); ok {
 			msg.Pid, msg.Uid = cred.Pid, cred.Uid
 		}
-		if msg.Uid != uint32(os.Getuid()) && msg.Uid != 0 {
+		if msg.Uid != uint32(os.Getuid()) && msg.Uid != 0 && msg.Uid != s.workerUID {
 			reject(msg)
 			continue
 		}
