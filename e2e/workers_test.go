@@ -510,3 +510,55 @@ func TestUserNeedsRoot(t *testing.T) {
 		t.Errorf("--user as nobody: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
+
+// Memory and age limits replace a worker successor first, so under load
+// not a request fails and the worker count never drops.
+func TestWorkerLimitsReplaceSuccessorFirst(t *testing.T) {
+	t.Parallel()
+	t.Run("memory", func(t *testing.T) {
+		t.Parallel()
+		b := startBaton(t, "run", "-w", "2", "--max-worker-memory", "80MiB", "--", testworkerBin)
+		b.waitLogs(t, "worker ready", nil, 2, waitTimeout)
+		l := steadyLoad(b)
+		r, err := get(b.Addr(), "/grow?mb=150", 20*time.Second)
+		if err != nil || r.status != 200 {
+			t.Fatalf("grow: %v %d", err, r.status)
+		}
+		grown := b.waitLog(t, "replacing worker", func(r record) bool { return r.str("reason") == "memory" }, waitTimeout)
+		if rss := grown.int("rss"); rss <= 80<<20 {
+			t.Errorf("replaced at rss %d, not above the limit", rss)
+		}
+		exited := b.waitLog(t, "worker exited", func(r record) bool { return r.int("pid") == grown.int("pid") }, waitTimeout)
+		if exited.str("expected") != "true" {
+			t.Errorf("the replaced worker's exit: %s", exited)
+		}
+		// Its successor was ready before it was retired.
+		if len(b.logs("worker ready", nil)) < 3 {
+			t.Errorf("the old worker exited before its successor was ready")
+		}
+		b.waitWorkers(t, 2)
+		assertNoFailures(t, l.stop())
+	})
+	t.Run("age with jitter", func(t *testing.T) {
+		t.Parallel()
+		b := startBaton(t, "run", "-w", "3", "--max-worker-age", "1s", "--max-worker-age-jitter", "1s", "--", testworkerBin)
+		l := steadyLoad(b)
+		replaced := b.waitLogs(t, "replacing worker", func(r record) bool { return r.str("reason") == "age" }, 3, waitTimeout)
+		res := l.stop()
+		ages := map[string]bool{}
+		for _, r := range replaced[:3] {
+			d, err := time.ParseDuration(r.str("after"))
+			if err != nil || d < time.Second || d >= 2*time.Second {
+				t.Errorf("replaced after %q, want within [1s, 2s)", r.str("after"))
+			}
+			ages[r.str("after")] = true
+		}
+		if len(ages) != 3 {
+			t.Errorf("ages %v: the jitter did not spread the replacements", ages)
+		}
+		assertNoFailures(t, res)
+		if n := len(workersOf(b.Pid)); n < 3 {
+			t.Errorf("%d workers during age replacements, want at least 3", n)
+		}
+	})
+}

@@ -56,9 +56,13 @@ type Config struct {
 	DrainUnlisten  bool          // drain_unlisten: make a replaced worker stop accepting before it is stopped
 	BootNice       bool          // boot_nice: boot workers at nice +10 while others serve
 	Subreaper      bool          // subreaper: reap orphaned descendants (always as PID 1)
-	User           string        // user: run workers as this user ("" for baton's own)
-	Group          string        // group: their primary group ("" for the user's)
-	UnixOwner      string        // unix_owner: USER[:GROUP] of unix socket files
+	// max_worker_memory (bytes), max_worker_age and its jitter: 0 is none.
+	MaxWorkerMemory    uint64
+	MaxWorkerAge       time.Duration
+	MaxWorkerAgeJitter time.Duration
+	User               string // user: run workers as this user ("" for baton's own)
+	Group              string // group: their primary group ("" for the user's)
+	UnixOwner          string // unix_owner: USER[:GROUP] of unix socket files
 	// RunAsUID/RunAsGID resolve user and group (-1: not set); UnixUID and
 	// UnixGID resolve unix_owner (-1: unchanged).
 	RunAsUID, RunAsGID int

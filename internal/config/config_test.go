@@ -742,6 +742,9 @@ reload_strategy = "surge"
 max_surge = 1
 drain_unlisten = true
 boot_nice = true
+max_worker_memory = 0
+max_worker_age = "0s"
+max_worker_age_jitter = "0s"
 user = ""
 group = ""
 unix_owner = ""
@@ -933,6 +936,20 @@ func TestRunAsResolvesNamesAndIDs(t *testing.T) {
 	for _, want := range []string{`--user: no such user "no-such-user-xyz"`, `no such group "no-such-group-xyz"`} {
 		if !strings.Contains(got, want) {
 			t.Errorf("problems lack %q:\n%s", want, got)
+		}
+	}
+}
+
+func TestSizes(t *testing.T) {
+	t.Parallel()
+	for text, want := range map[string]uint64{"512MiB": 512 << 20, "1GiB": 1 << 30, "300MB": 300e6, "1.5G": 3 << 29, "4096": 4096, "0": 0} {
+		if got, err := parseSize(text); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", text, got, err, want)
+		}
+	}
+	for _, bad := range []string{"lots", "-1MiB", "12 parsecs"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("parseSize(%q) accepted", bad)
 		}
 	}
 }

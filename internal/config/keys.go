@@ -130,6 +130,21 @@ var keys = []key{
 		setting: func(c *Config) setting { return boolSetting(&c.BootNice) },
 	},
 	{
+		name: "max_worker_memory", def: "0",
+		usage:   "replace a worker whose process group's RSS exceeds `SIZE` (512MiB, 1GiB; 0: no limit), successor first",
+		setting: func(c *Config) setting { return sizeSetting(&c.MaxWorkerMemory) },
+	},
+	{
+		name: "max_worker_age", def: "0s",
+		usage:   "replace a worker older than `DURATION` (0: no limit), successor first",
+		setting: func(c *Config) setting { return durationSetting(&c.MaxWorkerAge) },
+	},
+	{
+		name: "max_worker_age_jitter", def: "0s",
+		usage:   "add up to `DURATION` at random to max_worker_age, so workers are not all replaced at once",
+		setting: func(c *Config) setting { return durationSetting(&c.MaxWorkerAgeJitter) },
+	},
+	{
 		name:    "user",
 		usage:   "run workers as `USER` (name or uid) with no supplementary groups; baton itself stays root to bind and manage them",
 		setting: func(c *Config) setting { return textSetting(&c.User) },

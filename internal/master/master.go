@@ -52,6 +52,12 @@ type Options struct {
 	DrainUnlisten bool
 	// BootNice boots workers at a lower CPU priority while others serve.
 	BootNice bool
+	// MaxWorkerMemory (bytes of RSS of a worker's process group) and
+	// MaxWorkerAge (plus up to MaxWorkerAgeJitter) replace a worker; 0 is
+	// no limit.
+	MaxWorkerMemory    uint64
+	MaxWorkerAge       time.Duration
+	MaxWorkerAgeJitter time.Duration
 	// RunAs, if set, is the user and group workers run as.
 	RunAs *syscall.Credential
 	// Subreaper makes baton reap orphaned descendants; always on as PID 1.
@@ -214,6 +220,7 @@ func (m *Master) Run() error {
 	m.current = m.newGeneration(m.opts)
 	m.current.fill(m)
 	m.startWatchdog()
+	m.startLimits()
 	for !m.finished() {
 		select {
 		case sig := <-sigs:

@@ -198,6 +198,7 @@ func (m *Master) handOver(old *generation, id int) {
 		return
 	}
 	s.handedOver, s.pending = true, false
+	m.retireOutgoing(s)
 	if s.worker != nil {
 		m.retire(s.worker)
 	}

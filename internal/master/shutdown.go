@@ -98,6 +98,7 @@ func (m *Master) scale(delta int) {
 	g.size--
 	m.log.Info("scaling down", "workers", g.size)
 	s.pending = false
+	m.retireOutgoing(s)
 	if s.worker != nil {
 		m.retire(s.worker)
 	}

@@ -237,6 +237,7 @@ func (m *Master) stopAllWorkers() {
 	m.log.Info("WINCH: stopping every worker; the listeners stay open", "workers", len(m.workers))
 	for id, s := range m.current.slots {
 		s.pending = false
+		m.retireOutgoing(s)
 		if s.worker != nil {
 			m.retire(s.worker)
 		}

@@ -46,6 +46,9 @@ type slot struct {
 	// handedOver: during a reload, the new generation's worker in this
 	// slot is ready, so this one was retired and is not replaced.
 	handedOver bool
+	// outgoing is the worker a memory or age replacement retires once
+	// worker, its successor, is ready (limits.go).
+	outgoing *worker
 }
 
 type workerState int
@@ -269,6 +272,8 @@ func (m *Master) markReady(w *worker, how string) {
 	}
 	m.log.Info("worker ready", "slot", w.slot, "pid", w.proc.Pid, "generation", w.gen.num,
 		"boot_time", w.ready.Round(time.Millisecond).String(), "seen_by", how)
+	m.handOverSlot(w)
+	m.scheduleAgeLimit(w)
 	m.advanceReload()
 	m.notifyProgress()
 }
@@ -329,6 +334,9 @@ func (m *Master) onExit(e proc.Exit) {
 // onCrash handles a worker that exited without being asked to.
 func (m *Master) onCrash(w *worker, lived time.Duration, status string) {
 	s := w.gen.slots[w.slot]
+	if s != nil && s.outgoing == w {
+		s.outgoing = nil // its successor is booting already
+	}
 	if m.shutdown != running || s == nil || s.worker != w {
 		return
 	}

@@ -200,6 +200,7 @@ func (w *testWorker) routes(listenerName string) http.Handler {
 	mux.HandleFunc("GET /slow", slow)
 	mux.HandleFunc("GET /exit", exitAfterReply)
 	mux.HandleFunc("GET /nonblock", w.nonblock)
+	mux.HandleFunc("GET /grow", grow)
 	return mux
 }
 
@@ -328,4 +329,19 @@ func pingWatchdog(d time.Duration) {
 	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
 		notify(worker.Watchdog())
 	}
+}
+
+// ballast is memory /grow allocated and keeps, to push the worker past a
+// memory limit.
+var ballast [][]byte
+
+// grow allocates ?mb=N MiB, touches every page so it is resident, and keeps it.
+func grow(rw http.ResponseWriter, r *http.Request) {
+	mb, _ := strconv.Atoi(r.URL.Query().Get("mb"))
+	b := make([]byte, mb<<20)
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
+	}
+	ballast = append(ballast, b)
+	fmt.Fprintf(rw, "grew %d MiB\n", mb)
 }
