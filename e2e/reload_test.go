@@ -420,3 +420,31 @@ func TestNewWorkerCrashDuringBootFailsTheReloadAndKeepsTheOldOnes(t *testing.T) 
 	b.waitWorkers(t, 2) // the new generation is stopped
 	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 1)
 }
+
+// Dev mode: editing a watched file reloads; a broken edit keeps the old
+// workers serving, and fixing it reloads again.
+func TestWatchReloadsOnChangesAndSurvivesBrokenEdits(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, workerConfig(2, ""))
+	b := startBaton(t, "run", "-c", d.path, "--watch", filepath.Dir(d.path))
+	b.waitLog(t, "dev mode: watching for changes", nil, waitTimeout)
+	servingGenerations(t, b.Addr(), 2)
+
+	d.write(workerConfig(2, "", "-boot-delay", "100ms")) // an edit
+	if r := b.waitReloadEnd(t, 2); r.msg() != "reload succeeded" {
+		t.Fatalf("reload after an edit: %s", r)
+	}
+	d.write(workerConfig(2, "", "-exit-at-start", "3")) // a broken edit
+	if r := b.waitReloadEnd(t, 3); r.msg() != "reload failed" {
+		t.Fatalf("reload after a broken edit: %s", r)
+	}
+	b.waitWorkers(t, 2)
+	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 2)
+	d.write(workerConfig(2, "")) // the fix
+	if r := b.waitReloadEnd(t, 4); r.msg() != "reload succeeded" {
+		t.Fatalf("reload after the fix: %s", r)
+	}
+	if n := len(b.logs("reload started", nil)); n != 3 {
+		t.Errorf("%d reloads for 3 edits", n)
+	}
+}

@@ -46,6 +46,8 @@ func masterOptions(cfg *config.Config) master.Options {
 		DrainUnlisten:      cfg.DrainUnlisten,
 		BootNice:           cfg.BootNice,
 		Subreaper:          cfg.Subreaper,
+		Watch:              cfg.Watch,
+		WatchIgnore:        cfg.WatchIgnore,
 		MaxWorkerMemory:    cfg.MaxWorkerMemory,
 		MaxWorkerAge:       cfg.MaxWorkerAge,
 		MaxWorkerAgeJitter: cfg.MaxWorkerAgeJitter,

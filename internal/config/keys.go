@@ -162,6 +162,16 @@ var keys = []key{
 		check:   resolveUnixOwner,
 	},
 	{
+		name: "watch", flag: flagRepeat,
+		usage:   "dev mode: reload when a file under `PATH` changes (repeat for more), with the same readiness gating, so a broken edit never stops the dev server",
+		setting: func(c *Config) setting { return pathsSetting{&c.Watch} },
+	},
+	{
+		name: "watch_ignore", flag: flagRepeat,
+		usage:   "file name `PATTERN` that --watch ignores (repeat for more; default .git, __pycache__, *.pyc, *.swp, *~)",
+		setting: func(c *Config) setting { return pathsSetting{&c.WatchIgnore} },
+	},
+	{
 		name: "subreaper", def: "false", boolean: true,
 		usage:   "`BOOL`: reap orphaned descendants of workers (a child subreaper); always on when baton is PID 1 in a container",
 		setting: func(c *Config) setting { return boolSetting(&c.Subreaper) },

@@ -201,3 +201,31 @@ func (s envSetting) toTOML() string {
 	}
 	return "{ " + strings.Join(entries, ", ") + " }"
 }
+
+// pathsSetting is a list of strings (paths or patterns): a TOML array, or
+// a repeatable flag that replaces the file's list.
+type pathsSetting struct{ field *[]string }
+
+func (s pathsSetting) fromTOML(v any) []error {
+	list, ok := v.([]any)
+	if !ok {
+		return []error{expected(`an array of strings, like ["app/", "templates/"]`, v)}
+	}
+	items, errs := stringList(list)
+	if errs != nil {
+		return errs
+	}
+	return s.fromFlags(items)
+}
+
+func (s pathsSetting) fromFlags(items []string) []error {
+	for _, p := range items {
+		if _, err := noNUL(p); err != nil {
+			return []error{err}
+		}
+	}
+	*s.field = slices.Clone(items)
+	return nil
+}
+
+func (s pathsSetting) toTOML() string { return quoteList(*s.field) }

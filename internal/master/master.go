@@ -58,6 +58,9 @@ type Options struct {
 	MaxWorkerMemory    uint64
 	MaxWorkerAge       time.Duration
 	MaxWorkerAgeJitter time.Duration
+	// Watch (dev mode) reloads when files under these paths change, but
+	// for names matching WatchIgnore.
+	Watch, WatchIgnore []string
 	// RunAs, if set, is the user and group workers run as.
 	RunAs *syscall.Credential
 	// Subreaper makes baton reap orphaned descendants; always on as PID 1.
@@ -205,7 +208,11 @@ func (m *Master) Run() error {
 	}
 	m.started = time.Now()
 	m.initBootPriority()
-	if err := m.openEndpoints(); err != nil {
+	err := m.openEndpoints()
+	if err == nil {
+		err = m.startWatching()
+	}
+	if err != nil {
 		m.closeEndpointsNow()
 		m.cleanup()
 		return &StartError{Err: err}
