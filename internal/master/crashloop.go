@@ -29,9 +29,21 @@ func (m *Master) crashLooping() []string {
 	return out
 }
 
-// logLastWords logs what a crashed worker wrote last on stderr, once its
-// stderr has drained (at most half a second, off the master's goroutine).
+// logLastWords logs what a crashed worker wrote last on stderr.
 func (m *Master) logLastWords(w *worker, status string) {
+	m.withLastLines(w, func(lines []string) {
+		if len(lines) > 0 {
+			m.log.Warn("last stderr lines of the worker that exited", "slot", w.slot, "pid", w.proc.Pid,
+				"status", status, "stderr", lines)
+		}
+	})
+}
+
+// withLastLines calls then, on the master's goroutine, with the last lines
+// w wrote on stderr, once its stderr has drained: the pipe may still hold
+// them when its exit is reaped. It waits off the master's goroutine, at
+// most half a second (a grandchild may keep stderr open).
+func (m *Master) withLastLines(w *worker, then func(lines []string)) {
 	tail := w.proc.Stderr
 	go func() {
 		select {
@@ -39,12 +51,6 @@ func (m *Master) logLastWords(w *worker, status string) {
 		case <-time.After(500 * time.Millisecond):
 		}
 		lines := tail.Lines(stderrLines)
-		if len(lines) == 0 {
-			return
-		}
-		m.post(func() {
-			m.log.Warn("last stderr lines of the worker that exited", "slot", w.slot, "pid", w.proc.Pid,
-				"status", status, "stderr", lines)
-		})
+		m.post(func() { then(lines) })
 	}()
 }

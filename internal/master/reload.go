@@ -272,15 +272,7 @@ func (m *Master) reportFailure(r *reload, culprit *worker, res ReloadResult) {
 		report(nil)
 		return
 	}
-	tail := culprit.proc.Stderr
-	go func() {
-		select {
-		case <-tail.Wait():
-		case <-time.After(500 * time.Millisecond):
-		}
-		lines := tail.Lines(stderrLines)
-		m.post(func() { report(lines) })
-	}()
+	m.withLastLines(culprit, report)
 }
 
 // endReload records how a reload ended and returns the record.
