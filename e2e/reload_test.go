@@ -124,6 +124,19 @@ func (b *Baton) waitWorkers(t *testing.T, n int) {
 	waitFor(t, 20*time.Second, fmt.Sprintf("%d worker processes", n), func() bool { return len(workersOf(b.Pid)) == n })
 }
 
+// assertRolledBack checks that a failed reload left generation 1 as it
+// was: its workers alive and serving, the new generation's gone.
+func (b *Baton) assertRolledBack(t *testing.T, old map[int]string, workers int) {
+	t.Helper()
+	for pid := range old {
+		if !processAlive(pid) {
+			t.Errorf("old worker %d died during a failed reload", pid)
+		}
+	}
+	b.waitWorkers(t, workers)
+	assertAllGeneration(t, servingGenerations(t, b.Addr(), workers), 1)
+}
+
 func steadyLoad(b *Baton) *load {
 	return startLoad(loadOptions{addr: b.Addr(), concurrency: 8, maxDuration: 2 * time.Minute})
 }
@@ -182,12 +195,7 @@ func TestBadDeployThatExitsAtBootKeepsTheOldGenerationServing(t *testing.T) {
 		t.Errorf("failure record lacks the worker's last stderr line: %s", r)
 	}
 	assertNoFailures(t, res)
-	for pid := range old {
-		if !processAlive(pid) {
-			t.Errorf("old worker %d died during a failed reload", pid)
-		}
-	}
-	assertAllGeneration(t, servingGenerations(t, b.Addr(), 3), 1)
+	b.assertRolledBack(t, old, 3)
 
 	// The next HUP tries again, with the fixed code.
 	d.write(workerConfig(3, ""))
@@ -214,14 +222,7 @@ func TestBadDeployThatNeverGetsReadyIsRolledBackAfterBootTimeout(t *testing.T) {
 		t.Fatalf("never-ready deploy: %s, want a failure naming boot_timeout", r)
 	}
 	assertNoFailures(t, res)
-	for pid := range old {
-		if !processAlive(pid) {
-			t.Errorf("old worker %d died during a failed reload", pid)
-		}
-	}
-	// The stuck new workers are stopped: only the old ones remain.
-	b.waitWorkers(t, 2) // the stuck generation is stopped
-	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 1)
+	b.assertRolledBack(t, old, 2) // the stuck new workers are stopped
 }
 
 func TestBadConfigOnHUPKeepsServingWithTheOldConfig(t *testing.T) {
@@ -412,13 +413,7 @@ func TestNewWorkerCrashDuringBootFailsTheReloadAndKeepsTheOldOnes(t *testing.T) 
 	if r.msg() != "reload failed" || !strings.Contains(r.str("reason"), "exited during boot: killed by signal KILL") {
 		t.Fatalf("reload: %s, want a failure naming the killed worker", r)
 	}
-	for pid := range old {
-		if !processAlive(pid) {
-			t.Errorf("old worker %d did not survive the failed reload", pid)
-		}
-	}
-	b.waitWorkers(t, 2) // the new generation is stopped
-	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 1)
+	b.assertRolledBack(t, old, 2)
 }
 
 // Dev mode: editing a watched file reloads; a broken edit keeps the old

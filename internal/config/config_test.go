@@ -209,19 +209,26 @@ func TestDurationForms(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.file+"|"+tt.flag, func(t *testing.T) {
 			t.Parallel()
-			d := newTestDir(t)
-			var args []string
-			if tt.file != "" {
-				args = append(args, "-c", d.config("graceful_timeout = "+tt.file+"\n"))
-			}
-			if tt.flag != "" {
-				args = append(args, "--graceful-timeout", tt.flag)
-			}
-			if got := d.mustLoad(args, d.app()).GracefulTimeout; got != tt.want {
+			if got := loadForm(t, "graceful_timeout", tt.file, tt.flag).GracefulTimeout; got != tt.want {
 				t.Errorf("GracefulTimeout = %v, want %v", got, tt.want)
 			}
 		})
 	}
+}
+
+// loadForm loads a config that sets key to file in the TOML file (unless
+// "") and to flag on the command line (unless "").
+func loadForm(t *testing.T, key, file, flag string) *Config {
+	t.Helper()
+	d := newTestDir(t)
+	var args []string
+	if file != "" {
+		args = append(args, "-c", d.config(key+" = "+file+"\n"))
+	}
+	if flag != "" {
+		args = append(args, "--"+strings.ReplaceAll(key, "_", "-"), flag)
+	}
+	return d.mustLoad(args, d.app())
 }
 
 func TestUnixModeForms(t *testing.T) {
@@ -243,15 +250,7 @@ func TestUnixModeForms(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.file+"|"+tt.flag, func(t *testing.T) {
 			t.Parallel()
-			d := newTestDir(t)
-			var args []string
-			if tt.file != "" {
-				args = append(args, "-c", d.config("unix_mode = "+tt.file+"\n"))
-			}
-			if tt.flag != "" {
-				args = append(args, "--unix-mode", tt.flag)
-			}
-			if got := d.mustLoad(args, d.app()).UnixMode; got != tt.want {
+			if got := loadForm(t, "unix_mode", tt.file, tt.flag).UnixMode; got != tt.want {
 				t.Errorf("UnixMode = %#o, want %#o", got, tt.want)
 			}
 		})
