@@ -61,7 +61,7 @@ func (m *Master) scheduleAgeLimit(w *worker) {
 	if j := w.gen.opts.MaxWorkerAgeJitter; j > 0 {
 		age += rand.N(j)
 	}
-	m.after(age, func() { m.replaceWorker(w, "age", "after", age.String()) })
+	m.workerAfter(w, "age", age, func() { m.replaceWorker(w, "age", "after", age.String()) })
 }
 
 // replaceWorker starts w's successor in its slot; markReady retires w once

@@ -328,8 +328,21 @@ func (m *Master) finished() bool {
 }
 
 // after runs f on the master's goroutine once d has passed.
-func (m *Master) after(d time.Duration, f func()) {
-	time.AfterFunc(d, func() { m.post(f) })
+func (m *Master) after(d time.Duration, f func()) *time.Timer {
+	return time.AfterFunc(d, func() { m.post(f) })
+}
+
+// workerAfter is after for a timer about w (its boot timeout, its kill
+// after the graceful timeout, its age, its watchdog): the timer is
+// stopped when w exits. A pending timer's closure holds w, and through w
+// its whole generation; left running, reloads back to back would keep
+// every old generation in memory until its timers fired.
+// A timer re-armed under the same name replaces the one that fired.
+func (m *Master) workerAfter(w *worker, name string, d time.Duration, f func()) {
+	if w.timers == nil {
+		w.timers = map[string]*time.Timer{}
+	}
+	w.timers[name] = m.after(d, f)
 }
 
 // post hands f to the master's goroutine; it is dropped once Run returned.

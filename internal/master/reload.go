@@ -280,6 +280,7 @@ func (m *Master) endReload(res ReloadResult) ReloadResult {
 	res.Duration = time.Since(res.Started)
 	m.lastReload = &res
 	m.notifyReloadEnd(res)
+	releaseMemory()
 	return res
 }
 

@@ -30,7 +30,7 @@ func (m *Master) onWatchdogPing(w *worker) {
 	w.lastPing = time.Now()
 	if !w.watched {
 		w.watched = true
-		m.after(timeout, func() { m.checkWatchdog(w) })
+		m.workerAfter(w, "watchdog", timeout, func() { m.checkWatchdog(w) })
 	}
 }
 
@@ -42,7 +42,7 @@ func (m *Master) checkWatchdog(w *worker) {
 	timeout := w.gen.opts.WorkerTimeout
 	silent := time.Since(w.lastPing)
 	if silent < timeout {
-		m.after(timeout-silent, func() { m.checkWatchdog(w) })
+		m.workerAfter(w, "watchdog", timeout-silent, func() { m.checkWatchdog(w) })
 		return
 	}
 	w.hung = true
@@ -51,7 +51,7 @@ func (m *Master) checkWatchdog(w *worker) {
 	// Not retire(): its exit must count as a crash so that the slot is
 	// refilled.
 	m.signalWorker(w, w.gen.opts.StopSignal)
-	m.after(w.gen.opts.GracefulTimeout, func() {
+	m.workerAfter(w, "kill", w.gen.opts.GracefulTimeout, func() {
 		if m.workers[w.proc.Pid] == w {
 			m.signalWorker(w, syscall.SIGKILL)
 		}

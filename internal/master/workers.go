@@ -77,6 +77,9 @@ type worker struct {
 	watched  bool
 	lastPing time.Time
 	hung     bool
+	// timers pending about this worker, stopped when it exits
+	// (workerAfter).
+	timers map[string]*time.Timer
 }
 
 func (w *worker) closeNotify() {
@@ -209,9 +212,9 @@ func (m *Master) watchReadiness(w *worker) {
 	case ReadyAuto:
 		go m.probeUntilReady(w)
 	case ReadyDelay:
-		m.after(mode.Delay, func() { m.markReady(w, "delay") })
+		m.workerAfter(w, "ready", mode.Delay, func() { m.markReady(w, "delay") })
 	}
-	m.after(w.gen.opts.BootTimeout, func() { m.onBootTimeout(w) })
+	m.workerAfter(w, "boot", w.gen.opts.BootTimeout, func() { m.onBootTimeout(w) })
 }
 
 // probeUntilReady polls /proc until w waits on a listener or stops booting.
@@ -309,6 +312,10 @@ func (m *Master) onExit(e proc.Exit) {
 	}
 	delete(m.workers, e.Pid)
 	w.closeNotify()
+	for _, t := range w.timers {
+		t.Stop()
+	}
+	w.timers = nil
 	// Whatever the worker left behind in its group would hold the
 	// listeners with nobody to stop it.
 	_ = w.proc.SignalGroup(syscall.SIGKILL)
@@ -421,7 +428,7 @@ func (m *Master) stop(w *worker) {
 	}
 	m.signalWorker(w, w.gen.opts.StopSignal)
 	timeout := w.gen.opts.GracefulTimeout
-	m.after(timeout, func() {
+	m.workerAfter(w, "kill", timeout, func() {
 		if m.workers[w.proc.Pid] == w {
 			m.log.Warn("worker did not stop within graceful_timeout; killing it",
 				"slot", w.slot, "pid", w.proc.Pid, "graceful_timeout", timeout.String())
