@@ -1,14 +1,14 @@
-// Command reload measures what clients see while a pre-fork server
-// reloads (HUP) under constant load: baton against Gunicorn, the same ASGI
-// app, the same load, on the same machine in the same run. bench/run builds
-// baton and runs it; see bench/README.md.
+// Command suite is baton's proof: a chaos and performance suite that
+// measures what clients see under baton and under Gunicorn, side by side,
+// with the same ASGI app and the same load on the same machine in the same
+// run. bench/run builds baton and runs it; see bench/README.md.
 //
-// For every scenario (four HUPs of a good deploy; one HUP of a deploy
-// that fails to import), server (Gunicorn with uvicorn workers; baton with
-// uvicorn) and connection mode (a new connection per request; keep-alive),
-// it starts fresh servers, drives an open-loop constant-rate POST load with
-// vegeta, deploys and HUPs on a fixed schedule, and classifies every
-// request. It prints a markdown report and writes it under -results.
+// Each scenario (steady load, HUPs, a binary upgrade, a bad deploy, kill -9
+// of workers, a reload storm, many workers, a soak) runs once per server
+// and connection mode (a new connection per request; keep-alive) with
+// fresh servers, under an open-loop constant-rate POST load (vegeta), and
+// every request is classified. It prints a markdown report, writes it and
+// the latency plots under -results.
 package main
 
 import (
@@ -23,43 +23,61 @@ import (
 )
 
 type config struct {
-	rate       int
-	duration   time.Duration
-	hups       int
-	quick      bool
-	window     time.Duration
-	workers    int
-	timeout    time.Duration
-	baton      string
-	gunicorn   string
-	uvicorn    string
-	python     string
-	appDir     string
-	resultsDir string
-	modes      []string
-	scenarios  []string
-	servers    []string
-	cmdline    string
-	batonFlags []string
-	quietBelow float64
-	quietWait  time.Duration
+	rate         int
+	duration     time.Duration
+	hups         int
+	upgrades     int
+	killEvery    time.Duration
+	stormReloads int
+	scaleWorkers int
+	soakReloads  int
+	soakEvery    int
+	maxRun       time.Duration
+	conns        int
+	burst        time.Duration
+	rounds       int
+	quick        bool
+	window       time.Duration
+	workers      int
+	timeout      time.Duration
+	baton        string
+	gunicorn     string
+	uvicorn      string
+	python       string
+	appDir       string
+	resultsDir   string
+	modes        []string
+	scenarios    []string
+	servers      []string
+	cmdline      string
+	batonFlags   []string
+	quietBelow   float64
+	quietWait    time.Duration
 }
 
 const (
-	scenarioHUPs = "hups"
-	scenarioBad  = "bad"
-	modeClose    = "close"
-	modeKeep     = "keepalive"
+	modeClose = "close"
+	modeKeep  = "keepalive"
 )
 
 func parseFlags(args []string) (*config, error) {
 	cfg := &config{}
-	fs := flag.NewFlagSet("reload", flag.ContinueOnError)
+	fs := flag.NewFlagSet("suite", flag.ContinueOnError)
 	fs.IntVar(&cfg.rate, "rate", 400, "requests per second (constant, open loop)")
-	fs.DurationVar(&cfg.duration, "duration", 30*time.Second, "load duration of each run")
-	fs.IntVar(&cfg.hups, "hups", 4, "HUPs in the \"four HUPs\" scenario, evenly spaced")
-	fs.BoolVar(&cfg.quick, "quick", false, "fast check: -rate 200 -duration 12s -hups 2 (explicit flags still win)")
-	fs.DurationVar(&cfg.window, "window", 3*time.Second, "reload window after each HUP: requests started in [HUP, HUP+window] are \"during a reload\"")
+	fs.DurationVar(&cfg.duration, "duration", 30*time.Second, "load duration of each fixed-length run (steady, hups, upgrade, bad, kill)")
+	fs.IntVar(&cfg.hups, "hups", 4, "HUPs in the hups scenario, evenly spaced")
+	fs.IntVar(&cfg.upgrades, "upgrades", 2, "binary upgrades in the upgrade scenario, evenly spaced")
+	fs.DurationVar(&cfg.killEvery, "kill-every", 5*time.Second, "kill scenario: SIGKILL a random worker this often")
+	fs.IntVar(&cfg.stormReloads, "storm", 100, "storm scenario: reloads back to back")
+	fs.IntVar(&cfg.scaleWorkers, "scale-workers", 64, "scale scenario: workers per server")
+	fs.IntVar(&cfg.soakReloads, "soak", 1000, "soak scenario: reloads back to back (each connection mode)")
+	fs.IntVar(&cfg.soakEvery, "soak-every", 10, "soak scenario: sample the master after every N reloads")
+	fs.DurationVar(&cfg.maxRun, "max-run", 20*time.Minute, "stop any run's load after this long")
+	fs.IntVar(&cfg.conns, "conns", 32, "steady scenario, throughput part: concurrent closed-loop clients")
+	fs.DurationVar(&cfg.burst, "burst", 5*time.Second, "steady scenario, throughput part: length of each server's turn")
+	fs.IntVar(&cfg.rounds, "rounds", 5, "steady scenario, throughput part: turns per server (the median counts)")
+	fs.BoolVar(&cfg.quick, "quick", false, "fast check of the suite itself: -rate 200 -duration 12s -hups 2 -upgrades 1 -storm 10 -scale-workers 16 -soak 100 -rounds 2 -burst 3s (explicit flags still win)")
+	fs.DurationVar(&cfg.window, "window", 3*time.Second, "reload window after each action: requests started in [action, action+window] (or until it took effect, if later) are \"during a reload\"")
 	fs.IntVar(&cfg.workers, "workers", 4, "workers of each server")
 	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "client timeout of one request")
 	fs.StringVar(&cfg.baton, "baton", "", "path of the baton binary to measure (bench/run builds it)")
@@ -67,10 +85,14 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&cfg.uvicorn, "uvicorn", "/usr/bin/uvicorn", "path of uvicorn")
 	fs.StringVar(&cfg.python, "python", "/usr/bin/python3", "python that runs gunicorn and uvicorn (for their versions)")
 	fs.StringVar(&cfg.appDir, "app", "bench/app", "directory with app.py and app_broken.py")
-	fs.StringVar(&cfg.resultsDir, "results", "bench/results", "where the report, logs and raw results go")
+	fs.StringVar(&cfg.resultsDir, "results", "bench/results", "where the report, plots, logs and raw results go")
 	modes := fs.String("modes", "close,keepalive", "connection modes: close (new connection per request), keepalive")
-	scenarios := fs.String("scenarios", "hups,bad", "scenarios: hups (good deploys), bad (a deploy that fails to import)")
-	servers := fs.String("servers", "gunicorn,baton", "servers to measure")
+	names := make([]string, len(scenarios))
+	for i, sc := range scenarios {
+		names[i] = sc.name
+	}
+	scenarioList := fs.String("scenarios", strings.Join(names, ","), "scenarios to run, in this order")
+	servers := fs.String("servers", "bare,gunicorn,baton", "servers to measure (bare: the workers with no master, steady scenario only)")
 	fs.Float64Var(&cfg.quietBelow, "quiet-below", 30, "before each run, wait for a second with the machine's CPUs less than this percent busy (0: don't wait)")
 	fs.DurationVar(&cfg.quietWait, "quiet-wait", 2*time.Minute, "wait at most this long for a quiet machine, then start anyway")
 	batonFlags := fs.String("baton-flags", "", "extra flags for `baton run`, space-separated (say \"--reload-strategy rolling\"); the report shows them")
@@ -84,18 +106,20 @@ func parseFlags(args []string) (*config, error) {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if cfg.quick {
-		if !set["rate"] {
-			cfg.rate = 200
+		quick := map[string]func(){
+			"rate": func() { cfg.rate = 200 }, "duration": func() { cfg.duration = 12 * time.Second },
+			"hups": func() { cfg.hups = 2 }, "upgrades": func() { cfg.upgrades = 1 }, "storm": func() { cfg.stormReloads = 10 },
+			"scale-workers": func() { cfg.scaleWorkers = 16 }, "soak": func() { cfg.soakReloads = 100 },
+			"rounds": func() { cfg.rounds = 2 }, "burst": func() { cfg.burst = 3 * time.Second },
 		}
-		if !set["duration"] {
-			cfg.duration = 12 * time.Second
-		}
-		if !set["hups"] {
-			cfg.hups = 2
+		for name, apply := range quick {
+			if !set[name] {
+				apply()
+			}
 		}
 	}
 	cfg.modes = splitList(*modes)
-	cfg.scenarios = splitList(*scenarios)
+	cfg.scenarios = splitList(*scenarioList)
 	cfg.servers = splitList(*servers)
 	cfg.batonFlags = strings.Fields(*batonFlags)
 	if cfg.cmdline == "" {
@@ -119,26 +143,36 @@ func (cfg *config) validate() error {
 	if cfg.baton == "" && slices.Contains(cfg.servers, "baton") {
 		errs = append(errs, errors.New("-baton: the path of the baton binary is required"))
 	}
-	if cfg.rate <= 0 || cfg.workers <= 0 || cfg.hups <= 0 {
-		errs = append(errs, errors.New("-rate, -workers and -hups must be positive"))
+	for name, v := range map[string]int{"-rate": cfg.rate, "-workers": cfg.workers, "-hups": cfg.hups, "-upgrades": cfg.upgrades,
+		"-storm": cfg.stormReloads, "-scale-workers": cfg.scaleWorkers, "-soak": cfg.soakReloads, "-soak-every": cfg.soakEvery,
+		"-conns": cfg.conns, "-rounds": cfg.rounds} {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, not %d", name, v))
+		}
+	}
+	if cfg.killEvery <= 0 || cfg.burst <= 0 || cfg.maxRun <= 0 {
+		errs = append(errs, errors.New("-kill-every, -burst and -max-run must be positive"))
 	}
 	for _, m := range cfg.modes {
 		if m != modeClose && m != modeKeep {
-			errs = append(errs, fmt.Errorf("-modes: unknown mode %q", m))
+			errs = append(errs, fmt.Errorf("-modes: unknown mode %q (want close or keepalive)", m))
 		}
 	}
 	for _, s := range cfg.scenarios {
-		if s != scenarioHUPs && s != scenarioBad {
+		if _, ok := scenarioByName(s); !ok {
 			errs = append(errs, fmt.Errorf("-scenarios: unknown scenario %q", s))
 		}
 	}
 	for _, s := range cfg.servers {
-		if s != "gunicorn" && s != "baton" {
-			errs = append(errs, fmt.Errorf("-servers: unknown server %q", s))
+		if s != "gunicorn" && s != "baton" && s != "bare" {
+			errs = append(errs, fmt.Errorf("-servers: unknown server %q (want bare, gunicorn or baton)", s))
 		}
 	}
 	if _, err := hupSchedule(cfg.duration, cfg.hups, cfg.window); err != nil {
-		errs = append(errs, err)
+		errs = append(errs, fmt.Errorf("-hups: %w", err))
+	}
+	if _, err := hupSchedule(cfg.duration, cfg.upgrades, cfg.window); err != nil {
+		errs = append(errs, fmt.Errorf("-upgrades: %w", err))
 	}
 	return errors.Join(errs...)
 }
@@ -158,13 +192,23 @@ func hupSchedule(duration time.Duration, n int, window time.Duration) ([]time.Du
 		at = append(at, first+time.Duration(i)*spacing)
 	}
 	if n > 1 && spacing <= window {
-		return nil, fmt.Errorf("%d HUPs in %s are %s apart, not more than the %s reload window: use a longer -duration or fewer -hups", n, duration, spacing, window)
+		return nil, fmt.Errorf("%d actions in %s are %s apart, not more than the %s reload window: use a longer -duration or fewer of them", n, duration, spacing, window)
 	}
 	if last := at[len(at)-1]; last+window > duration {
-		return nil, fmt.Errorf("the last HUP at %s plus the %s reload window ends after the %s load: use a longer -duration", last, window, duration)
+		return nil, fmt.Errorf("the last action at %s plus the %s reload window ends after the %s load: use a longer -duration", last, window, duration)
 	}
 	return at, nil
 }
+
+func joinDurations(ds []time.Duration) string {
+	out := make([]string, len(ds))
+	for i, d := range ds {
+		out[i] = d.String()
+	}
+	return strings.Join(out, ", ")
+}
+
+func itoa(n int) string { return fmt.Sprint(n) }
 
 // badSchedule is when the broken deploy is HUPed: at 5 s, or a third of a
 // short run.
@@ -188,6 +232,23 @@ func main() {
 	os.Exit(code)
 }
 
+// plan lists every run, scenario by scenario in the order asked, each
+// with the servers that take part in it.
+func plan(cfg *config) []runSpec {
+	var specs []runSpec
+	for _, name := range cfg.scenarios {
+		sc, _ := scenarioByName(name)
+		for _, mode := range cfg.modes {
+			for _, srv := range sc.servers {
+				if slices.Contains(cfg.servers, srv) {
+					specs = append(specs, runSpec{Scenario: name, Server: srv, Mode: mode})
+				}
+			}
+		}
+	}
+	return specs
+}
+
 func run(cfg *config) (int, error) {
 	began := time.Now()
 	good, err := os.ReadFile(filepath.Join(cfg.appDir, "app.py"))
@@ -204,19 +265,17 @@ func run(cfg *config) (int, error) {
 	stopOnInterrupt()
 	facts := machineFacts(cfg)
 	stamp := began.Format("2006-01-02-150405")
-	runDir := filepath.Join(cfg.resultsDir, "reload-"+stamp)
+	runDir := filepath.Join(cfg.resultsDir, "suite-"+stamp)
 	if err := os.MkdirAll(runDir, 0o755); err != nil {
 		return 1, err
 	}
 
-	var specs []runSpec
-	for _, sc := range cfg.scenarios {
-		for _, mode := range cfg.modes {
-			for _, srv := range cfg.servers {
-				specs = append(specs, runSpec{Scenario: sc, Server: srv, Mode: mode})
-			}
-		}
+	var throughput []throughputResult
+	if slices.Contains(cfg.scenarios, scenarioSteady) {
+		fmt.Fprintf(os.Stderr, "[throughput] %d closed-loop clients, %d rounds of %s per server ...\n", cfg.conns, cfg.rounds, cfg.burst)
+		throughput = measureThroughput(cfg, good, runDir)
 	}
+	specs := plan(cfg)
 	var results []*runResult
 	failedSetup := false
 	for i, spec := range specs {
@@ -226,22 +285,28 @@ func run(cfg *config) (int, error) {
 			failedSetup = true
 			fmt.Fprintf(os.Stderr, "      setup failed: %v\n", res.Err)
 		} else {
-			fmt.Fprintf(os.Stderr, "      %d requests, %d failed, p99 %s, max during reloads %s\n",
-				res.Stats.Requests, res.Stats.Failed, fmtDur(res.Stats.P99), fmtDur(res.Stats.ReloadMax))
+			fmt.Fprintf(os.Stderr, "      %d requests, %d failed, p99 %s, max during reloads %s, %d actions\n",
+				res.Stats.Requests, res.Stats.Failed, fmtDur(res.Stats.P99), fmtDur(res.Stats.ReloadMax), len(res.Actions))
 		}
 		if len(res.Leftovers) > 0 {
 			fmt.Fprintf(os.Stderr, "      processes left behind (killed): %s\n", strings.Join(res.Leftovers, "; "))
 		}
 		results = append(results, res)
 	}
+	plots := writePlots(cfg, results, runDir)
 	facts.elapsed = time.Since(began)
-	report := renderReport(cfg, facts, results, runDir)
+	report := renderReport(cfg, facts, results, throughput, plots, runDir)
 	fmt.Print(report)
-	path := filepath.Join(cfg.resultsDir, "reload-"+stamp+".md")
+	path := filepath.Join(cfg.resultsDir, "suite-"+stamp+".md")
 	if err := os.WriteFile(path, []byte(report), 0o644); err != nil {
 		return 1, err
 	}
-	fmt.Fprintf(os.Stderr, "report: %s (logs and raw results: %s/)\n", path, runDir)
+	fmt.Fprintf(os.Stderr, "report: %s (plots, logs and raw results: %s/)\n", path, runDir)
+	for _, t := range throughput {
+		if t.Err != nil {
+			failedSetup = true
+		}
+	}
 	if failedSetup {
 		return 1, errors.New("some runs could not be set up; see the report")
 	}

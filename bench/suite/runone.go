@@ -14,11 +14,15 @@ type runSpec struct{ Scenario, Server, Mode string }
 
 func (s runSpec) name() string { return s.Scenario + "-" + s.Server + "-" + s.Mode }
 
-// hupRecord is one deploy + HUP, at a time since the load started.
-type hupRecord struct {
+// action is one thing a scenario did to the server, at a time since the
+// load started.
+type action struct {
+	Kind   string // "HUP", "upgrade", "reload" or "kill -9"
+	Deploy string // what was deployed before a HUP ("good", "broken"), or the pid killed
 	At     time.Duration
-	Deploy string // "good" or "broken"
-	Err    string // why the HUP was not sent
+	Done   time.Duration // when it was seen to have taken effect; 0 if not waited for
+	Result string        // as the benchmark saw it: "succeeded", "failed: …", "sent"
+	Err    string        // why it was not done
 }
 
 // reloadOutcome is one reload as baton's log reported it.
@@ -41,8 +45,9 @@ type timedLine struct {
 type runResult struct {
 	runSpec
 	Err          error
+	Workers      int
 	Samples      []sample
-	HUPs         []hupRecord
+	Actions      []action
 	Windows      []window
 	Reloads      []reloadOutcome // baton only
 	Queued       int             // baton only: HUPs that arrived during a reload and were queued
@@ -56,15 +61,74 @@ type runResult struct {
 	LogPath      string
 	CSVPath      string
 	Stats        stats
-	LoadBefore   string // 1-minute load average when the load started
-	LoadAfter    string // and when it ended
-	CPU          cpuUse // the whole machine's CPU use during the load
+	LoadFor      time.Duration // how long the load ran
+	LoadBefore   string        // 1-minute load average when the load started
+	LoadAfter    string        // and when it ended
+	CPU          cpuUse        // the whole machine's CPU use during the load
 	QuietWait    time.Duration
 	Quiet        bool // the machine was quiet before the run started
+	First200     time.Duration
+	AllUp        time.Duration
+	MemStart     memory // the master's resident memory when the load started
+	MemEnd       memory // and when it ended
+	Soak         []soakSample
+}
+
+// runCtx is what a scenario's driver works with during one run.
+type runCtx struct {
+	cfg          *config
+	srv          *server
+	start        time.Time
+	appDir       string
+	good, broken []byte
+
+	mu      sync.Mutex
+	actions []action
+	soak    []soakSample
+}
+
+func (rc *runCtx) sleepUntil(at time.Duration) { time.Sleep(time.Until(rc.start.Add(at))) }
+
+func (rc *runCtx) since(t time.Time) time.Duration {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Sub(rc.start)
+}
+
+func (rc *runCtx) record(a action) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.actions = append(rc.actions, a)
+}
+
+// recordOp records an operation that waited for its outcome.
+func (rc *runCtx) recordOp(kind, deploy string, res opResult, err error) {
+	a := action{Kind: kind, Deploy: deploy}
+	if err != nil {
+		a.Err = err.Error()
+	} else {
+		a.At, a.Done, a.Result = rc.since(res.At), rc.since(res.Done), res.Result
+	}
+	rc.record(a)
+}
+
+// deployAndHUP replaces app.py and sends HUP, fire and forget.
+func (rc *runCtx) deployAndHUP(name string, source []byte) {
+	a := action{Kind: "HUP", Deploy: name, Result: "sent"}
+	if err := deploy(rc.appDir, source); err != nil {
+		a.Err = "deploy: " + err.Error()
+	} else if at, err := rc.srv.hup(); err != nil {
+		a.Err = err.Error()
+	} else {
+		a.At = at.Sub(rc.start)
+	}
+	rc.record(a)
 }
 
 func runOne(cfg *config, spec runSpec, good, broken []byte, runDir string) *runResult {
-	res := &runResult{runSpec: spec, LogPath: filepath.Join(runDir, spec.name()+".log")}
+	sc, _ := scenarioByName(spec.Scenario)
+	res := &runResult{runSpec: spec, LogPath: filepath.Join(runDir, spec.name()+".log"), Workers: sc.workerCount(cfg)}
 	res.Quiet = true
 	if cfg.quietBelow > 0 {
 		res.QuietWait, res.Quiet = waitQuiet(cfg.quietBelow, cfg.quietWait)
@@ -83,7 +147,14 @@ func runOne(cfg *config, spec runSpec, good, broken []byte, runDir string) *runR
 		return res
 	}
 
-	srv, err := startServer(cfg, spec.Server, appDir, res.LogPath)
+	sspec := serverSpec{kind: spec.Server, workers: res.Workers, demo: sc.demo && spec.Server == "baton"}
+	if spec.Scenario == scenarioSoak {
+		if sspec.metrics, err = freePort(); err != nil {
+			res.Err = err
+			return res
+		}
+	}
+	srv, err := startServer(cfg, sspec, appDir, res.LogPath)
 	if err != nil {
 		res.Err = err
 		return res
@@ -94,69 +165,68 @@ func runOne(cfg *config, spec runSpec, good, broken []byte, runDir string) *runR
 			srv.stop(45 * time.Second)
 		}
 	}()
-	if err := srv.waitReady(cfg.workers, 60*time.Second); err != nil {
+	if res.First200, res.AllUp, err = srv.waitReady(3 * time.Minute); err != nil {
 		res.Err = err
 		res.Termed, res.Leftovers = srv.stop(45 * time.Second)
 		return res
 	}
 	time.Sleep(500 * time.Millisecond) // let the first generation settle
 
-	type planned struct {
-		at     time.Duration
-		source []byte
-		name   string
-	}
-	var plan []planned
-	if spec.Scenario == scenarioBad {
-		plan = append(plan, planned{badSchedule(cfg.duration), broken, "broken"})
-	} else {
-		at, _ := hupSchedule(cfg.duration, cfg.hups, cfg.window) // validated
-		for _, t := range at {
-			plan = append(plan, planned{t, good, "good"})
-		}
-	}
-
+	rc := &runCtx{cfg: cfg, srv: srv, appDir: appDir, good: good, broken: broken}
 	res.LoadBefore = loadAvg()
+	res.MemStart = readMem(srv.master())
 	stopCPU := make(chan struct{})
 	cpu := sampleCPU(stopCPU)
-	start := time.Now()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	wg.Add(1)
+	stopLoad := make(chan struct{})
+	rc.start = time.Now()
+	driven := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		for _, p := range plan {
-			time.Sleep(time.Until(start.Add(p.at)))
-			rec := hupRecord{Deploy: p.name}
-			if err := deploy(appDir, p.source); err != nil {
-				rec.Err = "deploy: " + err.Error()
-			} else if at, err := srv.hup(); err != nil {
-				rec.Err = err.Error()
-			} else {
-				rec.At = at.Sub(start)
-			}
-			mu.Lock()
-			res.HUPs = append(res.HUPs, rec)
-			mu.Unlock()
+		defer close(driven)
+		if sc.drive != nil {
+			sc.drive(rc)
 		}
 	}()
-	res.Samples = attack(srv.url(), cfg.rate, cfg.duration, cfg.timeout, spec.Mode == modeKeep, start)
+	go func() {
+		if sc.fixed {
+			time.Sleep(time.Until(rc.start.Add(cfg.duration)))
+		} else {
+			select {
+			case <-driven:
+				time.Sleep(sc.tail)
+			case <-time.After(cfg.maxRun):
+				fmt.Fprintf(os.Stderr, "      stopping the load after -max-run %s\n", cfg.maxRun)
+			}
+		}
+		close(stopLoad)
+	}()
+	res.Samples = attack(srv.url(), cfg.rate, cfg.timeout, spec.Mode == modeKeep, rc.start, stopLoad)
+	res.LoadFor = time.Since(rc.start)
 	res.LoadAfter = loadAvg()
+	res.MemEnd = readMem(srv.master())
 	close(stopCPU)
 	res.CPU = <-cpu
-	wg.Wait()
+	select {
+	case <-driven:
+	case <-time.After(5 * time.Minute):
+		fmt.Fprintln(os.Stderr, "      the scenario's driver is still running 5 minutes after the load ended; going on")
+	}
+	rc.mu.Lock()
+	res.Actions = append([]action(nil), rc.actions...)
+	res.Soak = append([]soakSample(nil), rc.soak...)
+	rc.mu.Unlock()
 
-	for _, h := range res.HUPs {
-		if h.Err == "" {
-			res.Windows = append(res.Windows, window{h.At, h.At + cfg.window})
+	for _, a := range res.Actions {
+		if a.Err == "" {
+			res.Windows = append(res.Windows, window{a.At, max(a.At+cfg.window, a.Done)})
 		}
 	}
+	start := rc.start
 	// Let baton log the outcome of a reload still going when the load ended.
-	if spec.Server == "baton" {
+	if spec.Server == "baton" && spec.Scenario != scenarioSteady {
 		deadline := time.Now().Add(15 * time.Second)
 		for time.Now().Before(deadline) && srv.alive() {
 			_, events := srv.snapshot()
-			if rs := batonReloads(events, start); len(rs) >= len(res.Windows) && allEnded(rs) {
+			if rs := batonReloads(events, start); allEnded(rs) {
 				break
 			}
 			time.Sleep(100 * time.Millisecond)
@@ -169,7 +239,23 @@ func runOne(cfg *config, spec runSpec, good, broken []byte, runDir string) *runR
 	}
 	stopAt := time.Now()
 	res.Termed, res.Leftovers = srv.stop(45 * time.Second)
+	res.collectLog(srv, start, stopAt)
 
+	after := time.Duration(-1)
+	if res.MasterExited {
+		after = res.MasterExitAt
+	}
+	res.Stats = computeStats(res.Samples, res.Windows, after)
+	res.CSVPath = filepath.Join(runDir, spec.name()+".csv")
+	if err := writeCSV(res.CSVPath, res.Samples); err != nil {
+		fmt.Fprintln(os.Stderr, "      cannot write raw results:", err)
+	}
+	return res
+}
+
+// collectLog keeps the server's log up to when the benchmark stopped it,
+// its notable lines, and for baton the reloads it reported.
+func (res *runResult) collectLog(srv *server, start, stopAt time.Time) {
 	lines, events := srv.snapshot()
 	seen := map[string]bool{}
 	for _, l := range lines {
@@ -177,7 +263,7 @@ func runOne(cfg *config, spec runSpec, good, broken []byte, runDir string) *runR
 			break
 		}
 		res.Lines = append(res.Lines, timedLine{l.At.Sub(start), l.Text})
-		if spec.Server == "baton" {
+		if res.Server != "gunicorn" {
 			continue
 		}
 		text := strings.TrimSpace(l.Text)
@@ -190,30 +276,21 @@ func runOne(cfg *config, spec runSpec, good, broken []byte, runDir string) *runR
 			res.Notable = append(res.Notable, fmt.Sprintf("t=%s %s", fmtSecs(l.At.Sub(start)), text))
 		}
 	}
-	if spec.Server == "baton" {
-		res.Reloads = batonReloads(events, start)
-		for _, e := range events {
-			if strings.HasPrefix(e.Msg, "reload requested during a reload") {
-				res.Queued++
-			}
+	if res.Server != "baton" {
+		return
+	}
+	res.Reloads = batonReloads(events, start)
+	for _, e := range events {
+		if e.At.After(stopAt) {
+			break
 		}
-		for _, e := range events {
-			if !e.At.After(stopAt) && (e.Level == "WARN" || e.Level == "ERROR") {
-				res.Notable = append(res.Notable, fmt.Sprintf("t=%s %s %s", fmtSecs(e.At.Sub(start)), e.Level, eventGist(e)))
-			}
+		if strings.HasPrefix(e.Msg, "reload requested during a reload") {
+			res.Queued++
+		}
+		if e.Level == "WARN" || e.Level == "ERROR" {
+			res.Notable = append(res.Notable, fmt.Sprintf("t=%s %s %s", fmtSecs(e.At.Sub(start)), e.Level, eventGist(e)))
 		}
 	}
-
-	after := time.Duration(-1)
-	if res.MasterExited {
-		after = res.MasterExitAt
-	}
-	res.Stats = computeStats(res.Samples, res.Windows, after)
-	res.CSVPath = filepath.Join(runDir, spec.name()+".csv")
-	if err := writeCSV(res.CSVPath, res.Samples); err != nil {
-		fmt.Fprintln(os.Stderr, "      cannot write raw results:", err)
-	}
-	return res
 }
 
 // deploy replaces app.py in dir atomically, as a deploy would.

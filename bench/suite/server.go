@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -48,15 +50,20 @@ func (e batonEvent) str(key string) string {
 	}
 }
 
-// server is one running server under test: Gunicorn's master or baton's,
-// started in a process group of its own.
+// server is one running server under test: Gunicorn's master, baton's,
+// or bare workers under an idle bash, started in a process group of its
+// own. After a binary upgrade the master is another process: master()
+// follows it.
 type server struct {
-	kind    string // "gunicorn" or "baton"
-	port    int
-	cmd     *exec.Cmd
-	logPath string
+	spec      serverSpec
+	port      int
+	cmd       *exec.Cmd
+	logPath   string
+	appDir    string
+	startedAt time.Time
 
-	exited    chan struct{} // closed when the master has exited
+	masterPID atomic.Int64  // the current master: cmd's process until an upgrade
+	exited    chan struct{} // closed when cmd's process (the first master) has exited
 	exitAt    time.Time
 	exitText  string
 	readerEnd chan struct{}
@@ -83,30 +90,53 @@ func serverEnv() []string {
 	return append(env, "PYTHONDONTWRITEBYTECODE=1")
 }
 
-// serverArgv is the exact command line of each server (the same app, the
-// same number of workers, the same graceful timeout).
-func serverArgv(cfg *config, kind, appDir string, port int) []string {
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	w := strconv.Itoa(cfg.workers)
-	switch kind {
-	case "gunicorn":
-		return []string{cfg.gunicorn, "-k", "uvicorn.workers.UvicornWorker", "-w", w, "-b", addr,
-			"--graceful-timeout", "30", "app:app"}
-	case "baton":
-		// uvicorn's access log is off, as it is by default under Gunicorn, so
-		// both servers do the same work per request.
-		argv := []string{cfg.baton, "run", "-b", addr, "-w", w, "--log-format", "json",
-			"--boot-timeout", "20s", "--graceful-timeout", "30s", "--chdir", appDir}
-		argv = append(argv, cfg.batonFlags...)
-		return append(argv, "--", cfg.uvicorn, "--fd", "3", "--no-access-log", "app:app")
-	}
-	panic("unknown server " + kind)
+// serverSpec is what a run starts: which server, how many workers, and
+// which app.
+type serverSpec struct {
+	kind    string // "gunicorn", "baton" or "bare"
+	workers int
+	demo    bool // baton with its bundled Go demo worker instead of the Python app (the soak)
+	metrics int  // baton: serve /metrics on this port (0: off)
 }
 
-// running is the server under test now, for the interrupt handler.
+// serverArgv is the exact command line of each server (the same app, the
+// same number of workers, the same graceful timeout). Both masters write
+// a pidfile in the app directory: the upgrade finds the new master there.
+func serverArgv(cfg *config, spec serverSpec, appDir string, port int) []string {
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	w := strconv.Itoa(spec.workers)
+	switch spec.kind {
+	case "gunicorn":
+		return []string{cfg.gunicorn, "-k", "uvicorn.workers.UvicornWorker", "-w", w, "-b", addr,
+			"--graceful-timeout", "30", "-p", filepath.Join(appDir, "gunicorn.pid"), "app:app"}
+	case "baton":
+		argv := []string{cfg.baton, "run", "-b", addr, "-w", w, "--log-format", "json",
+			"--graceful-timeout", "30s", "--chdir", appDir, "--pid", filepath.Join(appDir, "baton.pid")}
+		if spec.metrics != 0 {
+			argv = append(argv, "--metrics-bind", fmt.Sprintf("127.0.0.1:%d", spec.metrics))
+		}
+		argv = append(argv, cfg.batonFlags...)
+		if spec.demo {
+			return append(argv, "--", cfg.baton, "_demo-worker")
+		}
+		// uvicorn's access log is off, as it is by default under Gunicorn, so
+		// both servers do the same work per request.
+		return append(argv, "--", cfg.uvicorn, "--fd", "3", "--no-access-log", "app:app")
+	case "bare":
+		// The same uvicorn workers with no master: bash starts them on the
+		// socket the benchmark bound (fd 3) and then only waits, as the
+		// baseline for what a master costs.
+		script := `trap 'kill -TERM $pids 2>/dev/null; wait' TERM INT; pids=; ` +
+			`for i in $(seq ` + w + `); do "$0" --fd 3 --no-access-log app:app & pids="$pids $!"; done; wait`
+		return []string{"/bin/bash", "-c", script, cfg.uvicorn}
+	}
+	panic("unknown server " + spec.kind)
+}
+
+// running are the servers under test now, for the interrupt handler.
 var running struct {
 	sync.Mutex
-	s *server
+	all []*server
 }
 
 // stopOnInterrupt makes INT and TERM stop the server under test (and reap
@@ -119,19 +149,21 @@ func stopOnInterrupt() {
 		sig := <-ch
 		fmt.Fprintf(os.Stderr, "reload: %s: stopping the server under test\n", sig)
 		running.Lock()
-		if s := running.s; s != nil {
-			s.stop(5 * time.Second)
+		for _, s := range running.all {
+			if s.alive() {
+				s.stop(5 * time.Second)
+			}
 		}
 		os.Exit(130)
 	}()
 }
 
-func startServer(cfg *config, kind, appDir, logPath string) (*server, error) {
+func startServer(cfg *config, spec serverSpec, appDir, logPath string) (*server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	argv := serverArgv(cfg, kind, appDir, port)
+	argv := serverArgv(cfg, spec, appDir, port)
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
@@ -146,18 +178,31 @@ func startServer(cfg *config, kind, appDir, logPath string) (*server, error) {
 	cmd.Env = serverEnv()
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if spec.kind == "bare" {
+		sock, err := bareListener(port)
+		if err != nil {
+			r.Close()
+			w.Close()
+			logFile.Close()
+			return nil, err
+		}
+		defer sock.Close()
+		cmd.ExtraFiles = []*os.File{sock}
+	}
 	fmt.Fprintf(logFile, "# %s\n", strings.Join(argv, " "))
+	startedAt := time.Now()
 	if err := cmd.Start(); err != nil {
 		r.Close()
 		w.Close()
 		logFile.Close()
-		return nil, fmt.Errorf("start %s: %w", kind, err)
+		return nil, fmt.Errorf("start %s: %w", spec.kind, err)
 	}
 	w.Close()
-	s := &server{kind: kind, port: port, cmd: cmd, logPath: logPath,
+	s := &server{spec: spec, port: port, cmd: cmd, logPath: logPath, appDir: appDir, startedAt: startedAt,
 		exited: make(chan struct{}), readerEnd: make(chan struct{}), notify: make(chan struct{}, 1)}
+	s.masterPID.Store(int64(cmd.Process.Pid))
 	running.Lock()
-	running.s = s
+	running.all = append(running.all, s)
 	running.Unlock()
 	go s.read(r, logFile)
 	go func() {
@@ -172,6 +217,43 @@ func startServer(cfg *config, kind, appDir, logPath string) (*server, error) {
 		close(s.exited)
 	}()
 	return s, nil
+}
+
+// bareListener binds the bare workers' socket as baton and Gunicorn bind
+// theirs: TCP_NODELAY on (accepted sockets inherit it) and a 2048 backlog.
+func bareListener(port int) (*os.File, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		})
+		return cmpErr(err, serr)
+	}}
+	l, err := lc.Listen(context.Background(), "tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	f, err := l.(*net.TCPListener).File()
+	if err != nil {
+		return nil, err
+	}
+	// Go listens with the kernel's maximum backlog; set Gunicorn's and
+	// baton's default instead, so the three differ only in their master.
+	if err := unix.Listen(int(f.Fd()), 2048); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+func cmpErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *server) read(r io.ReadCloser, logFile *os.File) {
@@ -234,44 +316,75 @@ func (s *server) countLines(substr string) int {
 	return n
 }
 
+// master is the pid of the current master.
+func (s *server) master() int { return int(s.masterPID.Load()) }
+
+// alive reports whether the current master runs.
 func (s *server) alive() bool {
-	select {
-	case <-s.exited:
-		return false
-	default:
-		return true
+	pid := s.master()
+	if pid == s.cmd.Process.Pid {
+		select {
+		case <-s.exited:
+			return false
+		default:
+			return true
+		}
 	}
+	return !processGone(pid)
+}
+
+// processGone reports whether pid has exited (gone, or a zombie: an
+// adopted master is this process's child once its parent has exited).
+func processGone(pid int) bool {
+	p, ok := readStat(pid)
+	return !ok || p.state == "Z"
 }
 
 func (s *server) url() string { return fmt.Sprintf("http://127.0.0.1:%d/", s.port) }
 
+// readyMarker is the log line each server writes once per worker that
+// is up: baton's "worker ready" records, uvicorn's startup line.
+func (s *server) readyMarker() string {
+	if s.spec.kind == "baton" {
+		return `"msg":"worker ready"`
+	}
+	return "Application startup complete"
+}
+
 // waitReady polls until the server answers 200, then until every worker
-// of the first generation has said it is up: for baton its "worker ready"
-// records, for Gunicorn uvicorn's "Application startup complete." lines.
-func (s *server) waitReady(workers int, limit time.Duration) error {
+// of the first generation has said it is up. It returns how long after
+// the start the first 200 came (polled every 10 ms) and when all workers
+// were up.
+func (s *server) waitReady(limit time.Duration) (first200, allUp time.Duration, err error) {
 	deadline := time.Now().Add(limit)
 	for {
 		if !s.alive() {
-			return fmt.Errorf("%s exited while starting (%s); see %s", s.kind, s.exitText, s.logPath)
+			return 0, 0, fmt.Errorf("%s exited while starting (%s); see %s", s.spec.kind, s.exitText, s.logPath)
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not answer within %s; see %s", s.kind, limit, s.logPath)
+			return 0, 0, fmt.Errorf("%s did not answer within %s; see %s", s.spec.kind, limit, s.logPath)
 		}
 		if probe(s.url()) {
+			first200 = time.Since(s.startedAt)
 			break
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
-	marker := "Application startup complete"
-	if s.kind == "baton" {
-		marker = `"msg":"worker ready"`
+	if err := s.waitLines(s.readyMarker(), s.spec.workers, deadline); err != nil {
+		return 0, 0, err
 	}
-	for s.countLines(marker) < workers {
+	return first200, time.Since(s.startedAt), nil
+}
+
+// waitLines waits until the log holds n lines containing marker, while
+// the master lives.
+func (s *server) waitLines(marker string, n int, deadline time.Time) error {
+	for s.countLines(marker) < n {
 		if !s.alive() {
-			return fmt.Errorf("%s exited while starting (%s); see %s", s.kind, s.exitText, s.logPath)
+			return fmt.Errorf("%s master exited (%s); see %s", s.spec.kind, s.exitText, s.logPath)
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: %d of %d workers up after %s; see %s", s.kind, s.countLines(marker), workers, limit, s.logPath)
+			return fmt.Errorf("%s: %d of %d workers up by the deadline; see %s", s.spec.kind, s.countLines(marker), n, s.logPath)
 		}
 		select {
 		case <-s.notify:
@@ -281,31 +394,38 @@ func (s *server) waitReady(workers int, limit time.Duration) error {
 	return nil
 }
 
-// hup sends SIGHUP to the master and returns when it was sent.
-func (s *server) hup() (time.Time, error) {
+// signal sends sig to the current master and returns when it was sent.
+func (s *server) signal(sig syscall.Signal) (time.Time, error) {
 	if !s.alive() {
-		return time.Time{}, fmt.Errorf("%s master already exited", s.kind)
+		return time.Time{}, fmt.Errorf("%s master already exited", s.spec.kind)
 	}
 	at := time.Now()
-	return at, s.cmd.Process.Signal(syscall.SIGHUP)
+	return at, syscall.Kill(s.master(), sig)
 }
+
+// hup sends SIGHUP to the master and returns when it was sent.
+func (s *server) hup() (time.Time, error) { return s.signal(syscall.SIGHUP) }
 
 // stop sends TERM to the master, waits for it (and kills its group after
 // grace), then kills and reaps whatever it left behind: members of its
 // process group, and orphans re-parented to this process (a child
 // subreaper). It returns what was left behind before that last step.
 func (s *server) stop(grace time.Duration) (termed bool, leftovers []string) {
+	pid := s.master()
 	if s.alive() {
 		termed = true
-		_ = s.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-s.exited:
-		case <-time.After(grace):
-			leftovers = append(leftovers, fmt.Sprintf("master pid %d still running %s after TERM", s.cmd.Process.Pid, grace))
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		deadline := time.Now().Add(grace)
+		for s.alive() && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if s.alive() {
+			leftovers = append(leftovers, fmt.Sprintf("master pid %d still running %s after TERM", pid, grace))
+			_ = syscall.Kill(pid, syscall.SIGKILL)
 			_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-			<-s.exited
 		}
 	}
+	<-s.exited // the first master, when the current one is another
 	// Give orphans a moment to be re-parented before looking.
 	time.Sleep(200 * time.Millisecond)
 	leftovers = append(leftovers, sweep(s.cmd.Process.Pid)...)
