@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -15,6 +16,15 @@ import (
 // treats such a connection as idle after 5 s.
 const newConnGrace = 5 * time.Second
 
+// keepAliveLinger bounds how long ServeHTTP keeps idle keep-alive
+// connections open after it stopped accepting, so that a client's next
+// request on one is answered (with Connection: close) instead of racing
+// the close: a client that sends on a connection just as the server
+// closes it gets EOF or a reset, and only clients that retry hide that.
+// A connection idle for the whole linger is likely one its client's pool
+// does not use; Shutdown closes it then.
+const keepAliveLinger = time.Second
+
 // ServeHTTP serves srv on every listener until ctx is done, then shuts it
 // down gracefully and returns nil; or it returns the first error a listener
 // fails with, after shutting the others down.
@@ -22,10 +32,14 @@ const newConnGrace = 5 * time.Second
 // It exists because http.Server.Shutdown alone drops requests during every
 // reload: a connection accepted just before Shutdown whose request is read
 // just after it is closed without a response, and the client sees EOF on a
-// fresh connection (golang/go#75591). ServeHTTP first turns keep-alives off
-// and stops accepting, then waits until every accepted connection has
-// delivered its request (bounded by 5 s), and only then calls Shutdown, which
-// waits for the requests in flight. The process manager bounds the whole
+// fresh connection (golang/go#75591). And Shutdown closes idle keep-alive
+// connections at once, so a client that sends its next request on one in
+// that instant gets EOF. ServeHTTP instead stops accepting and answers
+// every request from then on with Connection: close; it waits until every
+// accepted connection has delivered its request (bounded by 5 s) and until
+// the kept-alive ones have been used once more and closed (bounded by 1 s),
+// and only then calls Shutdown, which waits for the requests in flight.
+// It wraps srv.Handler for this. The process manager bounds the whole
 // drain: baton sends SIGKILL after graceful_timeout.
 //
 // It sends STOPPING=1 when the shutdown begins; call Ready yourself once
@@ -34,7 +48,9 @@ func ServeHTTP(ctx context.Context, srv *http.Server, listeners []net.Listener) 
 	if len(listeners) == 0 {
 		return errors.New("worker: ServeHTTP needs at least one listener")
 	}
-	fresh := trackFreshConns(srv)
+	conns := trackConns(srv)
+	var stopping atomic.Bool
+	closeWhenStopping(srv, &stopping)
 	closers := make([]*closeOnceListener, len(listeners))
 	serveErrs := make(chan error, len(listeners))
 	var serving sync.WaitGroup
@@ -53,13 +69,17 @@ func ServeHTTP(ctx context.Context, srv *http.Server, listeners []net.Listener) 
 	case firstErr = <-serveErrs:
 	}
 	Stopping()
-	srv.SetKeepAlivesEnabled(false)
+	stopping.Store(true)
 	for _, c := range closers {
 		c.Close()
 	}
 	// Serve tracks every connection it accepted before it returns.
 	serving.Wait()
-	fresh.waitDelivered(newConnGrace)
+	conns.waitUntil(newConnGrace, func(st http.ConnState) bool { return st != http.StateNew })
+	conns.waitUntil(keepAliveLinger, func(st http.ConnState) bool { return st != http.StateIdle })
+	// Requests still running that began before the stop: their
+	// connections close after the response.
+	srv.SetKeepAlivesEnabled(false)
 	if err := srv.Shutdown(context.Background()); err != nil && firstErr == nil {
 		firstErr = err
 	}
@@ -82,42 +102,63 @@ func (l *closeOnceListener) Close() error {
 	return l.err
 }
 
-// freshConns counts connections that were accepted but have not yet begun
-// a request (http.StateNew).
-type freshConns struct {
-	mu    sync.Mutex
-	conns map[net.Conn]bool
+// closeWhenStopping wraps srv's handler so that once stopping is set
+// every response asks the client to close the connection.
+func closeWhenStopping(srv *http.Server, stopping *atomic.Bool) {
+	next := srv.Handler
+	if next == nil {
+		next = http.DefaultServeMux
+	}
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if stopping.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
-// trackFreshConns hooks srv.ConnState, keeping any hook already set.
-func trackFreshConns(srv *http.Server) *freshConns {
-	f := &freshConns{conns: map[net.Conn]bool{}}
+// connStates follows the state of every open connection.
+type connStates struct {
+	mu    sync.Mutex
+	conns map[net.Conn]http.ConnState
+}
+
+// trackConns hooks srv.ConnState, keeping any hook already set.
+func trackConns(srv *http.Server) *connStates {
+	cs := &connStates{conns: map[net.Conn]http.ConnState{}}
 	next := srv.ConnState
 	srv.ConnState = func(c net.Conn, st http.ConnState) {
-		f.mu.Lock()
-		if st == http.StateNew {
-			f.conns[c] = true
+		cs.mu.Lock()
+		if st == http.StateClosed || st == http.StateHijacked {
+			delete(cs.conns, c)
 		} else {
-			delete(f.conns, c)
+			cs.conns[c] = st
 		}
-		f.mu.Unlock()
+		cs.mu.Unlock()
 		if next != nil {
 			next(c, st)
 		}
 	}
-	return f
+	return cs
 }
 
-func (f *freshConns) count() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.conns)
+// all reports whether every open connection's state satisfies ok.
+func (cs *connStates) all(ok func(http.ConnState) bool) bool {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for _, st := range cs.conns {
+		if !ok(st) {
+			return false
+		}
+	}
+	return true
 }
 
-// waitDelivered waits until no connection is fresh, or max has passed.
-func (f *freshConns) waitDelivered(max time.Duration) {
+// waitUntil waits until every open connection's state satisfies ok, or
+// max has passed.
+func (cs *connStates) waitUntil(max time.Duration, ok func(http.ConnState) bool) {
 	deadline := time.Now().Add(max)
-	for pause := time.Millisecond; f.count() > 0 && time.Now().Before(deadline); pause = min(2*pause, 50*time.Millisecond) {
+	for pause := time.Millisecond; !cs.all(ok) && time.Now().Before(deadline); pause = min(2*pause, 50*time.Millisecond) {
 		time.Sleep(pause)
 	}
 }

@@ -20,8 +20,8 @@ type soakSample struct {
 	Threads    int
 	RSSKiB     int64
 	AnonKiB    int64 // of RSSKiB: the heap and stacks
-	Goroutines int // from baton's own /metrics (go_goroutines); -1 if unread
-	Zombies    int // children of the master that exited and were not reaped yet
+	Goroutines int   // from baton's own /metrics (go_goroutines); -1 if unread
+	Zombies    int   // children of the master that exited and were not reaped yet
 }
 
 // sampleMaster records the current master's footprint once the reload

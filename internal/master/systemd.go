@@ -40,6 +40,7 @@ func (m *Master) notifyProgress() {
 			return
 		}
 		m.systemdReady = true
+		releaseMemory() // start-up's garbage (probing /proc for readiness) is done with
 		if m.upgradePipe != nil {
 			// Started by an upgrade: this master is the service's main
 			// process from now on (the unit needs NotifyAccess=all).
