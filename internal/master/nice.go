@@ -31,10 +31,11 @@ func canRestorePriority() bool {
 }
 
 // lowerBootPriority makes the worker's process group boot at bootNice
-// above baton's own priority, when baton can undo it and some worker
-// already serves.
+// above baton's own priority, when baton can undo it and other workers
+// serve: this master's, or, for the first generation of a master that an
+// upgrade started, the old master's.
 func (m *Master) lowerBootPriority(w *worker) {
-	if !m.niceBoots || !m.anyReady() {
+	if !m.niceBoots || !(m.anyReady() || m.upgradePipe != nil && !m.systemdReady) {
 		return
 	}
 	if err := unix.Setpriority(unix.PRIO_PGRP, w.proc.Pid, m.ownNice+bootNice); err != nil {

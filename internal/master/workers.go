@@ -133,8 +133,8 @@ func (m *Master) spawn(s *slot) {
 	w := &worker{proc: p, gen: s.gen, slot: s.id, notify: notify}
 	s.worker = w
 	m.workers[p.Pid] = w
-	m.log.Info("worker started", "slot", s.id, "pid", p.Pid, "generation", s.gen.num)
 	m.lowerBootPriority(w)
+	m.log.Info("worker started", "slot", s.id, "pid", p.Pid, "generation", s.gen.num, "niced", w.niced)
 	m.watchReadiness(w)
 }
 
