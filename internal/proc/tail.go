@@ -27,7 +27,9 @@ func newTail(r io.ReadCloser, w io.Writer) *Tail {
 	go func() {
 		defer close(t.done)
 		defer r.Close()
-		chunk := make([]byte, 32*1024)
+		// One tail's worth per read: the buffer lives as long as the worker,
+		// and with 64 workers mid-reload a 32 KiB one cost the master 4 MiB.
+		chunk := make([]byte, tailBytes)
 		for {
 			n, err := r.Read(chunk)
 			if n > 0 {
