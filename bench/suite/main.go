@@ -77,7 +77,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&cfg.burst, "burst", 5*time.Second, "steady scenario, throughput part: length of each server's turn")
 	fs.IntVar(&cfg.rounds, "rounds", 5, "steady scenario, throughput part: turns per server (the median counts)")
 	fs.BoolVar(&cfg.quick, "quick", false, "fast check of the suite itself: -rate 200 -duration 12s -hups 2 -upgrades 1 -storm 10 -scale-workers 16 -soak 100 -rounds 2 -burst 3s (explicit flags still win)")
-	fs.DurationVar(&cfg.window, "window", 3*time.Second, "reload window after each action: requests started in [action, action+window] (or until it took effect, if later) are \"during a reload\"")
+	fs.DurationVar(&cfg.window, "window", 3*time.Second, "reload window after each action: requests started in [action, action+window] (or until it took effect and the workers from before it exited, if later) are \"during a reload\"")
 	fs.IntVar(&cfg.workers, "workers", 4, "workers of each server")
 	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "client timeout of one request")
 	fs.StringVar(&cfg.baton, "baton", "", "path of the baton binary to measure (bench/run builds it)")
@@ -222,12 +222,12 @@ func main() {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
-		fmt.Fprintln(os.Stderr, "reload:", err)
+		fmt.Fprintln(os.Stderr, "suite:", err)
 		os.Exit(2)
 	}
 	code, err := run(cfg)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "reload:", err)
+		fmt.Fprintln(os.Stderr, "suite:", err)
 	}
 	os.Exit(code)
 }

@@ -69,7 +69,7 @@ func renderSetup(b *strings.Builder, cfg *config, f facts, runDir string) {
 		}
 		p("| %s | %s (%s; servers: %s) |\n", sc.title, sc.describe(cfg), length, strings.Join(sc.servers, ", "))
 	}
-	p("| reload window | [action, action + %s], or until the action was seen to take effect if later; requests that *started* inside a window are \"reload\", all others \"steady\" |\n", cfg.window)
+	p("| reload window | [action, action + %s], or until the action was seen to take effect and every worker that served before it had exited, if later; requests that *started* inside a window are \"reload\", all others \"steady\" |\n", cfg.window)
 	p("| whole suite took | %s |\n", f.elapsed.Round(time.Second))
 	p("| plots, logs and raw results | `%s/` (one .log and one .csv per run) |\n\n", runDir)
 	p("Latencies are over every request of the row, failed ones included, from when the client started the request to when it had read the whole response. " +
@@ -436,6 +436,9 @@ func actionsText(r *runResult) string {
 		if a.Done > 0 {
 			text += fmt.Sprintf(", %s after %s", a.Result, fmtSecs(a.Done-a.At))
 		}
+		if a.Retired > 0 {
+			text += fmt.Sprintf(", the workers from before it gone after %s", fmtSecs(a.Retired-a.At))
+		}
 		parts = append(parts, text)
 	}
 	if len(r.Actions) > 8 {
@@ -508,8 +511,8 @@ func panelOf(r *runResult) plotPanel {
 			m.Label = a.Kind
 		}
 		pp.Marks = append(pp.Marks, m)
-		if a.Done > 0 {
-			pp.Spans = append(pp.Spans, plotSpan{a.At, a.Done})
+		if end := max(a.Done, a.Retired); end > 0 {
+			pp.Spans = append(pp.Spans, plotSpan{a.At, end})
 		}
 	}
 	if r.MasterExited {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -21,8 +22,12 @@ type action struct {
 	Deploy string // what was deployed before a HUP ("good", "broken"), or the pid killed
 	At     time.Duration
 	Done   time.Duration // when it was seen to have taken effect; 0 if not waited for
-	Result string        // as the benchmark saw it: "succeeded", "failed: …", "sent"
-	Err    string        // why it was not done
+	// Retired is when every worker that served before the action had
+	// exited: a reload's work goes on after it took effect while the old
+	// generation drains. 0 if they had not all exited when the run ended.
+	Retired time.Duration
+	Result  string // as the benchmark saw it: "succeeded", "failed: …", "sent"
+	Err     string // why it was not done
 }
 
 // reloadOutcome is one reload as baton's log reported it.
@@ -85,6 +90,9 @@ type runCtx struct {
 	mu      sync.Mutex
 	actions []action
 	soak    []soakSample
+
+	retirements   sync.WaitGroup
+	stopRetireLog chan struct{} // closed once the run is over: stop tracking
 }
 
 func (rc *runCtx) sleepUntil(at time.Duration) { time.Sleep(time.Until(rc.start.Add(at))) }
@@ -96,26 +104,32 @@ func (rc *runCtx) since(t time.Time) time.Duration {
 	return t.Sub(rc.start)
 }
 
-func (rc *runCtx) record(a action) {
+func (rc *runCtx) record(a action) int {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	rc.actions = append(rc.actions, a)
+	return len(rc.actions) - 1
 }
 
-// recordOp records an operation that waited for its outcome.
-func (rc *runCtx) recordOp(kind, deploy string, res opResult, err error) {
-	a := action{Kind: kind, Deploy: deploy}
+// recordOp records an operation that waited for its outcome, and tracks
+// the retirement of the workers that served before it.
+func (rc *runCtx) recordOp(kind string, before []int, res opResult, err error) {
+	a := action{Kind: kind}
 	if err != nil {
 		a.Err = err.Error()
 	} else {
 		a.At, a.Done, a.Result = rc.since(res.At), rc.since(res.Done), res.Result
 	}
-	rc.record(a)
+	i := rc.record(a)
+	if err == nil {
+		rc.trackRetirement(i, before)
+	}
 }
 
 // deployAndHUP replaces app.py and sends HUP, fire and forget.
 func (rc *runCtx) deployAndHUP(name string, source []byte) {
 	a := action{Kind: "HUP", Deploy: name, Result: "sent"}
+	before := rc.srv.workerPIDs()
 	if err := deploy(rc.appDir, source); err != nil {
 		a.Err = "deploy: " + err.Error()
 	} else if at, err := rc.srv.hup(); err != nil {
@@ -123,7 +137,35 @@ func (rc *runCtx) deployAndHUP(name string, source []byte) {
 	} else {
 		a.At = at.Sub(rc.start)
 	}
-	rc.record(a)
+	i := rc.record(a)
+	if a.Err == "" {
+		rc.trackRetirement(i, before)
+	}
+}
+
+// trackRetirement sets action i's Retired once every one of pids has
+// exited, polling in the background (a failed reload retires none: then
+// it gives up when the run is over).
+func (rc *runCtx) trackRetirement(i int, pids []int) {
+	rc.retirements.Add(1)
+	go func() {
+		defer rc.retirements.Done()
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if !slices.ContainsFunc(pids, func(pid int) bool { return !processGone(pid) }) {
+				rc.mu.Lock()
+				rc.actions[i].Retired = time.Since(rc.start)
+				rc.mu.Unlock()
+				return
+			}
+			select {
+			case <-tick.C:
+			case <-rc.stopRetireLog:
+				return
+			}
+		}
+	}()
 }
 
 func runOne(cfg *config, spec runSpec, good, broken []byte, runDir string) *runResult {
@@ -172,7 +214,7 @@ func runOne(cfg *config, spec runSpec, good, broken []byte, runDir string) *runR
 	}
 	time.Sleep(500 * time.Millisecond) // let the first generation settle
 
-	rc := &runCtx{cfg: cfg, srv: srv, appDir: appDir, good: good, broken: broken}
+	rc := &runCtx{cfg: cfg, srv: srv, appDir: appDir, good: good, broken: broken, stopRetireLog: make(chan struct{})}
 	res.LoadBefore = loadAvg()
 	res.MemStart = readMem(srv.master())
 	stopCPU := make(chan struct{})
@@ -210,6 +252,9 @@ func runOne(cfg *config, spec runSpec, good, broken []byte, runDir string) *runR
 	case <-time.After(5 * time.Minute):
 		fmt.Fprintln(os.Stderr, "      the scenario's driver is still running 5 minutes after the load ended; going on")
 	}
+	// Old workers still draining when the load ended get a few seconds.
+	time.AfterFunc(5*time.Second, func() { close(rc.stopRetireLog) })
+	rc.retirements.Wait()
 	rc.mu.Lock()
 	res.Actions = append([]action(nil), rc.actions...)
 	res.Soak = append([]soakSample(nil), rc.soak...)
@@ -217,7 +262,7 @@ func runOne(cfg *config, spec runSpec, good, broken []byte, runDir string) *runR
 
 	for _, a := range res.Actions {
 		if a.Err == "" {
-			res.Windows = append(res.Windows, window{a.At, max(a.At+cfg.window, a.Done)})
+			res.Windows = append(res.Windows, window{a.At, max(a.At+cfg.window, a.Done, a.Retired)})
 		}
 	}
 	start := rc.start

@@ -146,8 +146,9 @@ func driveBadDeploy(rc *runCtx) {
 func driveUpgrades(rc *runCtx) {
 	for _, at := range mustUpgrades(rc.cfg) {
 		rc.sleepUntil(at)
+		before := rc.srv.workerPIDs()
 		res, err := rc.srv.upgradeWait(60 * time.Second)
-		rc.recordOp("upgrade", "", res, err)
+		rc.recordOp("upgrade", before, res, err)
 	}
 }
 
@@ -175,16 +176,18 @@ func driveStorm(rc *runCtx) {
 		if !rc.srv.alive() {
 			return
 		}
+		before := rc.srv.workerPIDs()
 		res, err := rc.srv.reloadWait(60 * time.Second)
-		rc.recordOp("reload", "", res, err)
+		rc.recordOp("reload", before, res, err)
 	}
 }
 
 // driveOneReload reloads once at 5 s and waits for it to take effect.
 func driveOneReload(rc *runCtx) {
 	rc.sleepUntil(5 * time.Second)
+	before := rc.srv.workerPIDs()
 	res, err := rc.srv.reloadWait(3 * time.Minute)
-	rc.recordOp("reload", "", res, err)
+	rc.recordOp("reload", before, res, err)
 }
 
 // driveSoak reloads back to back and samples the master between reloads.
@@ -195,8 +198,9 @@ func driveSoak(rc *runCtx) {
 		if !rc.srv.alive() {
 			return
 		}
+		before := rc.srv.workerPIDs()
 		res, err := rc.srv.reloadWait(60 * time.Second)
-		rc.recordOp("reload", "", res, err)
+		rc.recordOp("reload", before, res, err)
 		if i%rc.cfg.soakEvery == 0 {
 			rc.sampleMaster(i)
 		}

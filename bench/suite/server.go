@@ -147,7 +147,7 @@ func stopOnInterrupt() {
 	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		sig := <-ch
-		fmt.Fprintf(os.Stderr, "reload: %s: stopping the server under test\n", sig)
+		fmt.Fprintf(os.Stderr, "suite: %s: stopping the server under test\n", sig)
 		running.Lock()
 		for _, s := range running.all {
 			if s.alive() {

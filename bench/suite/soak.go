@@ -146,7 +146,8 @@ func soakTrends(ss []soakSample) []soakGrowth {
 		g.PerThousand = slope(xs, ys) * 1000
 		g.OK = g.Last-g.First <= g.Limit
 		if m.name == "zombie children" {
-			g.OK = g.Last == 0 // a zombie seen mid-reap is fine; one that stays is a leak
+			// A zombie seen mid-reap is fine; one still there at the end is a leak.
+			g.OK = ys[len(ys)-1] == 0
 		}
 		out = append(out, g)
 	}
