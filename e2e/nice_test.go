@@ -92,3 +92,39 @@ func TestWorkersBootNicedWhileOthersServe(t *testing.T) {
 	}
 	stopNewMaster(t, pidfile)
 }
+
+// TestReplacedWorkersDrainNiced checks the other half of boot_nice: a
+// worker that a reload replaced drains at nice 10 once it stops accepting,
+// so its teardown yields the CPU to the new generation serving. The old
+// worker ignores SIGTERM here, so it is still draining when checked.
+func TestReplacedWorkersDrainNiced(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("boot_nice needs root (or RLIMIT_NICE) to restore a worker's priority; this test runs as root in CI")
+	}
+	d := newDeployment(t, workerConfig(1, "", "-ignore-term"))
+	b := startBaton(t, "run", "-c", d.path)
+	b.waitLogs(t, "worker ready", nil, 1, waitTimeout)
+	old := b.workerPid(t, 1)
+	if n, _ := niceOf(old); n != 0 {
+		t.Fatalf("worker %d serves at nice %d, want 0", old, n)
+	}
+	b.reload(t, 2)
+	deadline := time.Now().Add(waitTimeout)
+	n, alive := niceOf(old)
+	for alive && n != 10 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		n, alive = niceOf(old)
+	}
+	if !alive {
+		t.Fatalf("replaced worker %d exited although it ignores SIGTERM (graceful_timeout is 10 s)", old)
+	}
+	if n != 10 {
+		t.Errorf("replaced worker %d drains at nice %d, want 10", old, n)
+	}
+	if cur := b.workerPid(t, 1); cur == old {
+		t.Fatalf("slot 1 still runs the old worker %d after the reload", old)
+	} else if n, _ := niceOf(cur); n != 0 {
+		t.Errorf("its successor %d serves at nice %d, want 0", cur, n)
+	}
+}

@@ -54,7 +54,7 @@ type Config struct {
 	ReloadStrategy string        // reload_strategy: "surge" or "rolling"
 	MaxSurge       int           // max_surge: rolling reloads' extra processes
 	DrainUnlisten  bool          // drain_unlisten: make a replaced worker stop accepting before it is stopped
-	BootNice       bool          // boot_nice: boot workers at nice +10 while others serve
+	BootNice       bool          // boot_nice: boot and drain workers at nice +10 while others serve
 	Subreaper      bool          // subreaper: reap orphaned descendants (always as PID 1)
 	Watch          []string      // watch: dev mode, reload when files under these change
 	WatchIgnore    []string      // watch_ignore: base-name patterns --watch ignores

@@ -126,7 +126,7 @@ var keys = []key{
 	},
 	{
 		name: "boot_nice", def: "true", boolean: true,
-		usage:   "`BOOL`: a worker that boots while others serve runs at nice +10 until it is ready, so its start-up does not slow them (needs root or RLIMIT_NICE to undo; skipped otherwise)",
+		usage:   "`BOOL`: a worker that boots while others serve runs at nice +10 until it is ready, and a replaced worker drains at nice +10 once it stops accepting, so neither slows the serving workers (needs root or RLIMIT_NICE to undo; skipped otherwise)",
 		setting: func(c *Config) setting { return boolSetting(&c.BootNice) },
 	},
 	{

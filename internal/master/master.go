@@ -50,7 +50,8 @@ type Options struct {
 	// DrainUnlisten makes a worker that is being replaced stop accepting
 	// (see package unlisten) before it gets its stop signal.
 	DrainUnlisten bool
-	// BootNice boots workers at a lower CPU priority while others serve.
+	// BootNice boots, and drains replaced, workers at a lower CPU
+	// priority while others serve.
 	BootNice bool
 	// MaxWorkerMemory (bytes of RSS of a worker's process group) and
 	// MaxWorkerAge (plus up to MaxWorkerAgeJitter) replace a worker; 0 is

@@ -407,18 +407,25 @@ func backoff(failures int) time.Duration {
 
 // retire asks a worker to stop and kills its group if it has not exited
 // within its generation's graceful timeout. A ready worker that others
-// replace is first made to stop accepting (see drain.go).
+// replace is first made to stop accepting (see drain.go), and drains at
+// a lower CPU priority (see nice.go).
 func (m *Master) retire(w *worker) {
 	if w.state == draining {
 		return
 	}
-	wasReady := w.state == ready
+	replaced := w.state == ready && m.shutdown == running
 	w.state = draining
-	if wasReady && m.shutdown == running && w.gen.opts.DrainUnlisten {
-		m.unlistenThen(w, func() { m.stop(w) })
+	stop := func() {
+		if replaced && m.workers[w.proc.Pid] == w {
+			m.lowerRetirePriority(w)
+		}
+		m.stop(w)
+	}
+	if replaced && w.gen.opts.DrainUnlisten {
+		m.unlistenThen(w, stop)
 		return
 	}
-	m.stop(w)
+	stop()
 }
 
 // stop sends w its stop signal, and SIGKILL after the graceful timeout.
