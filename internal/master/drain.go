@@ -44,7 +44,6 @@ func (m *Master) unlistenThen(w *worker, then func()) {
 			m.log.Warn("cannot make a retiring worker stop accepting; stopping it anyway", "pid", w.proc.Pid, "err", err)
 			continue
 		}
-		m.lowerHelperPriority(pid)
 		pending++
 		m.helpers[pid] = func(e proc.Exit) {
 			if e.Status.Exited() && e.Status.ExitStatus() == 0 {

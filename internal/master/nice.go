@@ -60,15 +60,6 @@ func (m *Master) lowerRetirePriority(w *worker) {
 	}
 }
 
-// lowerHelperPriority runs one of baton's short-lived helpers (see
-// drain.go) at bootNice, for the same reason: it works for a worker on
-// its way out.
-func (m *Master) lowerHelperPriority(pid int) {
-	if m.niceBoots {
-		_ = unix.Setpriority(unix.PRIO_PROCESS, pid, m.ownNice+bootNice)
-	}
-}
-
 // restorePriority gives a niced worker's group baton's own priority.
 func (m *Master) restorePriority(w *worker) {
 	if !w.niced {
