@@ -187,3 +187,47 @@ func TestStartOnlyChangesThroughLoad(t *testing.T) {
 		})
 	}
 }
+
+// TestREADMELifetimes keeps README's Configuration table in step with the
+// keys table: one row per key, its "reload" column the key's lifetime.
+func TestREADMELifetimes(t *testing.T) {
+	t.Parallel()
+	text, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(text), "\n## Configuration\n")
+	if !ok {
+		t.Fatal("README.md has no Configuration section")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	const header = "| key | flag | default | reload | meaning |"
+	if !strings.Contains(section, "\n"+header+"\n") {
+		t.Fatalf("README's Configuration table has no header %q", header)
+	}
+	rows := map[string]string{} // key -> reload column
+	for _, line := range strings.Split(section, "\n") {
+		cells := strings.SplitN(line, "|", 6) // the meaning, last, may hold anything
+		if len(cells) < 6 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
+			continue
+		}
+		name := strings.Trim(strings.TrimSpace(cells[1]), "`")
+		if _, dup := rows[name]; dup {
+			t.Errorf("README: key %s has two rows", name)
+		}
+		rows[name] = strings.TrimSpace(cells[4])
+	}
+	for _, kl := range KeyLifetimes() {
+		got, ok := rows[kl.Key]
+		switch {
+		case !ok:
+			t.Errorf("README: no row for key %s", kl.Key)
+		case got != kl.Lifetime.String():
+			t.Errorf("README: key %s: reload %q, want %q", kl.Key, got, kl.Lifetime.String())
+		}
+		delete(rows, kl.Key)
+	}
+	for name := range rows {
+		t.Errorf("README: row for %s, which is not a key", name)
+	}
+}
