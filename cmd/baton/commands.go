@@ -64,7 +64,9 @@ func newCheckCommand() *cobra.Command {
 		Short: "Validate the configuration and print the effective config as TOML",
 		Long: `check loads the config file and flags exactly as run would, reports every
 problem at once (file, line, key, what was expected) and exits 2 if there are
-any; otherwise it prints the effective configuration.`,
+any; otherwise it prints the effective configuration, a file that run -c reads
+back. Keys that a reload cannot change (it is refused) end with
+"# restart to change".`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := config.Load(cmd.Flags(), args)
 			if err != nil {

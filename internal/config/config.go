@@ -12,9 +12,16 @@
 // list, --env adds to (or overrides entries of) the file's env table.
 //
 // One table, keys in keys.go, describes every setting once: its TOML key, its
-// flag, its default and the Config field it fills. RegisterFlags, Load and
-// TOML all walk that table, so a new setting is one entry there plus one field
-// in Config.
+// flag, its default, its Lifetime (what a reload does with a change) and the
+// Config field it fills. RegisterFlags, Load, TOML, KeyLifetimes and
+// StartOnlySettings all walk that table. So, in this package, a new setting
+// is an entry there and a field in Config; plus, if no existing setting kind
+// (setting.go, lists.go, size.go, ...) parses its values, a new one, and a
+// check (check.go) if its value must be checked against the system. Tests
+// name every key on purpose (the defaults and TOML text in config_test.go,
+// the lifetimes in lifetime_test.go). Outside this package, cmd/baton's
+// masterOptions must pass the field on to the master, and README's
+// Configuration table needs a row for it, which a test enforces.
 //
 // Load checks everything and reports every problem it finds at once, as
 // Problems, each naming the file and line or the flag, the key, what was

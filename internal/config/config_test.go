@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -690,6 +691,9 @@ pid = "DIR/b.pid"
 log_level = "error"
 log_format = "json"
 log_file = "DIR/b.log"
+unix_owner = "UID"
+metrics_bind = "127.0.0.1:9100"
+watch = ["DIR"]
 env.QUOTES = "a \"b\" \\ c\n\td\u0001é"
 env.EMPTY = ""
 `,
@@ -702,10 +706,15 @@ env.EMPTY = ""
 			d := newTestDir(t)
 			var args []string
 			if tt.file != "" {
-				args = append(args, "-c", d.config(strings.ReplaceAll(tt.file, "DIR", d.path)))
+				file := strings.NewReplacer("DIR", d.path, "UID", strconv.Itoa(os.Getuid())).Replace(tt.file)
+				args = append(args, "-c", d.config(file))
 			}
 			first := d.mustLoad(append(args, tt.args...), d.app(), "--arg", `"quoted"`)
 			text := first.TOML()
+			// What `baton check` prints, StartOnly keys' comments included.
+			if n := strings.Count(text, restartComment); n != len(first.StartOnlySettings()) {
+				t.Errorf("%d lines end with %q, want one per StartOnly key:\n%s", n, restartComment, text)
+			}
 			path := d.write("effective.toml", text, 0o644)
 			second := d.mustLoad([]string{"-c", path})
 			if second.Source() != path {
@@ -724,9 +733,10 @@ func TestTOMLText(t *testing.T) {
 	c := defaults("/usr/bin/uvicorn", "--fd", "3", "app:app")
 	c.Env = map[string]string{"B": "2", "A": "1"}
 	want := `# baton: effective configuration
-bind = ["127.0.0.1:8000"]
-backlog = 2048
-unix_mode = "0660"
+# "restart to change": a reload that changes the key is refused; restart baton to apply it
+bind = ["127.0.0.1:8000"]  # restart to change
+backlog = 2048  # restart to change
+unix_mode = "0660"  # restart to change
 workers = 1
 command = ["/usr/bin/uvicorn", "--fd", "3", "app:app"]
 chdir = ""
@@ -746,17 +756,17 @@ max_worker_age = "0s"
 max_worker_age_jitter = "0s"
 user = ""
 group = ""
-unix_owner = ""
+unix_owner = ""  # restart to change
 watch = []
 watch_ignore = []
 subreaper = false
 upgrade_handover = "auto"
-pid = ""
+pid = ""  # restart to change
 control = ""
 metrics_bind = ""
 log_level = "info"
-log_format = "text"
-log_file = ""
+log_format = "text"  # restart to change
+log_file = ""  # restart to change
 `
 	if got := c.TOML(); got != want {
 		t.Errorf("TOML():\n%s\nwant:\n%s", got, want)
