@@ -10,6 +10,7 @@ package control
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -18,7 +19,7 @@ import (
 )
 
 // statusHandler answers Status with a canned value and every other
-// command with ErrNotAvailable.
+// command with an error.
 type statusHandler struct {
 	*fakeHandler
 	status Status
@@ -64,7 +65,7 @@ func BenchmarkStatus(b *testing.B) {
 		b.Run(fmt.Sprintf("workers=%d", n), func(b *testing.B) {
 			b.ReportAllocs()
 			path := filepath.Join(b.TempDir(), "ctl.sock")
-			h := statusHandler{fakeHandler: &fakeHandler{err: ErrNotAvailable}, status: benchStatus(n)}
+			h := statusHandler{fakeHandler: &fakeHandler{err: errors.New("not in this benchmark")}, status: benchStatus(n)}
 			srv, err := Listen(path, h, nil)
 			if err != nil {
 				b.Fatal(err)

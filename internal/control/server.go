@@ -152,6 +152,27 @@ func (s *Server) Close() error {
 	return err
 }
 
+// Retire stops taking connections at once (the socket file goes, so a
+// client arriving now finds none), lets the connections being served end
+// on their own for up to wait, and then closes as Close does. A master
+// whose control socket moves, or that hands the service to a new master,
+// retires the old socket this way, so that a client waiting there for a
+// reload or upgrade reads its result instead of being cut off.
+func (s *Server) Retire(wait time.Duration) error {
+	if s.isClosed() {
+		return nil
+	}
+	err := removeIfOurs(s.path, s.file)
+	if cerr := s.ln.Close(); err == nil && cerr != nil && !errors.Is(cerr, net.ErrClosed) {
+		err = cerr
+	}
+	s.waitConns(wait)
+	if cerr := s.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
 // waitConns waits up to d for every connection to end, and says if they did.
 func (s *Server) waitConns(d time.Duration) bool {
 	done := make(chan struct{})

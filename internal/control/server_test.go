@@ -3,8 +3,8 @@ package control
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -182,15 +182,6 @@ func TestHandlerErrorBecomesClientError(t *testing.T) {
 	}
 }
 
-func TestNotAvailable(t *testing.T) {
-	h := &fakeHandler{err: fmt.Errorf("upgrade: %w", ErrNotAvailable)}
-	ts := startServer(t, h)
-	_, err := call(t, ts.path, Request{Cmd: CmdUpgrade, Wait: true}, nil)
-	if err == nil || err.Error() != "upgrade is not available in this version of baton" {
-		t.Fatalf("err = %v, want the command named as not available", err)
-	}
-}
-
 func TestHandlerPanicFailsOnlyThatRequest(t *testing.T) {
 	h := &fakeHandler{}
 	h.reload = func(ctx context.Context, progress func(Progress)) (ReloadResult, error) {
@@ -329,6 +320,58 @@ func TestCloseCancelsHandlersAndAnswers(t *testing.T) {
 	ts.Close()
 	if err := <-errc; err == nil || err.Error() != "the master is shutting down" {
 		t.Fatalf("err = %v, want the master is shutting down", err)
+	}
+}
+
+// A retired socket takes no new client, but the one waiting for a
+// reload's result gets it, and is not told the master is shutting down.
+func TestRetireLetsServedClientsReadTheirResult(t *testing.T) {
+	running := make(chan struct{})
+	finish := make(chan struct{})
+	h := &fakeHandler{}
+	h.reload = func(ctx context.Context, progress func(Progress)) (ReloadResult, error) {
+		close(running)
+		select {
+		case <-finish:
+			return ReloadResult{Generation: 7, OK: true}, nil
+		case <-ctx.Done():
+			return ReloadResult{}, ctx.Err()
+		}
+	}
+	ts := startServer(t, h)
+	type answer struct {
+		resp Response
+		err  error
+	}
+	answers := make(chan answer, 1)
+	go func() {
+		resp, err := call(t, ts.path, Request{Cmd: CmdReload, Wait: true}, nil)
+		answers <- answer{resp, err}
+	}()
+	<-running
+	retired := make(chan error, 1)
+	go func() { retired <- ts.Retire(10 * time.Second) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(ts.path); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the socket file is still there after Retire")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if c, err := Dial(ts.path); err == nil {
+		c.Close()
+		t.Fatal("a new client connected to a retired socket")
+	}
+	close(finish)
+	a := <-answers
+	if a.err != nil || a.resp.Reload == nil || a.resp.Reload.Generation != 7 {
+		t.Fatalf("the waiting client got %+v, %v; want generation 7's result", a.resp, a.err)
+	}
+	if err := <-retired; err != nil {
+		t.Fatalf("Retire: %v", err)
 	}
 }
 

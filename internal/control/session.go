@@ -204,8 +204,6 @@ func (s *Server) doneOrError(cmd string, err error) Response {
 func (s *Server) handlerError(cmd string, err error) Response {
 	msg := err.Error()
 	switch {
-	case errors.Is(err, ErrNotAvailable):
-		msg = fmt.Sprintf("%s is not available in this version of baton", cmd)
 	case errors.Is(err, context.Canceled) && s.ctx.Err() != nil:
 		msg = "the master is shutting down"
 	case msg == "":

@@ -6,7 +6,6 @@ package control
 
 import (
 	"context"
-	"errors"
 	"time"
 )
 
@@ -110,9 +109,6 @@ type Worker struct {
 	Restarts   int       `json:"restarts"`  // of its slot
 	Status     string    `json:"status,omitempty"`
 }
-
-// ErrNotAvailable answers a command this version does not implement yet.
-var ErrNotAvailable = errors.New("not available in this version of baton")
 
 // Handler carries out requests; the master implements it. Every method may
 // be called from many goroutines at once and must honour ctx.

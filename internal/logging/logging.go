@@ -20,10 +20,12 @@ type Options struct {
 
 // Output is where log lines go: stderr, or a file that can be reopened.
 type Output struct {
-	mu   sync.Mutex
-	path string
-	w    io.Writer
-	f    *os.File
+	// level is the logger's, which a reload may change (SetLevel).
+	level slog.LevelVar
+	mu    sync.Mutex
+	path  string
+	w     io.Writer
+	f     *os.File
 }
 
 // New opens the destination and returns a logger writing to it.
@@ -40,7 +42,8 @@ func New(opts Options) (*slog.Logger, *Output, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	handlerOpts := &slog.HandlerOptions{Level: level}
+	out.level.Set(level)
+	handlerOpts := &slog.HandlerOptions{Level: &out.level}
 	var h slog.Handler
 	switch opts.Format {
 	case "", "text":
@@ -74,6 +77,16 @@ func openLogFile(path string) (*os.File, error) {
 		return nil, fmt.Errorf("log file %s: cannot open for writing: %w", path, err)
 	}
 	return f, nil
+}
+
+// SetLevel changes the level of the logger New returned.
+func (o *Output) SetLevel(name string) error {
+	level, err := ParseLevel(name)
+	if err != nil {
+		return err
+	}
+	o.level.Set(level)
+	return nil
 }
 
 // Write writes one log record; slog handlers call it once per record.

@@ -33,7 +33,11 @@ const (
 // Source is implemented by the master. Calls may block briefly, because they
 // ask the master's goroutine, and must return when ctx is done.
 type Source interface {
+	// Snapshot is the state with each worker's memory, for /metrics.
 	Snapshot(ctx context.Context) (Snapshot, error)
+	// Health is the state without memory readings, which cost a walk of
+	// /proc: /healthz and /readyz are polled every few seconds.
+	Health(ctx context.Context) (Snapshot, error)
 	// StatusJSON returns the same JSON as `baton status --json`.
 	StatusJSON(ctx context.Context) ([]byte, error)
 }
@@ -46,7 +50,7 @@ var (
 		"Current generation: incremented by every reload that starts new workers.", nil, nil)
 	shuttingDownDesc = prometheus.NewDesc("baton_shutting_down",
 		"1 while the master is shutting down (draining workers before exit), else 0.", nil, nil)
-	workerRSSDesc = prometheus.NewDesc("baton_worker_rss_bytes_total",
+	workerRSSDesc = prometheus.NewDesc("baton_worker_rss_bytes",
 		"Sum of the resident set size of all live workers, in bytes (the master's own RSS is process_resident_memory_bytes).", nil, nil)
 )
 

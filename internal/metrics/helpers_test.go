@@ -15,8 +15,10 @@ type fakeSource struct {
 	snap      Snapshot
 	status    []byte
 	err       error
-	block     bool // Snapshot and StatusJSON wait for ctx, like a stuck master
+	block     bool // Snapshot, Health and StatusJSON wait for ctx, like a stuck master
 	snapCalls int
+	// healthCalls counts Health, which reads no memory.
+	healthCalls int
 }
 
 func (f *fakeSource) set(fn func(f *fakeSource)) {
@@ -28,6 +30,19 @@ func (f *fakeSource) set(fn func(f *fakeSource)) {
 func (f *fakeSource) Snapshot(ctx context.Context) (Snapshot, error) {
 	f.mu.Lock()
 	f.snapCalls++
+	f.mu.Unlock()
+	return f.answer(ctx)
+}
+
+func (f *fakeSource) Health(ctx context.Context) (Snapshot, error) {
+	f.mu.Lock()
+	f.healthCalls++
+	f.mu.Unlock()
+	return f.answer(ctx)
+}
+
+func (f *fakeSource) answer(ctx context.Context) (Snapshot, error) {
+	f.mu.Lock()
 	s, err, block := f.snap, f.err, f.block
 	f.mu.Unlock()
 	if block {

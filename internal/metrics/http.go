@@ -55,7 +55,7 @@ func (h handler) metrics(w http.ResponseWriter, r *http.Request) {
 func (h handler) healthz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := h.probeCtx(r)
 	defer cancel()
-	if _, err := h.src.Snapshot(ctx); err != nil {
+	if _, err := h.src.Health(ctx); err != nil {
 		plain(w, http.StatusServiceUnavailable, "master not responding: "+err.Error())
 		return
 	}
@@ -68,7 +68,7 @@ func (h handler) healthz(w http.ResponseWriter, r *http.Request) {
 func (h handler) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := h.probeCtx(r)
 	defer cancel()
-	s, err := h.src.Snapshot(ctx)
+	s, err := h.src.Health(ctx)
 	if err != nil {
 		plain(w, http.StatusServiceUnavailable, "master not responding: "+err.Error())
 		return

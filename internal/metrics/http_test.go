@@ -53,6 +53,20 @@ func TestHealthz(t *testing.T) {
 	}
 }
 
+// The probes a load balancer polls every few seconds must not make the
+// master walk /proc for memory readings: they ask Health, never Snapshot.
+func TestProbesReadNoMemory(t *testing.T) {
+	src := &fakeSource{snap: typicalSnapshot()}
+	base := start(t, New(), src)
+	expect(t, base+"/readyz", http.StatusOK, "ready")
+	expect(t, base+"/healthz", http.StatusOK, "ok")
+	src.set(func(f *fakeSource) {
+		if f.snapCalls != 0 || f.healthCalls != 2 {
+			t.Errorf("probes made %d Snapshot and %d Health calls, want 0 and 2", f.snapCalls, f.healthCalls)
+		}
+	})
+}
+
 func TestProbeTimeoutDefault(t *testing.T) {
 	if got := New().probeTimeout; got != 2*time.Second {
 		t.Errorf("probe timeout %v, want 2s", got)

@@ -173,8 +173,8 @@ func TestSnapshotMetrics(t *testing.T) {
 	if g := gaugeValue(t, fams, "baton_shutting_down"); g != 0 {
 		t.Errorf("baton_shutting_down = %v, want 0", g)
 	}
-	if g := gaugeValue(t, fams, "baton_worker_rss_bytes_total"); g != 310<<20 {
-		t.Errorf("baton_worker_rss_bytes_total = %v, want %v", g, 310<<20)
+	if g := gaugeValue(t, fams, "baton_worker_rss_bytes"); g != 310<<20 {
+		t.Errorf("baton_worker_rss_bytes = %v, want %v", g, 310<<20)
 	}
 
 	src.set(func(f *fakeSource) { f.snap.ShuttingDown = true })
@@ -204,7 +204,7 @@ func TestScrapeWithStuckMaster(t *testing.T) {
 	m.WorkerRestarted("watchdog")
 
 	fams := scrape(t, base)
-	for _, name := range []string{"baton_workers", "baton_generation", "baton_shutting_down", "baton_worker_rss_bytes_total"} {
+	for _, name := range []string{"baton_workers", "baton_generation", "baton_shutting_down", "baton_worker_rss_bytes"} {
 		if _, ok := fams[name]; ok {
 			t.Errorf("%s exported although Snapshot failed", name)
 		}

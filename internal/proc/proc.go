@@ -108,6 +108,13 @@ func Start(spec Spec) (*Process, error) {
 	return &Process{Pid: pid, Started: time.Now(), Stderr: newTail(errRead, spec.Stderr)}, nil
 }
 
+// StderrLines is the last n lines the worker wrote on stderr.
+func (p *Process) StderrLines(n int) []string { return p.Stderr.Lines(n) }
+
+// StderrClosed is closed once every process of the worker closed its
+// stderr; callers bound the wait, since a grandchild may keep it open.
+func (p *Process) StderrClosed() <-chan struct{} { return p.Stderr.Wait() }
+
 // SignalGroup sends sig to the worker's whole process group. A group that
 // is already gone is not an error.
 func (p *Process) SignalGroup(sig syscall.Signal) error {

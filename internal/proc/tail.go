@@ -68,8 +68,9 @@ func (t *Tail) Lines(n int) []string {
 	return lines
 }
 
-// Wait blocks until the worker's stderr is closed, so its last lines are
-// in; callers bound the wait, since a grandchild may keep stderr open.
+// Wait returns a channel that is closed once the worker's stderr is
+// closed, when its last lines are in; callers bound the wait, since a
+// grandchild may keep stderr open.
 func (t *Tail) Wait() <-chan struct{} { return t.done }
 
 // stderrPipe makes the pipe a worker writes its stderr to. The write end

@@ -39,12 +39,14 @@ func SocketInode(fd int) (uint64, error) {
 // Probe checks worker processes against a fixed set of listener inodes.
 type Probe struct {
 	inodes map[uint64]bool
-	proc   string // the /proc mount; a field so tests could point elsewhere
 }
+
+// procRoot is where the kernel's process information is mounted.
+const procRoot = "/proc"
 
 // NewProbe watches for the given listener socket inodes.
 func NewProbe(inodes []uint64) *Probe {
-	p := &Probe{inodes: map[uint64]bool{}, proc: "/proc"}
+	p := &Probe{inodes: map[uint64]bool{}}
 	for _, ino := range inodes {
 		p.inodes[ino] = true
 	}
@@ -82,7 +84,7 @@ func (p *Probe) tree(root int) []int {
 }
 
 func (p *Probe) children(pid int) []int {
-	tasks, _ := filepath.Glob(fmt.Sprintf("%s/%d/task/*/children", p.proc, pid))
+	tasks, _ := filepath.Glob(fmt.Sprintf("%s/%d/task/*/children", procRoot, pid))
 	var kids []int
 	for _, t := range tasks {
 		data, err := os.ReadFile(t)
@@ -122,7 +124,7 @@ func (p *Probe) anyWatched(sockets map[int]uint64) bool {
 
 // fds maps the process's socket fds to their inodes and lists its epoll fds.
 func (p *Probe) fds(pid int) (sockets map[int]uint64, epolls []int) {
-	dir := fmt.Sprintf("%s/%d/fd", p.proc, pid)
+	dir := fmt.Sprintf("%s/%d/fd", procRoot, pid)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, nil
@@ -171,7 +173,7 @@ type epollTarget struct {
 // from fdinfo, one line per target:
 // "tfd: 7 events: 19 data: ... pos:0 ino:1a2b sdev:8".
 func (p *Probe) epollTargets(pid, epfd int) []epollTarget {
-	data, err := os.ReadFile(fmt.Sprintf("%s/%d/fdinfo/%d", p.proc, pid, epfd))
+	data, err := os.ReadFile(fmt.Sprintf("%s/%d/fdinfo/%d", procRoot, pid, epfd))
 	if err != nil {
 		return nil
 	}
@@ -233,7 +235,7 @@ func (p *Probe) Registrations(root int) []Registration {
 // threadBlockedOnListener looks at every thread's current system call for
 // accept, poll or select on a watched listener.
 func (p *Probe) threadBlockedOnListener(pid int, sockets map[int]uint64) bool {
-	tasks, _ := filepath.Glob(fmt.Sprintf("%s/%d/task/*/syscall", p.proc, pid))
+	tasks, _ := filepath.Glob(fmt.Sprintf("%s/%d/task/*/syscall", procRoot, pid))
 	for _, t := range tasks {
 		data, err := os.ReadFile(t)
 		if err != nil {
@@ -340,7 +342,7 @@ func (p *Probe) selectWatches(pid, nfds int, readfds uint64, sockets map[int]uin
 // readMemory reads another process's memory; the master may, because
 // workers are its descendants.
 func (p *Probe) readMemory(pid int, addr uint64, n int) ([]byte, bool) {
-	f, err := os.Open(fmt.Sprintf("%s/%d/mem", p.proc, pid))
+	f, err := os.Open(fmt.Sprintf("%s/%d/mem", procRoot, pid))
 	if err != nil {
 		return nil, false
 	}

@@ -30,9 +30,6 @@ type Message struct {
 // Ready reports READY=1.
 func (m Message) Ready() bool { return m.Fields["READY"] == "1" }
 
-// Stopping reports STOPPING=1.
-func (m Message) Stopping() bool { return m.Fields["STOPPING"] == "1" }
-
 // Watchdog reports WATCHDOG=1.
 func (m Message) Watchdog() bool { return m.Fields["WATCHDOG"] == "1" }
 
