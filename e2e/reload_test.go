@@ -317,7 +317,7 @@ func TestReloadThatChangesBindIsRefused(t *testing.T) {
 	b.waitStarted(t)
 	d.write(workerConfig(1, `bind = ["127.0.0.1:0", "unix:`+filepath.Join(t.TempDir(), "x.sock")+`"]`))
 	r := b.reload(t, 2)
-	if r.msg() != "reload failed" || !strings.Contains(r.str("reason"), "listeners cannot change on reload") {
+	if r.msg() != "reload failed" || !strings.Contains(r.str("reason"), "settings that apply at start only changed (bind: ") {
 		t.Fatalf("bind change: %s, want a refusal", r)
 	}
 	assertAllGeneration(t, servingGenerations(t, b.Addr(), 1), 1)

@@ -28,6 +28,7 @@ import (
 	"github.com/baton-pm/baton/internal/control"
 	"github.com/baton-pm/baton/internal/listener"
 	"github.com/baton-pm/baton/internal/proc"
+	"github.com/baton-pm/baton/internal/readiness"
 )
 
 // TestMain lets this test binary be the shim: workerSpec re-executes
@@ -62,14 +63,16 @@ func startBenchMaster(b *testing.B, n int, afterEvent func(m *Master)) *Master {
 	}
 	specs := []listener.Spec{{Name: "http", Network: "tcp", Address: "127.0.0.1:0", Backlog: 128}}
 	opts := Options{
-		Listeners: specs, Workers: n,
-		Command: []string{"sleep", "3600"}, CommandPath: sleep,
-		ListenEnv: true, StopSignal: syscall.SIGTERM, GracefulTimeout: time.Second,
-		// Long enough never to fire during a benchmark, but set, so a
-		// WATCHDOG=1 is handled as in production.
-		WorkerTimeout: time.Hour, BootTimeout: time.Hour,
-		Ready:    ReadyMode{Kind: ReadyNotify},
-		Strategy: Surge, Version: "bench",
+		Master: MasterOptions{Listeners: specs, Version: "bench"},
+		Generation: GenerationOptions{
+			Workers: n, Command: []string{"sleep", "3600"}, CommandPath: sleep,
+			ListenEnv: true, StopSignal: syscall.SIGTERM, GracefulTimeout: time.Second,
+			// Long enough never to fire during a benchmark, but set, so a
+			// WATCHDOG=1 is handled as in production.
+			WorkerTimeout: time.Hour, BootTimeout: time.Hour,
+			Ready:    ReadyMode{Kind: ReadyNotify},
+			Strategy: Surge,
+		},
 	}
 	m := New(opts, nil, slog.New(slog.DiscardHandler), nil)
 	ls, err := listener.Open(specs)
@@ -77,6 +80,7 @@ func startBenchMaster(b *testing.B, n int, afterEvent func(m *Master)) *Master {
 		b.Fatal(err)
 	}
 	m.listeners = ls // m.cleanup closes them
+	m.world.inspect = procInspector{readiness.NewProbe(nil)}
 	m.started = time.Now()
 
 	loopDone := make(chan struct{})
@@ -104,7 +108,7 @@ func startBenchMaster(b *testing.B, n int, afterEvent func(m *Master)) *Master {
 	defer cancel()
 	var addrs []string
 	err = m.call(ctx, func() {
-		m.current = m.newGeneration(m.opts)
+		m.current = m.newGeneration(m.initial)
 		m.current.fill(m)
 		for _, w := range m.workers {
 			addrs = append(addrs, w.notify.Addr())
@@ -156,7 +160,7 @@ func stopBenchMaster(b *testing.B, m *Master, loopDone <-chan struct{}) {
 		for _, e := range proc.Reap() {
 			if w, ok := pending[e.Pid]; ok {
 				delete(pending, e.Pid)
-				<-w.proc.Stderr.Wait() // killed, so its stderr is closed
+				<-w.proc.StderrClosed() // killed, so its stderr is closed
 			}
 		}
 		if time.Now().After(deadline) {

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/baton-pm/baton/internal/control"
-	"github.com/baton-pm/baton/internal/procinfo"
 )
 
 // errMasterExited answers a request that arrives while the master exits.
@@ -48,13 +47,17 @@ func (h controlHandler) Status(ctx context.Context) (control.Status, error) {
 // Status describes the master and its workers, with each worker's RSS.
 func (m *Master) Status(ctx context.Context) (control.Status, error) {
 	var st control.Status
-	var groups []int
-	err := m.call(ctx, func() { st, groups = m.status() })
+	var inspect inspector
+	err := m.call(ctx, func() { st, inspect = m.status(), m.world.inspect })
 	if err != nil {
 		return control.Status{}, err
 	}
 	// /proc is read here, off the master's goroutine.
-	rss := procinfo.GroupRSS(groups)
+	groups := make([]int, len(st.WorkerList))
+	for i, w := range st.WorkerList {
+		groups[i] = w.Pid
+	}
+	rss := inspect.GroupRSS(groups)
 	for i := range st.WorkerList {
 		st.WorkerList[i].RSS = rss[st.WorkerList[i].Pid]
 	}
@@ -62,7 +65,7 @@ func (m *Master) Status(ctx context.Context) (control.Status, error) {
 }
 
 // status snapshots the state; it runs on the master's goroutine.
-func (m *Master) status() (control.Status, []int) {
+func (m *Master) status() control.Status {
 	st := control.Status{
 		Pid:          m.pid,
 		Version:      m.opts.Version,
@@ -80,7 +83,6 @@ func (m *Master) status() (control.Status, []int) {
 		st.Listeners = append(st.Listeners, control.Listener{Name: l.Name, Addr: l.Addr})
 	}
 	st.Degraded = m.crashLooping()
-	var groups []int
 	for pid, w := range m.workers {
 		restarts := 0
 		if s := w.gen.slots[w.slot]; s != nil {
@@ -88,10 +90,9 @@ func (m *Master) status() (control.Status, []int) {
 		}
 		st.WorkerList = append(st.WorkerList, control.Worker{
 			Slot: w.slot, Pid: pid, Generation: w.gen.num, State: w.state.String(),
-			Started: w.proc.Started, Uptime: time.Since(w.proc.Started).Seconds(),
+			Started: w.started, Uptime: time.Since(w.started).Seconds(),
 			Restarts: restarts, Status: w.status,
 		})
-		groups = append(groups, pid)
 	}
 	sort.Slice(st.WorkerList, func(i, j int) bool {
 		a, b := st.WorkerList[i], st.WorkerList[j]
@@ -100,7 +101,7 @@ func (m *Master) status() (control.Status, []int) {
 		}
 		return a.Slot < b.Slot
 	})
-	return st, groups
+	return st
 }
 
 func toControlResult(r *ReloadResult) *control.ReloadResult {

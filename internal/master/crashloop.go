@@ -33,7 +33,7 @@ func (m *Master) crashLooping() []string {
 func (m *Master) logLastWords(w *worker, status string) {
 	m.withLastLines(w, func(lines []string) {
 		if len(lines) > 0 {
-			m.log.Warn("last stderr lines of the worker that exited", "slot", w.slot, "pid", w.proc.Pid,
+			m.log.Warn("last stderr lines of the worker that exited", "slot", w.slot, "pid", w.pid,
 				"status", status, "stderr", lines)
 		}
 	})
@@ -42,15 +42,14 @@ func (m *Master) logLastWords(w *worker, status string) {
 // withLastLines calls then, on the master's goroutine, with the last lines
 // w wrote on stderr, once its stderr has drained: the pipe may still hold
 // them when its exit is reaped. It waits off the master's goroutine, at
-// most half a second (a grandchild may keep stderr open).
+// most stderrDrainWait (a grandchild may keep stderr open).
 func (m *Master) withLastLines(w *worker, then func(lines []string)) {
-	tail := w.proc.Stderr
-	go func() {
+	p := w.proc
+	offLoop(m, func() []string {
 		select {
-		case <-tail.Wait():
-		case <-time.After(500 * time.Millisecond):
+		case <-p.StderrClosed():
+		case <-time.After(stderrDrainWait):
 		}
-		lines := tail.Lines(stderrLines)
-		m.post(func() { then(lines) })
-	}()
+		return p.StderrLines(stderrLines)
+	}, then)
 }

@@ -1,6 +1,7 @@
 package master
 
 import (
+	"io"
 	"time"
 
 	"github.com/baton-pm/baton/internal/watch"
@@ -12,25 +13,34 @@ const watchDebounce = 300 * time.Millisecond
 
 // startWatching is dev mode: a change under a watched path reloads, with
 // the same readiness gating as HUP, so a broken edit leaves the old
-// workers serving. Paths are fixed at start.
+// workers serving. A reload that changes watch or watch_ignore re-arms
+// it (settings.go).
 func (m *Master) startWatching() error {
-	if len(m.opts.Watch) == 0 {
-		return nil
+	w, err := m.watch(m.opts.Watch, m.opts.WatchIgnore)
+	if err != nil {
+		return err
 	}
-	ignore := m.opts.WatchIgnore
+	m.watcher = w
+	return nil
+}
+
+// watch starts watching paths, or returns nil when there are none.
+func (m *Master) watch(paths, ignore []string) (io.Closer, error) {
+	if len(paths) == 0 {
+		return nil, nil
+	}
 	if len(ignore) == 0 {
 		ignore = watch.DefaultIgnore
 	}
-	w, err := watch.Start(m.opts.Watch, ignore, watchDebounce, func(path string) {
+	w, err := watch.Start(paths, ignore, watchDebounce, func(path string) {
 		m.post(func() {
 			m.log.Info("file changed; reloading", "path", path)
 			m.requestReload(nil)
 		})
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	m.endpointClosers = append(m.endpointClosers, func() { w.Close() })
-	m.log.Info("dev mode: watching for changes", "paths", m.opts.Watch)
-	return nil
+	m.log.Info("dev mode: watching for changes", "paths", paths)
+	return w, nil
 }

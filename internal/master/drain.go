@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/baton-pm/baton/internal/proc"
+	"github.com/baton-pm/baton/internal/readiness"
 	"github.com/baton-pm/baton/internal/unlisten"
 )
 
@@ -21,9 +22,21 @@ const (
 // accepts no new connection while the next generation does, and calls
 // then once that is done (or could not be done) and readPause has passed.
 // Workers that wait on listeners otherwise (poll, select, blocking accept)
-// have nothing to remove and are stopped at once.
+// have nothing to remove and are stopped at once. The epoll sets are
+// found in /proc, off the master's goroutine.
 func (m *Master) unlistenThen(w *worker, then func()) {
-	targets := m.unlistenTargets(w)
+	offLoop(m, func() []readiness.Registration { return m.world.inspect.Registrations(w.pid) },
+		func(regs []readiness.Registration) {
+			if !m.alive(w) {
+				return
+			}
+			m.startUnlisten(w, m.unlistenTargets(regs), then)
+		})
+}
+
+// startUnlisten starts a helper per target and calls then once all have
+// exited, or after unlistenTimeout.
+func (m *Master) startUnlisten(w *worker, targets []unlisten.Target, then func()) {
 	if len(targets) == 0 {
 		then()
 		return
@@ -33,15 +46,15 @@ func (m *Master) unlistenThen(w *worker, then func()) {
 	finish := func() {
 		if !finished {
 			finished = true
-			m.log.Debug("retiring worker no longer accepts", "slot", w.slot, "pid", w.proc.Pid,
+			m.log.Debug("retiring worker no longer accepts", "slot", w.slot, "pid", w.pid,
 				"removed", removed, "registrations", len(targets))
 			m.after(readPause, then)
 		}
 	}
 	for _, t := range targets {
-		pid, err := unlisten.Start("/proc/self/exe", t)
+		pid, err := m.world.procs.StartUnlisten(t)
 		if err != nil {
-			m.log.Warn("cannot make a retiring worker stop accepting; stopping it anyway", "pid", w.proc.Pid, "err", err)
+			m.log.Warn("cannot make a retiring worker stop accepting; stopping it anyway", "pid", w.pid, "err", err)
 			continue
 		}
 		pending++
@@ -49,7 +62,7 @@ func (m *Master) unlistenThen(w *worker, then func()) {
 			if e.Status.Exited() && e.Status.ExitStatus() == 0 {
 				removed++
 			} else {
-				m.log.Warn("could not make a retiring worker stop accepting", "pid", w.proc.Pid, "status", proc.Describe(e.Status))
+				m.log.Warn("could not make a retiring worker stop accepting", "pid", w.pid, "status", proc.Describe(e.Status))
 			}
 			if pending--; pending == 0 {
 				finish()
@@ -63,16 +76,20 @@ func (m *Master) unlistenThen(w *worker, then func()) {
 	m.after(unlistenTimeout, finish)
 }
 
-// unlistenTargets lists the epoll registrations of baton's listeners in
-// w's process tree.
-func (m *Master) unlistenTargets(w *worker) []unlisten.Target {
+// unlistenTargets maps the registrations found in a worker's tree to
+// the listeners the master holds.
+func (m *Master) unlistenTargets(regs []readiness.Registration) []unlisten.Target {
 	byInode := map[uint64]int{}
 	for i, ino := range m.listenerInodes {
 		byInode[ino] = m.listeners[i].FD()
 	}
 	var targets []unlisten.Target
-	for _, r := range m.probe.Registrations(w.proc.Pid) {
-		targets = append(targets, unlisten.Target{Pid: r.Pid, EpollFD: r.EpollFD, FD: r.FD, ListenerFD: byInode[r.Inode]})
+	for _, r := range regs {
+		fd, ok := byInode[r.Inode]
+		if !ok {
+			continue
+		}
+		targets = append(targets, unlisten.Target{Pid: r.Pid, EpollFD: r.EpollFD, FD: r.FD, ListenerFD: fd})
 	}
 	return targets
 }

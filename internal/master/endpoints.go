@@ -3,43 +3,82 @@ package master
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"time"
 
 	"github.com/baton-pm/baton/internal/control"
 	"github.com/baton-pm/baton/internal/metrics"
 )
 
-// openEndpoints starts the control socket and, if configured, the metrics
-// HTTP endpoint. It returns a function that closes them, to run last as the
-// master exits: `baton stop` waits for the control socket to close, and a
-// load balancer polls /readyz while the workers drain.
-func (m *Master) openEndpoints() error {
-	if m.opts.MetricsAddr != "" {
-		mx := metrics.New()
-		m.metrics = mx
-		serve := func() (func(), error) {
-			srv, err := metrics.Serve(m.opts.MetricsAddr, mx.Handler(metricsSource{m}), m.log)
-			if err != nil {
-				return nil, err
-			}
-			m.log.Info("metrics endpoint listening", "addr", srv.Addr())
-			return func() { srv.Close() }, nil
+// endpoints are the master's control socket and metrics HTTP endpoint,
+// with what each serves on; a nil closer is an endpoint that is not open
+// (not asked for, or not taken over yet after an upgrade).
+type endpoints struct {
+	controlPath, metricsAddr string
+	control, metrics         io.Closer
+}
+
+// closers lists the open ones.
+func (e endpoints) closers() []io.Closer {
+	var cs []io.Closer
+	for _, c := range []io.Closer{e.metrics, e.control} {
+		if c != nil {
+			cs = append(cs, c)
 		}
-		if err := m.openEndpoint("metrics endpoint", serve); err != nil {
+	}
+	return cs
+}
+
+// closeAll closes them and waits: the master is exiting.
+func (e endpoints) closeAll() {
+	for _, c := range e.closers() {
+		c.Close()
+	}
+}
+
+// controlRetireWait is how long a control socket that moved, or that a
+// new master takes over, keeps serving the clients it has: a `baton
+// reload` or `baton upgrade` waiting there reads its result.
+const controlRetireWait = 5 * time.Second
+
+// controlEndpoint is a control socket server; Close cuts its clients off
+// (the master exits), retire lets them finish first.
+type controlEndpoint struct{ srv *control.Server }
+
+func (c controlEndpoint) Close() error  { return c.srv.Close() }
+func (c controlEndpoint) retire() error { return c.srv.Retire(controlRetireWait) }
+
+// closeLater closes cs off the master's goroutine, where closing may
+// wait: a control socket is retired, so its clients read their answers
+// first. Run waits for it before it returns.
+func (m *Master) closeLater(cs []io.Closer) {
+	for _, c := range cs {
+		m.closing.Add(1)
+		go func() {
+			defer m.closing.Done()
+			if ce, ok := c.(controlEndpoint); ok {
+				ce.retire()
+				return
+			}
+			c.Close()
+		}()
+	}
+}
+
+// openEndpoints opens, at start, the control socket and the metrics
+// endpoint the options ask for. A control socket baton picked by default
+// is optional: failing to open it is logged, not fatal.
+func (m *Master) openEndpoints() error {
+	m.endpoints = endpoints{controlPath: m.opts.ControlPath, metricsAddr: m.opts.MetricsAddr}
+	if addr := m.opts.MetricsAddr; addr != "" {
+		if err := m.openAtStart("metrics endpoint", func() (io.Closer, error) { return m.serveMetrics(addr) },
+			func(c io.Closer) { m.endpoints.metrics = c }); err != nil {
 			return err
 		}
 	}
-	if m.opts.ControlPath != "" {
-		serve := func() (func(), error) {
-			srv, err := control.Listen(m.opts.ControlPath, m.ControlHandler(), m.log)
-			if err != nil {
-				return nil, err
-			}
-			go srv.Serve()
-			m.log.Info("control socket listening", "path", m.opts.ControlPath)
-			return func() { srv.Close() }, nil
-		}
-		err := m.openEndpoint("control socket", serve)
+	if path := m.opts.ControlPath; path != "" {
+		err := m.openAtStart("control socket", func() (io.Closer, error) { return m.serveControl(path) },
+			func(c io.Closer) { m.endpoints.control = c })
 		if err != nil && m.opts.ControlRequired {
 			return err
 		}
@@ -51,21 +90,20 @@ func (m *Master) openEndpoints() error {
 	return nil
 }
 
-// openEndpoint opens one endpoint. A master started by an upgrade finds
-// the old master still holding it, so it keeps trying in the background
-// until the old master lets go at the hand-over.
-func (m *Master) openEndpoint(what string, serve func() (func(), error)) error {
-	closer, err := serve()
+// openAtStart opens one endpoint and hands it to keep. A master started by
+// an upgrade finds the old master still holding it, so it keeps trying in
+// the background until the old master lets go at the hand-over, however
+// long a manual hand-over takes.
+func (m *Master) openAtStart(what string, open func() (io.Closer, error), keep func(io.Closer)) error {
+	c, err := open()
 	if err == nil {
-		m.endpointClosers = append(m.endpointClosers, closer)
+		keep(c)
 		return nil
 	}
 	if m.upgradePipe == nil {
 		return err
 	}
 	m.log.Info(what+" still held by the old master; taking it over at the hand-over", "err", err)
-	// The old master lets go once this one is ready, however long a
-	// manual hand-over takes.
 	go func() {
 		for {
 			select {
@@ -73,8 +111,8 @@ func (m *Master) openEndpoint(what string, serve func() (func(), error)) error {
 				return
 			case <-time.After(100 * time.Millisecond):
 			}
-			if closer, err := serve(); err == nil {
-				m.post(func() { m.endpointClosers = append(m.endpointClosers, closer) })
+			if c, err := open(); err == nil {
+				m.post(func() { keep(c) })
 				return
 			}
 		}
@@ -82,27 +120,107 @@ func (m *Master) openEndpoint(what string, serve func() (func(), error)) error {
 	return nil
 }
 
-// closeEndpointsNow closes the control socket and metrics endpoint.
-func (m *Master) closeEndpointsNow() {
-	for i := len(m.endpointClosers) - 1; i >= 0; i-- {
-		m.endpointClosers[i]()
+// prepareEndpoints opens the endpoints of o that differ from the open
+// ones, for a reload; unchanged ones are kept. It returns the endpoints o
+// asks for, and the closers of those it opened, to be closed if the
+// reload does not commit. Nothing is left open when it fails.
+func (m *Master) prepareEndpoints(o MasterOptions) (next endpoints, opened []io.Closer, err error) {
+	cur := m.endpoints
+	next = endpoints{controlPath: o.ControlPath, metricsAddr: o.MetricsAddr, control: cur.control, metrics: cur.metrics}
+	if o.MetricsAddr != cur.metricsAddr {
+		next.metrics = nil
+		if o.MetricsAddr != "" {
+			if next.metrics, err = m.serveMetrics(o.MetricsAddr); err != nil {
+				return endpoints{}, nil, err
+			}
+			opened = append(opened, next.metrics)
+		}
 	}
-	m.endpointClosers = nil
+	if o.ControlPath != cur.controlPath {
+		next.control = nil
+		if o.ControlPath != "" {
+			if next.control, err = m.serveControl(o.ControlPath); err != nil {
+				m.closeLater(opened)
+				return endpoints{}, nil, err
+			}
+			opened = append(opened, next.control)
+		}
+	}
+	return next, opened, nil
+}
+
+// commitEndpoints makes next the master's endpoints and closes the ones
+// it replaced.
+func (m *Master) commitEndpoints(next endpoints) {
+	var stale []io.Closer
+	if m.endpoints.metrics != next.metrics && m.endpoints.metrics != nil {
+		stale = append(stale, m.endpoints.metrics)
+		m.log.Info("metrics endpoint moved", "from", m.endpoints.metricsAddr, "to", next.metricsAddr)
+	}
+	if m.endpoints.control != next.control && m.endpoints.control != nil {
+		stale = append(stale, m.endpoints.control)
+		m.log.Info("control socket moved", "from", m.endpoints.controlPath, "to", next.controlPath)
+	}
+	m.endpoints = next
+	m.closeLater(stale)
+}
+
+// releaseEndpoints lets go of the control socket and metrics endpoint, so
+// that a new master that took over the service can open them.
+func (m *Master) releaseEndpoints() {
+	m.closeLater(m.endpoints.closers())
+	m.endpoints.control, m.endpoints.metrics = nil, nil
+}
+
+// serveMetrics serves /metrics, /healthz, /readyz and /status on addr.
+// The counters live as long as the master, whichever address serves them.
+func (m *Master) serveMetrics(addr string) (io.Closer, error) {
+	if m.registry == nil {
+		m.registry = metrics.New()
+		m.metrics = m.registry
+	}
+	srv, err := metrics.Serve(addr, m.registry.Handler(metricsSource{m}), m.log)
+	if err != nil {
+		return nil, err
+	}
+	m.log.Info("metrics endpoint listening", "addr", srv.Addr())
+	return srv, nil
+}
+
+// serveControl serves the control socket at path.
+func (m *Master) serveControl(path string) (io.Closer, error) {
+	srv, err := control.Listen(path, m.ControlHandler(), m.log)
+	if err != nil {
+		return nil, err
+	}
+	go srv.Serve()
+	m.log.Info("control socket listening", "path", path)
+	return controlEndpoint{srv}, nil
 }
 
 // metricsSource answers the metrics endpoint from the master's goroutine.
 type metricsSource struct{ m *Master }
 
+// Snapshot is for /metrics: the state with each worker's memory.
 func (s metricsSource) Snapshot(ctx context.Context) (metrics.Snapshot, error) {
 	st, err := s.m.Status(ctx)
-	if err != nil {
-		return metrics.Snapshot{}, err
-	}
+	return toSnapshot(st), err
+}
+
+// Health is for /healthz and /readyz, which a load balancer polls every
+// few seconds: the state alone, without reading /proc.
+func (s metricsSource) Health(ctx context.Context) (metrics.Snapshot, error) {
+	var st control.Status
+	err := s.m.call(ctx, func() { st = s.m.status() })
+	return toSnapshot(st), err
+}
+
+func toSnapshot(st control.Status) metrics.Snapshot {
 	snap := metrics.Snapshot{ShuttingDown: st.ShuttingDown, Generation: st.Generation, Degraded: st.Degraded}
 	for _, w := range st.WorkerList {
 		snap.Workers = append(snap.Workers, metrics.Worker{Generation: w.Generation, State: w.State, RSS: w.RSS})
 	}
-	return snap, nil
+	return snap
 }
 
 func (s metricsSource) StatusJSON(ctx context.Context) ([]byte, error) {

@@ -3,8 +3,6 @@ package master
 import (
 	"math/rand/v2"
 	"time"
-
-	"github.com/baton-pm/baton/internal/procinfo"
 )
 
 // Memory and age limits replace a worker the way a one-worker reload
@@ -16,38 +14,43 @@ import (
 // memoryCheckEvery is how often worker RSS is read when a limit is set.
 const memoryCheckEvery = time.Second
 
-// startLimits starts the memory check loop.
-func (m *Master) startLimits() {
-	if m.opts.MaxWorkerMemory == 0 {
+// armMemoryChecks starts the max_worker_memory loop when the serving
+// generation has a limit and the loop is not running; at start and after
+// every reload. The loop stops itself once no limit is set.
+func (m *Master) armMemoryChecks() {
+	if m.memoryChecks || m.current.opts.MaxWorkerMemory == 0 {
 		return
 	}
-	var check func()
-	check = func() {
-		leaders := map[int]*worker{}
-		for pid, w := range m.workers {
-			if w.state == ready && w.gen == m.current {
-				leaders[pid] = w
+	m.memoryChecks = true
+	m.after(memoryCheckEvery, m.checkMemory)
+}
+
+// checkMemory replaces the serving generation's ready workers whose
+// process group uses more than its limit. /proc is read off the master's
+// goroutine.
+func (m *Master) checkMemory() {
+	g := m.current
+	limit := g.opts.MaxWorkerMemory
+	if limit == 0 {
+		m.memoryChecks = false
+		return
+	}
+	leaders := map[int]*worker{}
+	var pids []int
+	for pid, w := range m.workers {
+		if w.state == ready && w.gen == g {
+			leaders[pid] = w
+			pids = append(pids, pid)
+		}
+	}
+	offLoop(m, func() map[int]uint64 { return m.world.inspect.GroupRSS(pids) }, func(rss map[int]uint64) {
+		for pid, w := range leaders {
+			if rss[pid] > limit && w.gen.opts.MaxWorkerMemory == limit {
+				m.replaceWorker(w, "memory", "rss", rss[pid], "max_worker_memory", limit)
 			}
 		}
-		limit := m.opts.MaxWorkerMemory
-		// /proc is read off the master's goroutine.
-		go func() {
-			pids := make([]int, 0, len(leaders))
-			for pid := range leaders {
-				pids = append(pids, pid)
-			}
-			rss := procinfo.GroupRSS(pids)
-			m.post(func() {
-				for pid, w := range leaders {
-					if rss[pid] > limit {
-						m.replaceWorker(w, "memory", "rss", rss[pid], "max_worker_memory", limit)
-					}
-				}
-				m.after(memoryCheckEvery, check)
-			})
-		}()
-	}
-	m.after(memoryCheckEvery, check)
+		m.after(memoryCheckEvery, m.checkMemory)
+	})
 }
 
 // scheduleAgeLimit replaces w once it reached max_worker_age plus a random
@@ -68,34 +71,14 @@ func (m *Master) scheduleAgeLimit(w *worker) {
 // the successor is ready.
 func (m *Master) replaceWorker(w *worker, reason string, attrs ...any) {
 	s := w.gen.slots[w.slot]
-	if m.workers[w.proc.Pid] != w || w.state != ready || m.shutdown != running || m.reload != nil ||
+	if !m.alive(w) || w.state != ready || m.shutdown != running || m.reload != nil ||
 		w.gen != m.current || s == nil || s.worker != w || s.outgoing != nil {
 		return
 	}
-	m.log.Info("replacing worker", append([]any{"slot", w.slot, "pid", w.proc.Pid, "reason", reason}, attrs...)...)
+	m.log.Info("replacing worker", append([]any{"slot", w.slot, "pid", w.pid, "reason", reason}, attrs...)...)
 	if m.metrics != nil {
 		m.metrics.WorkerRestarted(reason)
 	}
 	s.outgoing = w
 	m.spawn(s)
-}
-
-// retireOutgoing retires a slot's outgoing worker, when the slot itself
-// goes (scale down, WINCH, a reload's hand-over).
-func (m *Master) retireOutgoing(s *slot) {
-	if s.outgoing != nil {
-		m.retire(s.outgoing)
-		s.outgoing = nil
-	}
-}
-
-// handOverSlot retires the worker a ready successor replaces.
-func (m *Master) handOverSlot(w *worker) {
-	s := w.gen.slots[w.slot]
-	if s == nil || s.worker != w || s.outgoing == nil {
-		return
-	}
-	old := s.outgoing
-	s.outgoing = nil
-	m.retire(old)
 }

@@ -3,108 +3,30 @@
 // readiness messages and timers into actions.
 //
 // All state belongs to the goroutine running Run, which handles one event at
-// a time; timers and helper goroutines (notify sockets, readiness probes)
-// hand it closures through m.events instead of touching state, so there are
-// no locks to get wrong.
+// a time; timers and helper goroutines (notify sockets, readiness probes,
+// /proc readings) hand it closures through m.events instead of touching
+// state, so there are no locks to get wrong. What the master does to the
+// system goes through its world (world.go), which the unit tests fake.
 package master
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/baton-pm/baton/internal/listener"
 	"github.com/baton-pm/baton/internal/logging"
+	"github.com/baton-pm/baton/internal/metrics"
 	"github.com/baton-pm/baton/internal/pidfile"
 	"github.com/baton-pm/baton/internal/proc"
 	"github.com/baton-pm/baton/internal/readiness"
-	"github.com/baton-pm/baton/internal/sdnotify"
-)
-
-// Options is everything the master needs to run one generation; cmd/baton
-// builds it from the configuration, at start and again on every reload.
-type Options struct {
-	Listeners   []listener.Spec
-	Workers     int
-	Command     []string // argv of the worker command
-	CommandPath string   // Command[0] resolved to an executable
-	Dir         string
-	Env         map[string]string
-	// ListenEnv sets LISTEN_FDS and LISTEN_FDNAMES (and so, via the shim,
-	// LISTEN_PID); the fds themselves are passed either way.
-	ListenEnv       bool
-	StopSignal      syscall.Signal
-	GracefulTimeout time.Duration
-	// WorkerTimeout (timeout): a worker that sent WATCHDOG=1 must keep
-	// sending it this often; 0 turns the worker watchdog off.
-	WorkerTimeout time.Duration
-	Ready         ReadyMode
-	BootTimeout   time.Duration
-	Strategy      Strategy
-	MaxSurge      int // rolling: at most Workers+MaxSurge processes alive
-	// DrainUnlisten makes a worker that is being replaced stop accepting
-	// (see package unlisten) before it gets its stop signal.
-	DrainUnlisten bool
-	// BootNice boots, and drains replaced, workers at a lower CPU
-	// priority while others serve.
-	BootNice bool
-	// MaxWorkerMemory (bytes of RSS of a worker's process group) and
-	// MaxWorkerAge (plus up to MaxWorkerAgeJitter) replace a worker; 0 is
-	// no limit.
-	MaxWorkerMemory    uint64
-	MaxWorkerAge       time.Duration
-	MaxWorkerAgeJitter time.Duration
-	// Watch (dev mode) reloads when files under these paths change, but
-	// for names matching WatchIgnore.
-	Watch, WatchIgnore []string
-	// RunAs, if set, is the user and group workers run as.
-	RunAs *syscall.Credential
-	// Subreaper makes baton reap orphaned descendants; always on as PID 1.
-	Subreaper  bool
-	PidFile    string
-	ConfigFile string // "" when there is none
-	// ControlPath is the control socket; ControlRequired makes a failure
-	// to open it fatal (it was asked for), else it is logged and skipped.
-	ControlPath     string
-	ControlRequired bool
-	MetricsAddr     string // "" for no HTTP endpoint
-	// Executable, Args and StartDir start a new master on upgrade: the
-	// binary path and arguments baton was started with, and its directory.
-	Executable string
-	Args       []string
-	StartDir   string
-	Handover   string // upgrade_handover: "auto" or "manual"
-	Version    string
-}
-
-// ReadyMode says how baton learns that a worker accepts connections.
-type ReadyMode struct {
-	Kind  ReadyKind
-	Delay time.Duration // for ReadyDelay
-}
-
-// ReadyKind is one of the readiness modes.
-type ReadyKind string
-
-// The readiness modes.
-const (
-	ReadyAuto   ReadyKind = "auto"   // seen waiting on a listener in /proc
-	ReadyNotify ReadyKind = "notify" // READY=1 on its NOTIFY_SOCKET
-	ReadyDelay  ReadyKind = "delay"  // a fixed time after start
-)
-
-// Strategy is how a reload replaces the workers.
-type Strategy string
-
-// The reload strategies.
-const (
-	Surge   Strategy = "surge"   // start the whole new generation at once
-	Rolling Strategy = "rolling" // at most MaxSurge extra processes at a time
 )
 
 // Observer is told of events that metrics count; nil for none.
@@ -127,14 +49,15 @@ func (e *StartError) Unwrap() error { return e.Err }
 
 // Master supervises the workers. Create it with New, then call Run.
 type Master struct {
-	opts   Options // the options of the current generation
-	load   Loader
-	log    *slog.Logger
-	logOut *logging.Output
+	opts    MasterOptions     // in force; each generation has its own GenerationOptions
+	initial GenerationOptions // the first generation's
+	load    Loader
+	log     *slog.Logger
+	logOut  *logging.Output
+	world   world
 
 	listeners      []*listener.Listener
 	listenerInodes []uint64 // socket inode of each listener
-	probe          *readiness.Probe
 
 	current *generation
 	reload  *reload // the reload in progress, if any
@@ -150,19 +73,26 @@ type Master struct {
 	helpers map[int]func(proc.Exit)
 
 	metrics Observer
-	// systemd is told how the service is (Type=notify); systemdReady
-	// once READY=1 was sent, systemdFailed once a send failed.
-	systemd sdnotify.Systemd
+	// systemdReady once READY=1 was sent, systemdFailed once a send
+	// failed (it is logged once).
+	systemdReady  bool
+	systemdFailed bool
 	// upgrade is the binary upgrade in progress (old master's side);
-	// handedOver once a new master took over; upgradePipe is the new
-	// master's line back to the old one.
+	// steppedDown once a new master took the service over; upgradePipe is
+	// this master's line back to the old one, when an upgrade started it.
 	upgrade     *upgrade
-	handedOver  bool
+	steppedDown bool
 	upgradePipe *os.File
-	// endpointClosers close the control socket and metrics endpoint.
-	endpointClosers []func()
-	systemdReady    bool
-	systemdFailed   bool
+	// endpoints are the control socket and the metrics endpoint; watcher
+	// is dev mode's file watcher.
+	endpoints endpoints
+	watcher   io.Closer
+	// closing counts endpoints being closed off the loop; Run waits.
+	closing sync.WaitGroup
+	// registry holds the Prometheus counters once an endpoint serves them.
+	registry *metrics.Metrics
+	// memoryChecks: the max_worker_memory loop is armed (limits.go).
+	memoryChecks bool
 	// niceBoots: workers boot at a lower CPU priority while others serve;
 	// ownNice is baton's own nice value, which they get back when ready.
 	niceBoots bool
@@ -177,11 +107,17 @@ type Master struct {
 
 // New makes a master; nothing is opened until Run. load is called on HUP.
 func New(opts Options, load Loader, log *slog.Logger, logOut *logging.Output) *Master {
+	return newMaster(opts, load, log, logOut, osWorld())
+}
+
+func newMaster(opts Options, load Loader, log *slog.Logger, logOut *logging.Output, w world) *Master {
 	return &Master{
-		opts:    opts,
+		opts:    opts.Master,
+		initial: opts.Generation,
 		load:    load,
 		log:     log,
 		logOut:  logOut,
+		world:   w,
 		workers: map[int]*worker{},
 		pid:     os.Getpid(),
 		helpers: map[int]func(proc.Exit){},
@@ -200,35 +136,45 @@ func (m *Master) Run() error {
 	sigs := make(chan os.Signal, 64)
 	signal.Notify(sigs, handledSignals...)
 	defer signal.Stop(sigs)
-	defer close(m.quit)
 
-	m.becomeSubreaper()
+	m.setSubreaper(m.opts.Subreaper)
 	m.upgradePipe = takeUpgradePipe()
 	if err := m.open(); err != nil {
+		close(m.quit)
 		return &StartError{Err: err}
 	}
-	m.started = time.Now()
-	m.initBootPriority()
 	err := m.openEndpoints()
 	if err == nil {
 		err = m.startWatching()
 	}
 	if err != nil {
-		m.closeEndpointsNow()
+		m.endpoints.closeAll()
 		m.cleanup()
+		close(m.quit)
 		return &StartError{Err: err}
 	}
-	// Deferred calls run last first: the endpoints close after cleanup.
-	defer m.closeEndpointsNow()
-	defer m.cleanup()
+	// The endpoints close last: `baton stop` waits for the control socket
+	// to close, and a load balancer polls /readyz while the workers drain.
+	defer m.closing.Wait()
+	defer func() { m.endpoints.closeAll() }()
+	m.supervise(sigs)
+	return nil
+}
 
-	m.log.Info("master started", "pid", os.Getpid(), "version", m.opts.Version,
-		"workers", m.opts.Workers, "command", strings.Join(m.opts.Command, " "),
-		"ready", m.opts.Ready.String())
-	m.current = m.newGeneration(m.opts)
+// supervise starts the first generation and runs the master's loop until
+// the shutdown has ended; then no worker is left and the files are gone.
+func (m *Master) supervise(sigs <-chan os.Signal) {
+	defer close(m.quit)
+	defer m.cleanup()
+	m.started = time.Now()
+	m.initBootPriority()
+	g := m.initial
+	m.log.Info("master started", "pid", m.pid, "version", m.opts.Version,
+		"workers", g.Workers, "command", strings.Join(g.Command, " "), "ready", g.Ready.String())
+	m.current = m.newGeneration(g)
 	m.current.fill(m)
 	m.startWatchdog()
-	m.startLimits()
+	m.armMemoryChecks()
 	for !m.finished() {
 		select {
 		case sig := <-sigs:
@@ -238,14 +184,6 @@ func (m *Master) Run() error {
 		}
 	}
 	m.log.Info("shutdown complete")
-	return nil
-}
-
-func (r ReadyMode) String() string {
-	if r.Kind == ReadyDelay {
-		return "delay:" + r.Delay.String()
-	}
-	return string(r.Kind)
 }
 
 var handledSignals = []os.Signal{
@@ -279,7 +217,8 @@ func (m *Master) open() error {
 			return err
 		}
 	}
-	m.listeners, m.listenerInodes, m.probe = ls, inodes, readiness.NewProbe(inodes)
+	m.listeners, m.listenerInodes = ls, inodes
+	m.world.inspect = procInspector{readiness.NewProbe(inodes)}
 	for _, l := range ls {
 		m.log.Info("listening", "name", l.Name, "addr", l.Addr)
 	}
@@ -299,14 +238,17 @@ func socketInodes(ls []*listener.Listener) ([]uint64, error) {
 	return inodes, nil
 }
 
-// cleanup runs however Run ends: no worker outlives the master, and the
-// pidfile and unix socket files go away.
+// cleanup runs however the loop ends: no worker outlives the master, and
+// the pidfile and unix socket files go away.
 func (m *Master) cleanup() {
 	for _, w := range m.workers {
 		_ = w.proc.SignalGroup(syscall.SIGKILL)
 		w.closeNotify()
 	}
-	if m.handedOver {
+	if m.watcher != nil {
+		m.watcher.Close()
+	}
+	if m.steppedDown {
 		// The new master serves these sockets and owns their files.
 		for _, l := range m.listeners {
 			l.Release()
@@ -333,25 +275,23 @@ func (m *Master) after(d time.Duration, f func()) *time.Timer {
 	return time.AfterFunc(d, func() { m.post(f) })
 }
 
-// workerAfter is after for a timer about w (its boot timeout, its kill
-// after the graceful timeout, its age, its watchdog): the timer is
-// stopped when w exits. A pending timer's closure holds w, and through w
-// its whole generation; left running, reloads back to back would keep
-// every old generation in memory until its timers fired.
-// A timer re-armed under the same name replaces the one that fired.
-func (m *Master) workerAfter(w *worker, name string, d time.Duration, f func()) {
-	if w.timers == nil {
-		w.timers = map[string]*time.Timer{}
-	}
-	w.timers[name] = m.after(d, f)
-}
-
-// post hands f to the master's goroutine; it is dropped once Run returned.
+// post hands f to the master's goroutine; it is dropped once the loop
+// has ended.
 func (m *Master) post(f func()) {
 	select {
 	case m.events <- f:
 	case <-m.quit:
 	}
+}
+
+// offLoop runs read on a goroutine of its own (it may block: /proc walks,
+// closing sockets) and then hands its result to then on the master's
+// goroutine.
+func offLoop[T any](m *Master, read func() T, then func(T)) {
+	go func() {
+		v := read()
+		m.post(func() { then(v) })
+	}()
 }
 
 func (m *Master) handleSignal(sig syscall.Signal) {
@@ -360,7 +300,7 @@ func (m *Master) handleSignal(sig syscall.Signal) {
 	}
 	switch sig {
 	case syscall.SIGCHLD:
-		for _, e := range proc.Reap() {
+		for _, e := range m.world.procs.Reap() {
 			m.onExit(e)
 		}
 	case syscall.SIGHUP:
@@ -391,4 +331,21 @@ func (m *Master) reopenLog() {
 		return
 	}
 	m.log.Info("log file reopened")
+}
+
+// onExit handles one reaped child: a worker, a helper or a new master.
+func (m *Master) onExit(e proc.Exit) {
+	if m.onNewMasterExit(e) {
+		return
+	}
+	if done, ok := m.helpers[e.Pid]; ok {
+		delete(m.helpers, e.Pid)
+		done(e)
+		return
+	}
+	if w, ok := m.workers[e.Pid]; ok {
+		m.onWorkerExit(w, e)
+		return
+	}
+	m.log.Debug("reaped a process that is not a worker", "pid", e.Pid, "status", proc.Describe(e.Status))
 }

@@ -38,8 +38,8 @@ func (m *Master) lowerBootPriority(w *worker) {
 	if !m.niceBoots || !(m.anyReady() || m.upgradePipe != nil && !m.systemdReady) {
 		return
 	}
-	if err := unix.Setpriority(unix.PRIO_PGRP, w.proc.Pid, m.ownNice+bootNice); err != nil {
-		m.log.Debug("cannot lower a booting worker's CPU priority", "pid", w.proc.Pid, "err", err)
+	if err := m.world.procs.SetGroupNice(w.pid, m.ownNice+bootNice); err != nil {
+		m.log.Debug("cannot lower a booting worker's CPU priority", "pid", w.pid, "err", err)
 		return
 	}
 	w.niced = true
@@ -55,8 +55,8 @@ func (m *Master) lowerRetirePriority(w *worker) {
 	if !m.niceBoots || !m.anyReady() {
 		return
 	}
-	if err := unix.Setpriority(unix.PRIO_PGRP, w.proc.Pid, m.ownNice+bootNice); err != nil {
-		m.log.Debug("cannot lower a retiring worker's CPU priority", "pid", w.proc.Pid, "err", err)
+	if err := m.world.procs.SetGroupNice(w.pid, m.ownNice+bootNice); err != nil {
+		m.log.Debug("cannot lower a retiring worker's CPU priority", "pid", w.pid, "err", err)
 	}
 }
 
@@ -66,8 +66,8 @@ func (m *Master) restorePriority(w *worker) {
 		return
 	}
 	w.niced = false
-	if err := unix.Setpriority(unix.PRIO_PGRP, w.proc.Pid, m.ownNice); err != nil {
-		m.log.Warn("cannot restore a worker's CPU priority after boot", "pid", w.proc.Pid, "err", err)
+	if err := m.world.procs.SetGroupNice(w.pid, m.ownNice); err != nil {
+		m.log.Warn("cannot restore a worker's CPU priority after boot", "pid", w.pid, "err", err)
 	}
 }
 
@@ -80,8 +80,10 @@ func (m *Master) anyReady() bool {
 	return false
 }
 
-// initBootPriority decides whether workers boot niced.
+// initBootPriority decides whether workers boot niced: at start, and
+// when a reload changes boot_nice.
 func (m *Master) initBootPriority() {
+	m.niceBoots = false
 	prio, err := unix.Getpriority(unix.PRIO_PROCESS, 0)
 	if err != nil || !m.opts.BootNice || !canRestorePriority() {
 		return

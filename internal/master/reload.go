@@ -2,7 +2,6 @@ package master
 
 import (
 	"fmt"
-	"reflect"
 	"strings"
 	"time"
 )
@@ -18,8 +17,11 @@ import (
 // reconcile, and deploy tools send HUP after each step anyway.
 type reload struct {
 	old, next *generation
-	started   time.Time
-	waiters   []*reloadWaiter // the clients waiting for this reload's end
+	// settings are the master's new settings, committed when the reload
+	// succeeds (settings.go).
+	settings *masterChange
+	started  time.Time
+	waiters  []*reloadWaiter // the clients waiting for this reload's end
 }
 
 // ReloadResult is how a reload ended.
@@ -54,7 +56,7 @@ func (m *Master) requestReload(w *reloadWaiter) {
 		deliver([]*reloadWaiter{w}, ReloadResult{Reason: "the master is shutting down", Started: time.Now()})
 		return
 	}
-	if m.upgrade != nil || m.handedOver {
+	if m.upgrade != nil || m.steppedDown {
 		m.log.Warn("reload refused: a binary upgrade is in progress")
 		deliver([]*reloadWaiter{w}, ReloadResult{Reason: "a binary upgrade is in progress; reload when it has finished", Started: time.Now()})
 		return
@@ -88,17 +90,21 @@ func (m *Master) startReload(waiters []*reloadWaiter) {
 		m.rejectConfig(waiters, started, "the configuration is invalid: "+err.Error(), "problems", strings.Split(err.Error(), "\n"))
 		return
 	}
-	if reason := listenersChanged(m.opts, opts); reason != "" {
-		m.rejectConfig(waiters, started, reason)
+	if changed := startOnlyChanges(m.opts, opts.Master); len(changed) > 0 {
+		m.rejectConfig(waiters, started, "settings that apply at start only changed ("+strings.Join(changed, "; ")+
+			"); restart baton to apply them")
 		return
 	}
-	// The pidfile belongs to the running master; a new path applies at the
-	// next start.
-	opts.PidFile, opts.Version = m.opts.PidFile, m.opts.Version
-	r := &reload{old: m.current, next: m.newGeneration(opts), started: started, waiters: waiters}
+	settings, err := m.prepareMasterChange(opts.Master)
+	if err != nil {
+		m.rejectConfig(waiters, started, err.Error())
+		return
+	}
+	r := &reload{old: m.current, next: m.newGeneration(opts.Generation), settings: settings, started: started, waiters: waiters}
 	m.reload = r
+	g := opts.Generation
 	m.log.Info("reload started", "generation", r.next.num, "workers", r.next.size,
-		"strategy", string(opts.Strategy), "ready", opts.Ready.String(), "command", strings.Join(opts.Command, " "))
+		"strategy", string(g.Strategy), "ready", g.Ready.String(), "command", strings.Join(g.Command, " "))
 	m.advanceReload()
 }
 
@@ -117,30 +123,9 @@ func (m *Master) rejectConfig(waiters []*reloadWaiter, started time.Time, reason
 	m.startQueued()
 }
 
-// listenersChanged explains why a new config cannot be applied by a reload:
-// listeners are opened once, so changing them needs a restart or an upgrade.
-func listenersChanged(old, new Options) string {
-	if reflect.DeepEqual(old.Listeners, new.Listeners) {
-		return ""
-	}
-	return fmt.Sprintf("bind, backlog or unix_mode changed (%s -> %s): listeners cannot change on reload; restart baton to apply",
-		describeBinds(old), describeBinds(new))
-}
-
-func describeBinds(o Options) string {
-	parts := make([]string, len(o.Listeners))
-	for i, l := range o.Listeners {
-		parts[i] = l.Name + "=" + l.Network + ":" + l.Address
-		if l.Network == "fd" {
-			parts[i] = fmt.Sprintf("%s=fd://%d", l.Name, l.FD)
-		}
-	}
-	return strings.Join(parts, ",")
-}
-
-// advanceReload moves the reload in progress on after any event: hands
-// slots over to ready new workers, finishes when all are ready, and starts
-// as many new workers as the strategy allows.
+// advanceReload moves the reload in progress on after any event: retires
+// the old workers whose successors are ready, finishes when all are
+// ready, and starts as many new workers as the strategy allows.
 func (m *Master) advanceReload() {
 	r := m.reload
 	if r == nil || m.shutdown != running {
@@ -148,7 +133,7 @@ func (m *Master) advanceReload() {
 	}
 	for id, s := range r.next.slots {
 		if s.worker != nil && s.worker.state == ready {
-			m.handOver(r.old, id)
+			m.succeedSlot(r.old, id)
 		}
 	}
 	if r.next.allReady() {
@@ -180,36 +165,25 @@ func (m *Master) processLimit(r *reload) int {
 	return max(r.old.size, r.next.size) + r.next.opts.MaxSurge
 }
 
-func (g *generation) allReady() bool {
-	for id := 1; id <= g.size; id++ {
-		s := g.slots[id]
-		if s == nil || s.worker == nil || s.worker.state != ready {
-			return false
-		}
-	}
-	return true
-}
-
-// handOver retires the old generation's worker in slot id, whose successor
-// is ready.
-func (m *Master) handOver(old *generation, id int) {
+// succeedSlot retires the old generation's worker in slot id: its
+// successor is ready, or the whole new generation is.
+func (m *Master) succeedSlot(old *generation, id int) {
 	s := old.slots[id]
-	if s == nil || s.handedOver {
+	if s == nil || s.succeeded {
 		return
 	}
-	s.handedOver, s.pending = true, false
-	m.retireOutgoing(s)
-	if s.worker != nil {
-		m.retire(s.worker)
-	}
+	s.succeeded = true
+	m.retireSlot(s)
 }
 
 func (m *Master) completeReload() {
 	r := m.reload
 	for id := range r.old.slots {
-		m.handOver(r.old, id)
+		m.succeedSlot(r.old, id)
 	}
-	m.current, m.opts, m.reload = r.next, r.next.opts, nil
+	m.current, m.reload = r.next, nil
+	m.commitMasterChange(r.settings)
+	m.armMemoryChecks()
 	d := time.Since(r.started)
 	m.log.Info("reload succeeded", "generation", r.next.num, "workers", r.next.size,
 		"duration", d.Round(time.Millisecond).String())
@@ -230,6 +204,7 @@ func (m *Master) failReload(culprit *worker, reason string) {
 		return
 	}
 	m.reload = nil
+	m.discardMasterChange(r.settings)
 	for _, s := range r.next.slots {
 		s.pending = false
 		if s.worker != nil {
@@ -237,14 +212,14 @@ func (m *Master) failReload(culprit *worker, reason string) {
 		}
 	}
 	for _, s := range r.old.slots {
-		if s.handedOver {
-			s.handedOver = false
+		if s.succeeded {
+			s.succeeded = false
 			m.spawn(s)
 		}
 	}
 	result := ReloadResult{Generation: r.next.num, OK: false, Started: r.started, Reason: reason}
 	if culprit != nil {
-		result.Reason = fmt.Sprintf("worker in slot %d (pid %d) %s", culprit.slot, culprit.proc.Pid, reason)
+		result.Reason = fmt.Sprintf("worker in slot %d (pid %d) %s", culprit.slot, culprit.pid, reason)
 	}
 	recorded := m.endReload(result)
 	if m.metrics != nil {
@@ -255,9 +230,7 @@ func (m *Master) failReload(culprit *worker, reason string) {
 }
 
 // reportFailure logs a failed reload and tells its waiters, with the
-// culprit's last stderr lines: it waits (off the master's goroutine, at most
-// half a second) for the culprit's stderr to drain so the lines are
-// complete.
+// culprit's last stderr lines.
 func (m *Master) reportFailure(r *reload, culprit *worker, res ReloadResult) {
 	report := func(lines []string) {
 		res.Stderr = lines

@@ -1,7 +1,6 @@
 package master
 
 import (
-	"fmt"
 	"syscall"
 	"time"
 
@@ -35,17 +34,14 @@ func (m *Master) beginShutdown(mode shutdownMode, sig syscall.Signal) {
 		return
 	}
 	m.shutdown = mode
-	if !m.handedOver {
+	if !m.steppedDown {
 		// After a hand-over the new master is the service.
 		m.tellSystemd("STOPPING=1", "STATUS=shutting down")
 	}
 	m.abandonReloads()
-	stopSig, timeout := m.opts.StopSignal, m.opts.GracefulTimeout
-	if mode == quick {
-		stopSig, timeout = syscall.SIGINT, min(quickTimeout, m.opts.GracefulTimeout)
-	}
+	timeout := m.shutdownTimeout(mode)
 	cause := []any{"requested_by", "control socket"}
-	if m.handedOver {
+	if m.steppedDown {
 		cause = []any{"requested_by", "upgrade hand-over"}
 	}
 	if sig != 0 {
@@ -55,6 +51,10 @@ func (m *Master) beginShutdown(mode shutdownMode, sig syscall.Signal) {
 		"workers", len(m.workers), "timeout", timeout.String())...)
 	for _, w := range m.workers {
 		w.state = draining
+		stopSig := w.gen.opts.StopSignal
+		if mode == quick {
+			stopSig = syscall.SIGINT
+		}
 		m.signalWorker(w, stopSig)
 	}
 	m.after(timeout, func() {
@@ -66,41 +66,23 @@ func (m *Master) beginShutdown(mode shutdownMode, sig syscall.Signal) {
 	})
 }
 
+// shutdownTimeout is how long a shutdown waits for the workers before
+// SIGKILL: the longest graceful_timeout among their generations, and at
+// most quickTimeout for a quick one.
+func (m *Master) shutdownTimeout(mode shutdownMode) time.Duration {
+	timeout := m.current.opts.GracefulTimeout
+	for _, w := range m.workers {
+		timeout = max(timeout, w.gen.opts.GracefulTimeout)
+	}
+	if mode == quick {
+		timeout = min(quickTimeout, timeout)
+	}
+	return timeout
+}
+
 func (m *Master) killAll() {
 	for _, w := range m.workers {
 		m.signalWorker(w, syscall.SIGKILL)
-	}
-}
-
-// scale adds or retires one worker of the current generation (TTIN, TTOU);
-// never below one, and not while a reload is bringing up a generation.
-func (m *Master) scale(delta int) {
-	if m.shutdown != running {
-		return
-	}
-	if m.reload != nil {
-		m.log.Warn("cannot scale during a reload; send the signal again once it has finished")
-		return
-	}
-	g := m.current
-	if delta < 0 && g.size <= 1 {
-		m.log.Warn("not scaling down: one worker is the minimum", "workers", g.size)
-		return
-	}
-	if delta > 0 {
-		g.size++
-		m.log.Info("scaling up", "workers", g.size)
-		m.spawn(g.slot(g.size))
-		return
-	}
-	s := g.slots[g.size]
-	delete(g.slots, g.size)
-	g.size--
-	m.log.Info("scaling down", "workers", g.size)
-	s.pending = false
-	m.retireOutgoing(s)
-	if s.worker != nil {
-		m.retire(s.worker)
 	}
 }
 
@@ -111,28 +93,10 @@ func (m *Master) abandonReloads() {
 	if r := m.reload; r != nil {
 		m.log.Warn("reload abandoned: shutting down", "generation", r.next.num)
 		abandoned.Generation = r.next.num
+		m.discardMasterChange(r.settings)
 		deliver(r.waiters, abandoned)
 		m.reload = nil
 	}
 	deliver(m.queuedWaiters, abandoned)
 	m.queued, m.queuedWaiters = false, nil
-}
-
-// scaleTo sets the current generation's worker count (baton scale N).
-func (m *Master) scaleTo(n int) error {
-	switch {
-	case n < 1:
-		return fmt.Errorf("scale: %d workers: one worker is the minimum", n)
-	case m.shutdown != running:
-		return fmt.Errorf("scale: the master is shutting down")
-	case m.reload != nil:
-		return fmt.Errorf("scale: a reload is in progress; try again when it has finished")
-	}
-	for m.current.size < n {
-		m.scale(+1)
-	}
-	for m.current.size > n {
-		m.scale(-1)
-	}
-	return nil
 }

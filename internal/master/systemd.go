@@ -12,7 +12,7 @@ import (
 
 // tellSystemd sends assignments; failures are logged once, not fatal.
 func (m *Master) tellSystemd(assignments ...string) {
-	if _, err := m.systemd.Send(assignments...); err != nil && !m.systemdFailed {
+	if _, err := m.world.systemd.Send(assignments...); err != nil && !m.systemdFailed {
 		m.systemdFailed = true
 		m.log.Warn("cannot notify systemd", "err", err)
 	}
@@ -57,7 +57,7 @@ func (m *Master) notifyProgress() {
 }
 
 func (m *Master) notifyReloading(gen int) {
-	if _, err := m.systemd.Reloading(fmt.Sprintf("reloading to generation %d", gen)); err != nil && !m.systemdFailed {
+	if _, err := m.world.systemd.Reloading(fmt.Sprintf("reloading to generation %d", gen)); err != nil && !m.systemdFailed {
 		m.systemdFailed = true
 		m.log.Warn("cannot notify systemd", "err", err)
 	}
@@ -76,7 +76,7 @@ func (m *Master) notifyReloadEnd(res ReloadResult) {
 // startWatchdog pings systemd's watchdog from the master's own loop, so a
 // hung loop is noticed.
 func (m *Master) startWatchdog() {
-	every := m.systemd.WatchdogInterval()
+	every := m.world.systemd.WatchdogInterval()
 	if every <= 0 {
 		return
 	}

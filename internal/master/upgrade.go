@@ -1,7 +1,6 @@
 package master
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"strconv"
@@ -18,20 +17,19 @@ import (
 // hands it every listener as fds 3, 4, ... (listener.HandoverEnv names
 // them). The new master starts its own generation of workers; when they
 // are ready it writes one line to a pipe the old master gave it, and the
-// old master hands over: it drains its workers and exits (or, with
+// old master steps down: it drains its workers and exits (or, with
 // upgrade_handover = "manual", waits for WINCH and TERM). If the new master
 // exits first, or is not ready within boot_timeout, it is stopped and the
 // old master keeps serving, its pidfile restored.
 
-// upgradePipeEnv names the fd the new master writes "ready PID VERSION" to.
-const upgradePipeEnv = "BATON_UPGRADE_PIPE"
-
 // upgrade is a binary upgrade in progress, seen from the old master.
 type upgrade struct {
-	pid        int // the new master
-	started    time.Time
-	waiters    []*reloadWaiter
-	handedOver bool
+	pid     int // the new master
+	started time.Time
+	waiters []*reloadWaiter
+	// newReady once the new master reported that it serves; exited once
+	// it was reaped.
+	newReady, exited bool
 }
 
 func (m *Master) requestUpgrade(w *reloadWaiter) {
@@ -40,7 +38,7 @@ func (m *Master) requestUpgrade(w *reloadWaiter) {
 		deliver([]*reloadWaiter{w}, ReloadResult{Reason: reason, Started: time.Now(), Duration: 0})
 	}
 	switch {
-	case m.shutdown != running || m.handedOver:
+	case m.shutdown != running || m.steppedDown:
 		fail("the master is shutting down")
 		return
 	case m.upgrade != nil:
@@ -60,9 +58,9 @@ func (m *Master) requestUpgrade(w *reloadWaiter) {
 	u.waiters = []*reloadWaiter{w}
 	m.upgrade = u
 	m.log.Info("upgrade started", "new_master_pid", u.pid, "binary", m.opts.Executable)
-	timeout := m.opts.BootTimeout
+	timeout := m.current.opts.BootTimeout
 	m.after(timeout, func() {
-		if m.upgrade == u && !u.handedOver {
+		if m.upgrade == u && !u.newReady {
 			m.failUpgrade(u, "the new master was not ready within boot_timeout ("+timeout.String()+")")
 		}
 	})
@@ -71,51 +69,41 @@ func (m *Master) requestUpgrade(w *reloadWaiter) {
 // startNewMaster renames the pidfile to .oldbin and starts the new master
 // with the listeners and a pipe to report on.
 func (m *Master) startNewMaster() (*upgrade, error) {
-	ready, readyW, err := os.Pipe()
-	if err != nil {
-		return nil, fmt.Errorf("upgrade: %w", err)
+	fds := make([]int, len(m.listeners))
+	for i, l := range m.listeners {
+		fds[i] = l.FD()
 	}
-	defer readyW.Close()
-	files := []uintptr{0, 1, 2}
-	for _, l := range m.listeners {
-		files = append(files, uintptr(l.FD()))
-	}
-	pipeFD := len(files)
-	files = append(files, readyW.Fd())
 	env := append(environWithout(listener.HandoverEnv, upgradePipeEnv, "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"),
-		listener.HandoverEnv+"="+listener.HandoverValue(m.listeners),
-		upgradePipeEnv+"="+strconv.Itoa(pipeFD))
+		listener.HandoverEnv+"="+listener.HandoverValue(m.listeners))
 	if err := m.movePidfile(m.opts.PidFile, m.oldbin()); err != nil {
-		ready.Close()
 		return nil, err
 	}
-	pid, err := syscall.ForkExec(m.opts.Executable, m.opts.Args, &syscall.ProcAttr{Dir: m.opts.StartDir, Env: env, Files: files})
+	pid, ready, err := m.world.procs.StartMaster(masterSpec{
+		Path: m.opts.Executable, Args: m.opts.Args, Dir: m.opts.StartDir, Env: env, Listeners: fds,
+	})
 	if err != nil {
-		ready.Close()
 		m.movePidfile(m.oldbin(), m.opts.PidFile)
-		return nil, fmt.Errorf("upgrade: cannot start %s: %w", m.opts.Executable, err)
+		return nil, err
 	}
 	u := &upgrade{pid: pid, started: time.Now()}
-	go m.awaitNewMaster(u, ready)
+	go func() {
+		select {
+		case line, ok := <-ready:
+			if ok {
+				m.post(func() { m.onNewMasterReady(u, strings.Fields(line)) })
+			}
+			// Else it exited without a word; its exit is reaped.
+		case <-m.quit:
+		}
+	}()
 	return u, nil
 }
 
-// awaitNewMaster reads the new master's one line, off the master's
-// goroutine.
-func (m *Master) awaitNewMaster(u *upgrade, ready *os.File) {
-	defer ready.Close()
-	line, err := bufio.NewReader(ready).ReadString('\n')
-	if err != nil {
-		return // it exited without a word; its exit is reaped
-	}
-	m.post(func() { m.onNewMasterReady(u, strings.Fields(line)) })
-}
-
 func (m *Master) onNewMasterReady(u *upgrade, words []string) {
-	if m.upgrade != u || u.handedOver || len(words) < 3 || words[0] != "ready" {
+	if m.upgrade != u || u.newReady || len(words) < 3 || words[0] != "ready" {
 		return
 	}
-	u.handedOver = true
+	u.newReady = true
 	version := words[2]
 	res := ReloadResult{OK: true, Started: u.started, Duration: time.Since(u.started), MasterPid: u.pid, Version: version}
 	m.log.Info("upgrade: the new master is ready", "new_master_pid", u.pid, "version", version,
@@ -123,29 +111,36 @@ func (m *Master) onNewMasterReady(u *upgrade, words []string) {
 	deliver(u.waiters, res)
 	// The pidfile names the new master now; its control socket and
 	// metrics endpoint must be the ones clients reach.
-	m.closeEndpointsNow()
+	m.releaseEndpoints()
 	if m.opts.Handover == "manual" {
 		m.log.Info("manual hand-over: this master keeps its workers until WINCH, and runs until TERM or QUIT")
 		return
 	}
-	m.handOverToNewMaster()
+	m.stepDown()
 }
 
-// handOverToNewMaster makes this master step back: the new one serves the
+// stepDown makes this master step back: the new one serves the
 // listeners, the pidfile, the control socket and systemd's MAINPID.
-func (m *Master) handOverToNewMaster() {
-	m.handedOver = true
+func (m *Master) stepDown() {
+	m.steppedDown = true
 	m.beginShutdown(graceful, 0)
 }
 
+// failUpgrade stops the new master, unless it has exited already, and
+// keeps serving. A new master that was told to stop is an ordinary child
+// until it is reaped: its kill timer is stopped then, so no signal can
+// reach a process that reused its pid.
 func (m *Master) failUpgrade(u *upgrade, reason string) {
-	if m.upgrade != u || u.handedOver {
+	if m.upgrade != u || u.newReady {
 		return
 	}
 	m.upgrade = nil
-	// Its workers die with it (Pdeathsig); TERM lets them drain first.
-	_ = syscall.Kill(u.pid, syscall.SIGTERM)
-	m.after(m.opts.GracefulTimeout, func() { _ = syscall.Kill(u.pid, syscall.SIGKILL) })
+	if !u.exited {
+		// Its workers die with it (Pdeathsig); TERM lets them drain first.
+		_ = m.world.procs.Kill(u.pid, syscall.SIGTERM)
+		kill := m.after(m.current.opts.GracefulTimeout, func() { _ = m.world.procs.Kill(u.pid, syscall.SIGKILL) })
+		m.helpers[u.pid] = func(proc.Exit) { kill.Stop() }
+	}
 	m.movePidfile(m.oldbin(), m.opts.PidFile)
 	res := ReloadResult{OK: false, Reason: reason, Started: u.started, Duration: time.Since(u.started), MasterPid: u.pid}
 	m.log.Error("upgrade failed; this master keeps serving", "reason", reason, "new_master_pid", u.pid)
@@ -159,7 +154,8 @@ func (m *Master) onNewMasterExit(e proc.Exit) bool {
 	if u == nil || e.Pid != u.pid {
 		return false
 	}
-	if !u.handedOver {
+	u.exited = true
+	if !u.newReady {
 		m.failUpgrade(u, "the new master exited: "+proc.Describe(e.Status))
 	} else {
 		m.log.Warn("the new master exited", "pid", e.Pid, "status", proc.Describe(e.Status))
@@ -224,24 +220,4 @@ func (m *Master) reportReadyToOldMaster() {
 	fmt.Fprintf(m.upgradePipe, "ready %d %s\n", m.pid, m.opts.Version)
 	m.upgradePipe.Close()
 	m.upgradePipe = nil
-}
-
-// stopAllWorkers is WINCH: every worker stops gracefully and none is
-// replaced, while the listeners stay open (the old master's step in a
-// manual upgrade).
-func (m *Master) stopAllWorkers() {
-	if m.shutdown != running || m.reload != nil {
-		m.log.Warn("WINCH ignored: shutting down or reloading")
-		return
-	}
-	m.log.Info("WINCH: stopping every worker; the listeners stay open", "workers", len(m.workers))
-	for id, s := range m.current.slots {
-		s.pending = false
-		m.retireOutgoing(s)
-		if s.worker != nil {
-			m.retire(s.worker)
-		}
-		delete(m.current.slots, id)
-	}
-	m.current.size = 0
 }

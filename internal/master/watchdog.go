@@ -2,7 +2,6 @@ package master
 
 import (
 	"strconv"
-	"syscall"
 	"time"
 )
 
@@ -36,7 +35,7 @@ func (m *Master) onWatchdogPing(w *worker) {
 
 // checkWatchdog runs every timeout while w is watched.
 func (m *Master) checkWatchdog(w *worker) {
-	if m.workers[w.proc.Pid] != w || w.state == draining || w.hung {
+	if w.state == draining || w.hung {
 		return
 	}
 	timeout := w.gen.opts.WorkerTimeout
@@ -46,14 +45,9 @@ func (m *Master) checkWatchdog(w *worker) {
 		return
 	}
 	w.hung = true
-	m.log.Warn("worker missed its watchdog; killing and replacing it", "slot", w.slot, "pid", w.proc.Pid,
+	m.log.Warn("worker missed its watchdog; killing and replacing it", "slot", w.slot, "pid", w.pid,
 		"generation", w.gen.num, "silent_for", silent.Round(time.Millisecond).String(), "timeout", timeout.String())
 	// Not retire(): its exit must count as a crash so that the slot is
 	// refilled.
-	m.signalWorker(w, w.gen.opts.StopSignal)
-	m.workerAfter(w, "kill", w.gen.opts.GracefulTimeout, func() {
-		if m.workers[w.proc.Pid] == w {
-			m.signalWorker(w, syscall.SIGKILL)
-		}
-	})
+	m.stopThenKill(w, w.gen.opts.StopSignal)
 }

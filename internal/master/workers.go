@@ -24,32 +24,10 @@ const (
 	autoProbeInterval = 25 * time.Millisecond
 	// stderrLines is how much of a failed worker's stderr is reported.
 	stderrLines = 10
+	// stderrDrainWait bounds the wait for a dead worker's stderr to close
+	// (a grandchild may keep it open) before its last lines are reported.
+	stderrDrainWait = 500 * time.Millisecond
 )
-
-// generation is the workers started from one configuration snapshot.
-type generation struct {
-	num   int
-	opts  Options
-	size  int           // how many slots it should have
-	slots map[int]*slot // by slot number, 1..size
-}
-
-// slot is a numbered place for one worker; a crashed worker is replaced in
-// its own slot, so BATON_WORKER_ID stays stable.
-type slot struct {
-	id       int
-	gen      *generation
-	worker   *worker
-	failures int  // crashes in a row, for the backoff
-	restarts int  // replacements of a crashed worker, for status
-	pending  bool // a restart is scheduled
-	// handedOver: during a reload, the new generation's worker in this
-	// slot is ready, so this one was retired and is not replaced.
-	handedOver bool
-	// outgoing is the worker a memory or age replacement retires once
-	// worker, its successor, is ready (limits.go).
-	outgoing *worker
-}
 
 type workerState int
 
@@ -64,14 +42,16 @@ func (s workerState) String() string {
 }
 
 type worker struct {
-	proc   *proc.Process
-	gen    *generation
-	slot   int
-	state  workerState
-	notify *sdnotify.Socket
-	status string // the last STATUS= it sent
-	ready  time.Duration
-	niced  bool // booting at a lower CPU priority (nice.go)
+	pid     int
+	started time.Time
+	proc    process
+	gen     *generation
+	slot    int
+	state   workerState
+	notify  notifySocket
+	status  string // the last STATUS= it sent
+	ready   time.Duration
+	niced   bool // booting at a lower CPU priority (nice.go)
 	// watchdog.go: watched since its first WATCHDOG=1, last pinged then;
 	// hung once it missed one.
 	watched  bool
@@ -88,33 +68,34 @@ func (w *worker) closeNotify() {
 	}
 }
 
-func (m *Master) newGeneration(opts Options) *generation {
-	m.lastGen++
-	return &generation{num: m.lastGen, opts: opts, size: opts.Workers, slots: map[int]*slot{}}
+// alive reports whether w is still a live worker of this master: an
+// event about a worker that has exited since is stale.
+func (m *Master) alive(w *worker) bool {
+	return m.workers[w.pid] == w
 }
 
-// fill starts a worker in every slot of g that has none.
-func (g *generation) fill(m *Master) {
-	for id := 1; id <= g.size; id++ {
-		m.spawn(g.slot(id))
+// workerAfter runs f on the master's goroutine once d has passed, unless
+// w has exited by then: its boot timeout, its kill after the graceful
+// timeout, its age, its watchdog. A pending timer's closure holds w, and
+// through w its whole generation; left running, reloads back to back
+// would keep every old generation in memory until its timers fired. A
+// timer re-armed under the same name replaces the one that fired.
+func (m *Master) workerAfter(w *worker, name string, d time.Duration, f func()) {
+	if w.timers == nil {
+		w.timers = map[string]*time.Timer{}
 	}
-}
-
-// slot returns g's slot id, creating it when needed.
-func (g *generation) slot(id int) *slot {
-	s, ok := g.slots[id]
-	if !ok {
-		s = &slot{id: id, gen: g}
-		g.slots[id] = s
-	}
-	return s
+	w.timers[name] = m.after(d, func() {
+		if m.alive(w) {
+			f()
+		}
+	})
 }
 
 // spawn starts a worker in s with its generation's options. A failure to
 // fork is treated like a crash, so the slot's backoff applies.
 func (m *Master) spawn(s *slot) {
 	s.pending = false
-	notify, err := sdnotify.Listen("baton-notify")
+	notify, err := m.world.notify()
 	if err != nil {
 		m.log.Error("cannot open a notify socket for a worker", "slot", s.id, "err", err)
 		m.scheduleRestart(s, "crash")
@@ -123,18 +104,18 @@ func (m *Master) spawn(s *slot) {
 	if c := s.gen.opts.RunAs; c != nil {
 		notify.TrustUID(c.Uid)
 	}
-	p, err := proc.Start(m.workerSpec(s, notify.Addr()))
+	pid, p, err := m.world.procs.StartWorker(m.workerSpec(s, notify.Addr()))
 	if err != nil {
 		notify.Close()
 		m.log.Error("cannot start worker", "slot", s.id, "err", err)
-		m.failBoot(s, nil, err.Error())
+		m.failBoot(s, err.Error())
 		return
 	}
-	w := &worker{proc: p, gen: s.gen, slot: s.id, notify: notify}
+	w := &worker{pid: pid, started: time.Now(), proc: p, gen: s.gen, slot: s.id, notify: notify}
 	s.worker = w
-	m.workers[p.Pid] = w
+	m.workers[pid] = w
 	m.lowerBootPriority(w)
-	m.log.Info("worker started", "slot", s.id, "pid", p.Pid, "generation", s.gen.num, "niced", w.niced)
+	m.log.Info("worker started", "slot", s.id, "pid", pid, "generation", s.gen.num, "niced", w.niced)
 	m.watchReadiness(w)
 }
 
@@ -193,7 +174,7 @@ func (m *Master) workerEnv(s *slot, notifyAddr string) []string {
 		"NOTIFY_SOCKET="+notifyAddr,
 		"BATON_WORKER_ID="+strconv.Itoa(s.id),
 		"BATON_GENERATION="+strconv.Itoa(s.gen.num),
-		proc.MasterPidEnv+"="+strconv.Itoa(os.Getpid()),
+		proc.MasterPidEnv+"="+strconv.Itoa(m.pid),
 	)
 }
 
@@ -218,8 +199,8 @@ func (m *Master) watchReadiness(w *worker) {
 }
 
 // probeUntilReady polls /proc until w waits on a listener or stops booting.
-// It runs on its own goroutine and only reads w.proc.Pid, which never
-// changes; whether w still boots is asked of the master's goroutine.
+// It runs on its own goroutine and only reads w.pid, which never changes;
+// whether w still boots is asked of the master's goroutine.
 func (m *Master) probeUntilReady(w *worker) {
 	booting := make(chan bool, 1)
 	for {
@@ -228,7 +209,7 @@ func (m *Master) probeUntilReady(w *worker) {
 			return
 		case <-time.After(autoProbeInterval):
 		}
-		m.post(func() { booting <- m.workers[w.proc.Pid] == w && w.state == starting })
+		m.post(func() { booting <- m.alive(w) && w.state == starting })
 		select {
 		case still := <-booting:
 			if !still {
@@ -237,7 +218,7 @@ func (m *Master) probeUntilReady(w *worker) {
 		case <-m.quit:
 			return
 		}
-		if m.probe.Waiting(w.proc.Pid) {
+		if m.world.inspect.Waiting(w.pid) {
 			m.post(func() { m.markReady(w, "auto") })
 			return
 		}
@@ -245,7 +226,7 @@ func (m *Master) probeUntilReady(w *worker) {
 }
 
 func (m *Master) onNotify(w *worker, msg sdnotify.Message) {
-	if m.workers[w.proc.Pid] != w {
+	if !m.alive(w) {
 		return
 	}
 	if status, ok := msg.Status(); ok {
@@ -264,25 +245,27 @@ func (m *Master) onNotify(w *worker, msg sdnotify.Message) {
 
 // markReady moves a booting worker to ready and lets a reload go on.
 func (m *Master) markReady(w *worker, how string) {
-	if m.workers[w.proc.Pid] != w || w.state != starting {
+	if !m.alive(w) || w.state != starting {
 		return
 	}
 	w.state = ready
-	w.ready = time.Since(w.proc.Started)
+	w.ready = time.Since(w.started)
 	m.restorePriority(w)
 	if m.metrics != nil {
 		m.metrics.WorkerBooted(w.ready)
 	}
-	m.log.Info("worker ready", "slot", w.slot, "pid", w.proc.Pid, "generation", w.gen.num,
+	m.log.Info("worker ready", "slot", w.slot, "pid", w.pid, "generation", w.gen.num,
 		"boot_time", w.ready.Round(time.Millisecond).String(), "seen_by", how)
-	m.handOverSlot(w)
+	if s := w.gen.slots[w.slot]; s != nil && s.worker == w {
+		m.retireOutgoing(s)
+	}
 	m.scheduleAgeLimit(w)
 	m.advanceReload()
 	m.notifyProgress()
 }
 
 func (m *Master) onBootTimeout(w *worker) {
-	if m.workers[w.proc.Pid] != w || w.state != starting {
+	if w.state != starting {
 		return
 	}
 	reason := "not ready within boot_timeout (" + w.gen.opts.BootTimeout.String() + ")"
@@ -292,25 +275,12 @@ func (m *Master) onBootTimeout(w *worker) {
 	}
 	m.restorePriority(w)
 	m.log.Warn("worker "+reason+"; it keeps running, but check the ready setting",
-		"slot", w.slot, "pid", w.proc.Pid, "ready", w.gen.opts.Ready.String())
+		"slot", w.slot, "pid", w.pid, "ready", w.gen.opts.Ready.String())
 }
 
-// onExit handles one reaped child.
-func (m *Master) onExit(e proc.Exit) {
-	if m.onNewMasterExit(e) {
-		return
-	}
-	if done, ok := m.helpers[e.Pid]; ok {
-		delete(m.helpers, e.Pid)
-		done(e)
-		return
-	}
-	w, ok := m.workers[e.Pid]
-	if !ok {
-		m.log.Debug("reaped a process that is not a worker", "pid", e.Pid, "status", proc.Describe(e.Status))
-		return
-	}
-	delete(m.workers, e.Pid)
+// onWorkerExit handles a reaped worker.
+func (m *Master) onWorkerExit(w *worker, e proc.Exit) {
+	delete(m.workers, w.pid)
 	w.closeNotify()
 	for _, t := range w.timers {
 		t.Stop()
@@ -319,14 +289,14 @@ func (m *Master) onExit(e proc.Exit) {
 	// Whatever the worker left behind in its group would hold the
 	// listeners with nobody to stop it.
 	_ = w.proc.SignalGroup(syscall.SIGKILL)
-	lived := time.Since(w.proc.Started)
+	lived := time.Since(w.started)
 	expected := w.state == draining
 	level := slog.LevelWarn
 	if expected {
 		level = slog.LevelInfo
 	}
 	status := proc.Describe(e.Status)
-	m.log.Log(context.Background(), level, "worker exited", "slot", w.slot, "pid", e.Pid, "generation", w.gen.num,
+	m.log.Log(context.Background(), level, "worker exited", "slot", w.slot, "pid", w.pid, "generation", w.gen.num,
 		"status", status, "uptime", lived.Round(time.Millisecond).String(), "expected", expected)
 	if e.Status.Exited() && (e.Status.ExitStatus() == 126 || e.Status.ExitStatus() == 127) && !expected {
 		m.log.Error("the worker command could not be executed; check that it exists and is executable",
@@ -364,9 +334,9 @@ func (m *Master) onCrash(w *worker, lived time.Duration, status string) {
 }
 
 // failBoot handles a worker that could not even be started.
-func (m *Master) failBoot(s *slot, w *worker, reason string) {
+func (m *Master) failBoot(s *slot, reason string) {
 	if m.isNew(s.gen) {
-		m.failReload(w, "cannot start: "+reason)
+		m.failReload(nil, "cannot start: "+reason)
 		return
 	}
 	m.scheduleRestart(s, "boot_failure")
@@ -389,7 +359,7 @@ func (m *Master) scheduleRestart(s *slot, reason string) {
 	m.log.Log(context.Background(), level, "restarting worker", "slot", s.id, "generation", s.gen.num,
 		"delay", delay.String(), "failures", s.failures)
 	m.after(delay, func() {
-		if m.shutdown != running || !s.pending || s.handedOver || s.gen.slots[s.id] != s || !m.isLive(s.gen) {
+		if m.shutdown != running || !s.pending || s.succeeded || s.gen.slots[s.id] != s || !m.isLive(s.gen) {
 			return
 		}
 		m.spawn(s)
@@ -416,10 +386,13 @@ func (m *Master) retire(w *worker) {
 	replaced := w.state == ready && m.shutdown == running
 	w.state = draining
 	stop := func() {
-		if replaced && m.workers[w.proc.Pid] == w {
+		if !m.alive(w) {
+			return
+		}
+		if replaced {
 			m.lowerRetirePriority(w)
 		}
-		m.stop(w)
+		m.stopThenKill(w, w.gen.opts.StopSignal)
 	}
 	if replaced && w.gen.opts.DrainUnlisten {
 		m.unlistenThen(w, stop)
@@ -428,34 +401,20 @@ func (m *Master) retire(w *worker) {
 	stop()
 }
 
-// stop sends w its stop signal, and SIGKILL after the graceful timeout.
-func (m *Master) stop(w *worker) {
-	if m.workers[w.proc.Pid] != w {
-		return
-	}
-	m.signalWorker(w, w.gen.opts.StopSignal)
+// stopThenKill sends w sig, and SIGKILL if it still runs after its
+// generation's graceful timeout.
+func (m *Master) stopThenKill(w *worker, sig syscall.Signal) {
+	m.signalWorker(w, sig)
 	timeout := w.gen.opts.GracefulTimeout
 	m.workerAfter(w, "kill", timeout, func() {
-		if m.workers[w.proc.Pid] == w {
-			m.log.Warn("worker did not stop within graceful_timeout; killing it",
-				"slot", w.slot, "pid", w.proc.Pid, "graceful_timeout", timeout.String())
-			m.signalWorker(w, syscall.SIGKILL)
-		}
+		m.log.Warn("worker did not stop within graceful_timeout; killing it",
+			"slot", w.slot, "pid", w.pid, "graceful_timeout", timeout.String())
+		m.signalWorker(w, syscall.SIGKILL)
 	})
 }
 
 func (m *Master) signalWorker(w *worker, sig syscall.Signal) {
 	if err := w.proc.SignalGroup(sig); err != nil {
-		m.log.Warn("cannot signal worker", "pid", w.proc.Pid, "signal", proc.SignalName(sig), "err", err)
+		m.log.Warn("cannot signal worker", "pid", w.pid, "signal", proc.SignalName(sig), "err", err)
 	}
-}
-
-// isLive reports whether g is the current generation or the one a reload
-// is bringing up; workers of any other generation are on their way out.
-func (m *Master) isLive(g *generation) bool {
-	return g == m.current || m.isNew(g)
-}
-
-func (m *Master) isNew(g *generation) bool {
-	return m.reload != nil && m.reload.next == g
 }

@@ -1,0 +1,527 @@
+package master
+
+// The test bed runs the master's real loop (supervise) against a fake
+// world inside a testing/synctest bubble: no process is started, no /proc
+// is read, and timers run on the bubble's fake clock, so a rule about a
+// 60-second boot timeout is checked in microseconds. A test drives the
+// master the way the system would, with signals, worker exits, notify
+// messages and the passing of time, and reads the outcome through the
+// master's own status and reload results, as `baton status` would.
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/baton-pm/baton/internal/control"
+	"github.com/baton-pm/baton/internal/proc"
+	"github.com/baton-pm/baton/internal/readiness"
+	"github.com/baton-pm/baton/internal/sdnotify"
+	"github.com/baton-pm/baton/internal/unlisten"
+	"golang.org/x/sys/unix"
+)
+
+// fakeWorld is the master's world, recorded and steered by a test.
+type fakeWorld struct {
+	mu      sync.Mutex
+	sigs    chan os.Signal // the master's signals: exits send SIGCHLD
+	nextPid int
+	procs   map[int]*fakeProc // every process ever started, by pid
+	unreap  []proc.Exit       // exited, not reaped yet
+	notify  map[string]*fakeNotify
+	// inspector answers, by pid.
+	waiting map[int]bool
+	rss     map[int]uint64
+	regs    map[int][]readiness.Registration
+	rssRead int // GroupRSS calls
+	nice    map[int]int
+	systemd []string // every assignment sent, in order
+	// startErr, if set, fails the next StartWorker.
+	startErr error
+	// kills are the signals sent with Kill (to new masters), in order.
+	kills []kill
+}
+
+type kill struct {
+	pid int
+	sig syscall.Signal
+}
+
+// fakeProc is one started process.
+type fakeProc struct {
+	w       *fakeWorld
+	pid     int
+	kind    string // "worker", "unlisten" or "master"
+	spec    proc.Spec
+	started time.Time
+	// stubborn ignores every signal but SIGKILL.
+	stubborn bool
+	signals  []syscall.Signal
+	exited   bool
+	stderr   []string
+	closed   chan struct{} // stderr closed
+	ready    chan string   // a new master's report line
+	target   unlisten.Target
+}
+
+func newFakeWorld() *fakeWorld {
+	return &fakeWorld{
+		sigs:    make(chan os.Signal, 256),
+		nextPid: 1000,
+		procs:   map[int]*fakeProc{},
+		notify:  map[string]*fakeNotify{},
+		waiting: map[int]bool{},
+		rss:     map[int]uint64{},
+		regs:    map[int][]readiness.Registration{},
+		nice:    map[int]int{},
+	}
+}
+
+func (f *fakeWorld) world() world {
+	return world{procs: f, inspect: f, notify: f.openNotify, systemd: f}
+}
+
+func (f *fakeWorld) newProc(kind string) *fakeProc {
+	f.nextPid++
+	p := &fakeProc{w: f, pid: f.nextPid, kind: kind, started: time.Now(), closed: make(chan struct{})}
+	f.procs[p.pid] = p
+	return p
+}
+
+func (f *fakeWorld) StartWorker(spec proc.Spec) (int, process, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.startErr; err != nil {
+		f.startErr = nil
+		return 0, nil, err
+	}
+	p := f.newProc("worker")
+	p.spec = spec
+	return p.pid, p, nil
+}
+
+// StartUnlisten starts a helper that does its work and exits 0 at once.
+func (f *fakeWorld) StartUnlisten(t unlisten.Target) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p := f.newProc("unlisten")
+	p.target = t
+	p.exitLocked(0)
+	return p.pid, nil
+}
+
+func (f *fakeWorld) StartMaster(spec masterSpec) (int, <-chan string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p := f.newProc("master")
+	p.ready = make(chan string, 1)
+	return p.pid, p.ready, nil
+}
+
+func (f *fakeWorld) Kill(pid int, sig syscall.Signal) error {
+	f.mu.Lock()
+	f.kills = append(f.kills, kill{pid, sig})
+	p := f.procs[pid]
+	f.mu.Unlock()
+	if p == nil {
+		return unix.ESRCH
+	}
+	return p.SignalGroup(sig)
+}
+
+func (f *fakeWorld) Reap() []proc.Exit {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	exits := f.unreap
+	f.unreap = nil
+	return exits
+}
+
+func (f *fakeWorld) SetGroupNice(pgid, nice int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.nice[pgid] = nice
+	return nil
+}
+
+func (f *fakeWorld) Waiting(pid int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.waiting[pid]
+}
+
+func (f *fakeWorld) Registrations(pid int) []readiness.Registration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.regs[pid]
+}
+
+func (f *fakeWorld) GroupRSS(pids []int) map[int]uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rssRead++
+	out := map[int]uint64{}
+	for _, pid := range pids {
+		out[pid] = f.rss[pid]
+	}
+	return out
+}
+
+func (f *fakeWorld) Send(assignments ...string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.systemd = append(f.systemd, assignments...)
+	return true, nil
+}
+
+func (f *fakeWorld) Reloading(status string) (bool, error) {
+	return f.Send("RELOADING=1", "STATUS="+status)
+}
+
+func (f *fakeWorld) WatchdogInterval() time.Duration { return 0 }
+
+// SignalGroup records sig; the process exits on SIGKILL, and on any
+// other signal unless it is stubborn.
+func (p *fakeProc) SignalGroup(sig syscall.Signal) error {
+	p.w.mu.Lock()
+	defer p.w.mu.Unlock()
+	if p.exited {
+		return nil
+	}
+	p.signals = append(p.signals, sig)
+	if sig == syscall.SIGKILL || !p.stubborn {
+		p.exitLocked(unix.WaitStatus(sig))
+	}
+	return nil
+}
+
+// exitLocked ends p with status ws and tells the master with SIGCHLD.
+func (p *fakeProc) exitLocked(ws unix.WaitStatus) {
+	p.exited = true
+	close(p.closed)
+	if p.ready != nil {
+		close(p.ready) // as the pipe of a real new master reaches EOF
+	}
+	p.w.unreap = append(p.w.unreap, proc.Exit{Pid: p.pid, Status: ws})
+	select {
+	case p.w.sigs <- syscall.SIGCHLD:
+	default: // one is pending already
+	}
+}
+
+func (p *fakeProc) StderrLines(n int) []string {
+	p.w.mu.Lock()
+	defer p.w.mu.Unlock()
+	return p.stderr[max(0, len(p.stderr)-n):]
+}
+
+func (p *fakeProc) StderrClosed() <-chan struct{} { return p.closed }
+
+// env returns the value of name in p's environment.
+func (p *fakeProc) env(name string) string {
+	for _, kv := range p.spec.Env {
+		if k, v, _ := strings.Cut(kv, "="); k == name {
+			return v
+		}
+	}
+	return ""
+}
+
+// fakeNotify is a worker's notify socket.
+type fakeNotify struct {
+	addr   string
+	msgs   chan sdnotify.Message
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (f *fakeWorld) openNotify() (notifySocket, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := &fakeNotify{addr: fmt.Sprintf("@fake-notify-%d", len(f.notify)), msgs: make(chan sdnotify.Message, 16), closed: make(chan struct{})}
+	f.notify[n.addr] = n
+	return n, nil
+}
+
+func (n *fakeNotify) Addr() string    { return n.addr }
+func (n *fakeNotify) TrustUID(uint32) {}
+func (n *fakeNotify) Close() error    { n.once.Do(func() { close(n.closed) }); return nil }
+func (n *fakeNotify) isClosed() bool {
+	select {
+	case <-n.closed:
+		return true
+	default:
+		return false
+	}
+}
+func (n *fakeNotify) Receive(handle, reject func(sdnotify.Message)) {
+	for {
+		select {
+		case msg := <-n.msgs:
+			handle(msg)
+		case <-n.closed:
+			return
+		}
+	}
+}
+
+// testbed is a master running on a fake world in a synctest bubble.
+type testbed struct {
+	t     *testing.T
+	m     *Master
+	w     *fakeWorld
+	done  chan struct{}
+	mu    sync.Mutex
+	next  Options // what the next reload loads
+	lderr error   // or the error it gets
+}
+
+// gen is a generation's options as the tests start from: n workers,
+// ready by notify, surge, and timeouts long enough to be noticed.
+func gen(n int) GenerationOptions {
+	return GenerationOptions{
+		Workers: n, Command: []string{"app"}, CommandPath: "/srv/app",
+		StopSignal: syscall.SIGTERM, GracefulTimeout: 30 * time.Second,
+		BootTimeout: time.Minute, Ready: ReadyMode{Kind: ReadyNotify}, Strategy: Surge, MaxSurge: 1,
+	}
+}
+
+// inBubble runs f in a synctest bubble with a master started from opts.
+// The master is shut down, and must end, when f returns. f gets the
+// bubble's own *testing.T: only it may fail the test from there.
+func inBubble(t *testing.T, opts Options, f func(t *testing.T, tb *testbed)) {
+	t.Helper()
+	synctest.Test(t, func(t *testing.T) {
+		tb := &testbed{t: t, w: newFakeWorld(), done: make(chan struct{}), next: opts}
+		if opts.Master.Version == "" {
+			opts.Master.Version = "test"
+		}
+		log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+		tb.m = newMaster(opts, tb.load, log, nil, tb.w.world())
+		go func() {
+			defer close(tb.done)
+			tb.m.supervise(tb.w.sigs)
+		}()
+		// Deferred, so that a test that failed still ends the master
+		// and the bubble with it.
+		defer tb.finish()
+		synctest.Wait()
+		f(t, tb)
+	})
+}
+
+// finish shuts the master down and waits for its loop to end.
+func (tb *testbed) finish() {
+	select {
+	case <-tb.done:
+		return
+	default:
+	}
+	tb.signal(syscall.SIGQUIT)
+	tb.signal(syscall.SIGQUIT) // a second quick request kills what is left
+	select {
+	case <-tb.done:
+	case <-time.After(time.Hour):
+		tb.t.Error("the master did not end its loop after two QUITs")
+	}
+}
+
+func (tb *testbed) load() (Options, error) {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	return tb.next, tb.lderr
+}
+
+// setConfig is what the next reload reads.
+func (tb *testbed) setConfig(opts Options, err error) {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	tb.next, tb.lderr = opts, err
+}
+
+// settle lets the master handle everything that has happened.
+func (tb *testbed) settle() { synctest.Wait() }
+
+// signal sends the master sig and lets it act.
+func (tb *testbed) signal(sig syscall.Signal) {
+	tb.w.sigs <- sig
+	tb.settle()
+}
+
+// wait lets d pass on the bubble's clock, and the master act on it.
+func (tb *testbed) wait(d time.Duration) {
+	time.Sleep(d)
+	tb.settle()
+}
+
+// send delivers a notify message from worker pid.
+func (tb *testbed) send(pid int, text string) {
+	tb.t.Helper()
+	p := tb.proc(pid)
+	n := tb.w.notify[p.env("NOTIFY_SOCKET")]
+	if n == nil {
+		tb.t.Fatalf("worker %d has no notify socket", pid)
+	}
+	n.msgs <- sdnotify.Message{Fields: sdnotify.Parse([]byte(text)), Pid: int32(pid)}
+	tb.settle()
+}
+
+// ready makes workers send READY=1.
+func (tb *testbed) ready(pids ...int) {
+	for _, pid := range pids {
+		tb.send(pid, "READY=1")
+	}
+}
+
+// exit ends worker pid by itself with exit code code, after writing
+// stderr lines.
+func (tb *testbed) exit(pid, code int, stderr ...string) {
+	tb.t.Helper()
+	p := tb.proc(pid)
+	tb.w.mu.Lock()
+	if p.exited {
+		tb.w.mu.Unlock()
+		tb.t.Fatalf("process %d has exited already", pid)
+	}
+	p.stderr = append(p.stderr, stderr...)
+	p.exitLocked(unix.WaitStatus(code << 8))
+	tb.w.mu.Unlock()
+	tb.settle()
+}
+
+func (tb *testbed) proc(pid int) *fakeProc {
+	tb.t.Helper()
+	tb.w.mu.Lock()
+	defer tb.w.mu.Unlock()
+	p := tb.w.procs[pid]
+	if p == nil {
+		tb.t.Fatalf("no process %d was started", pid)
+	}
+	return p
+}
+
+// stubborn makes pid ignore every signal but SIGKILL.
+func (tb *testbed) stubborn(pid int) {
+	p := tb.proc(pid)
+	tb.w.mu.Lock()
+	p.stubborn = true
+	tb.w.mu.Unlock()
+}
+
+// signals are the signals sent to pid so far.
+func (tb *testbed) signals(pid int) []syscall.Signal {
+	p := tb.proc(pid)
+	tb.w.mu.Lock()
+	defer tb.w.mu.Unlock()
+	return slices.Clone(p.signals)
+}
+
+// alive reports whether pid was started and has not exited.
+func (tb *testbed) alive(pid int) bool {
+	p := tb.proc(pid)
+	tb.w.mu.Lock()
+	defer tb.w.mu.Unlock()
+	return !p.exited
+}
+
+// started lists the pids of every process of kind started so far.
+func (tb *testbed) started(kind string) []int {
+	tb.w.mu.Lock()
+	defer tb.w.mu.Unlock()
+	var pids []int
+	for pid, p := range tb.w.procs {
+		if p.kind == kind {
+			pids = append(pids, pid)
+		}
+	}
+	slices.Sort(pids)
+	return pids
+}
+
+// status is the master's status, as `baton status --json` gets it.
+func (tb *testbed) status() control.Status {
+	tb.t.Helper()
+	st, err := tb.m.Status(context.Background())
+	if err != nil {
+		tb.t.Fatalf("status: %v", err)
+	}
+	return st
+}
+
+// workers are the pids of generation g's workers in state ("" for any),
+// by slot.
+func (tb *testbed) workers(g int, state string) []int {
+	tb.t.Helper()
+	var pids []int
+	for _, w := range tb.status().WorkerList {
+		if w.Generation == g && (state == "" || w.State == state) {
+			pids = append(pids, w.Pid)
+		}
+	}
+	return pids
+}
+
+// count is how many live workers of generation g are in state.
+func (tb *testbed) count(g int, state string) int { return len(tb.workers(g, state)) }
+
+// reloadAsync asks for a reload the way `baton reload` does and returns
+// where its result arrives.
+func (tb *testbed) reloadAsync() <-chan control.ReloadResult {
+	out := make(chan control.ReloadResult, 1)
+	go func() {
+		res, err := tb.m.ControlHandler().Reload(context.Background(), nil)
+		if err != nil {
+			res = control.ReloadResult{Reason: "control error: " + err.Error()}
+		}
+		out <- res
+	}()
+	tb.settle()
+	return out
+}
+
+// result takes a reload's result, which must be there by now.
+func (tb *testbed) result(c <-chan control.ReloadResult) control.ReloadResult {
+	tb.t.Helper()
+	tb.settle()
+	select {
+	case res := <-c:
+		return res
+	default:
+		tb.t.Fatal("the reload has no result yet")
+		return control.ReloadResult{}
+	}
+}
+
+// noResult checks that a reload is still going.
+func (tb *testbed) noResult(c <-chan control.ReloadResult) {
+	tb.t.Helper()
+	tb.settle()
+	select {
+	case res := <-c:
+		tb.t.Fatalf("the reload ended early: %+v", res)
+	default:
+	}
+}
+
+// serving starts a master with opts and makes its first generation ready.
+func serving(t *testing.T, opts Options, f func(t *testing.T, tb *testbed)) {
+	inBubble(t, opts, func(t *testing.T, tb *testbed) {
+		tb.ready(tb.workers(1, "starting")...)
+		if n := tb.count(1, "ready"); n != opts.Generation.Workers {
+			t.Fatalf("%d workers ready, want %d", n, opts.Generation.Workers)
+		}
+		f(t, tb)
+	})
+}
+
+func options(g GenerationOptions) Options {
+	return Options{Generation: g}
+}

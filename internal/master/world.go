@@ -1,0 +1,182 @@
+package master
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/baton-pm/baton/internal/proc"
+	"github.com/baton-pm/baton/internal/procinfo"
+	"github.com/baton-pm/baton/internal/readiness"
+	"github.com/baton-pm/baton/internal/sdnotify"
+	"github.com/baton-pm/baton/internal/unlisten"
+	"golang.org/x/sys/unix"
+)
+
+// The master acts on the operating system, and learns from it, only
+// through the small interfaces of its world below. osWorld is the real
+// thing; the unit tests give the master a fake world and run its rules in
+// testing/synctest's bubble, where its timers run on a fake clock, so a
+// reload with a 60-second boot timeout is checked in microseconds and no
+// process is started.
+
+// world is everything the master does to, or reads from, the system.
+type world struct {
+	procs   processes
+	inspect inspector
+	notify  notifyOpener
+	systemd systemdLink
+}
+
+// processes starts, signals and reaps the master's child processes.
+type processes interface {
+	// StartWorker starts a worker as spec says.
+	StartWorker(spec proc.Spec) (pid int, p process, err error)
+	// StartUnlisten starts a helper that removes t (see package unlisten).
+	StartUnlisten(t unlisten.Target) (pid int, err error)
+	// StartMaster starts a new master for an upgrade: the same binary
+	// path, arguments and directory, env, and the listeners as fds 3,
+	// 4, ... It delivers the new master's one "ready PID VERSION" line on
+	// ready, which is closed if the new master never writes it.
+	StartMaster(spec masterSpec) (pid int, ready <-chan string, err error)
+	// Kill signals one process that is not a worker (a new master).
+	Kill(pid int, sig syscall.Signal) error
+	// Reap collects every child that has exited, without blocking.
+	Reap() []proc.Exit
+	// SetGroupNice sets the nice value of process group pgid.
+	SetGroupNice(pgid, nice int) error
+}
+
+// process is one started worker.
+type process interface {
+	// SignalGroup signals the worker's process group; a group that is
+	// gone already is not an error.
+	SignalGroup(sig syscall.Signal) error
+	// StderrLines is the last n lines the worker wrote on stderr.
+	StderrLines(n int) []string
+	// StderrClosed is closed once every process of the worker closed its
+	// stderr.
+	StderrClosed() <-chan struct{}
+}
+
+// masterSpec is how to start an upgrade's new master.
+type masterSpec struct {
+	Path      string
+	Args      []string
+	Dir       string
+	Env       []string
+	Listeners []int // raw fds, in order
+}
+
+// inspector reads what the master learns about processes from /proc. Its
+// calls may take milliseconds per process, so the master makes them off
+// its goroutine.
+type inspector interface {
+	// Waiting reports whether a process of pid's tree waits for
+	// connections on a listener (ready = "auto").
+	Waiting(pid int) bool
+	// Registrations lists the epoll registrations of the listeners in
+	// pid's tree (drain_unlisten).
+	Registrations(pid int) []readiness.Registration
+	// GroupRSS is the resident memory of each worker's process group.
+	GroupRSS(pids []int) map[int]uint64
+}
+
+// notifyOpener opens a notify socket for one worker.
+type notifyOpener func() (notifySocket, error)
+
+// notifySocket is one worker's NOTIFY_SOCKET (see package sdnotify).
+type notifySocket interface {
+	Addr() string
+	// TrustUID accepts messages from uid too (workers run as another user).
+	TrustUID(uid uint32)
+	// Receive calls handle for each message from the worker, reject for
+	// each from anyone else, until the socket is closed.
+	Receive(handle, reject func(sdnotify.Message))
+	Close() error
+}
+
+// systemdLink is the service manager baton runs under, if any.
+type systemdLink interface {
+	Send(assignments ...string) (bool, error)
+	Reloading(status string) (bool, error)
+	WatchdogInterval() time.Duration
+}
+
+// osWorld is the real world; its inspector is set once the listeners
+// are open (it looks for their socket inodes).
+func osWorld() world {
+	return world{
+		procs:   osProcesses{},
+		notify:  func() (notifySocket, error) { return sdnotify.Listen("baton-notify") },
+		systemd: sdnotify.Systemd{},
+	}
+}
+
+// osProcesses is processes for real: fork, exec, kill and wait4.
+type osProcesses struct{}
+
+func (osProcesses) StartWorker(spec proc.Spec) (int, process, error) {
+	p, err := proc.Start(spec)
+	if err != nil {
+		return 0, nil, err
+	}
+	return p.Pid, p, nil
+}
+
+func (osProcesses) StartUnlisten(t unlisten.Target) (int, error) {
+	return unlisten.Start("/proc/self/exe", t)
+}
+
+// upgradePipeEnv names the fd the new master writes "ready PID VERSION" to.
+const upgradePipeEnv = "BATON_UPGRADE_PIPE"
+
+func (osProcesses) StartMaster(spec masterSpec) (int, <-chan string, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return 0, nil, fmt.Errorf("upgrade: %w", err)
+	}
+	defer w.Close()
+	files := []uintptr{0, 1, 2}
+	for _, fd := range spec.Listeners {
+		files = append(files, uintptr(fd))
+	}
+	env := append(spec.Env, upgradePipeEnv+"="+strconv.Itoa(len(files)))
+	files = append(files, w.Fd())
+	pid, err := syscall.ForkExec(spec.Path, spec.Args, &syscall.ProcAttr{Dir: spec.Dir, Env: env, Files: files})
+	if err != nil {
+		r.Close()
+		return 0, nil, fmt.Errorf("upgrade: cannot start %s: %w", spec.Path, err)
+	}
+	ready := make(chan string, 1)
+	go func() {
+		defer r.Close()
+		defer close(ready)
+		if line, err := bufio.NewReader(r).ReadString('\n'); err == nil {
+			ready <- line
+		}
+	}()
+	return pid, ready, nil
+}
+
+func (osProcesses) Kill(pid int, sig syscall.Signal) error { return unix.Kill(pid, sig) }
+
+func (osProcesses) Reap() []proc.Exit { return proc.Reap() }
+
+func (osProcesses) SetGroupNice(pgid, nice int) error {
+	return unix.Setpriority(unix.PRIO_PGRP, pgid, nice)
+}
+
+// procInspector reads /proc.
+type procInspector struct{ probe *readiness.Probe }
+
+func (i procInspector) Waiting(pid int) bool { return i.probe.Waiting(pid) }
+
+func (i procInspector) Registrations(pid int) []readiness.Registration {
+	return i.probe.Registrations(pid)
+}
+
+func (procInspector) GroupRSS(pids []int) map[int]uint64 { return procinfo.GroupRSS(pids) }
