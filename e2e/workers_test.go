@@ -525,8 +525,8 @@ func TestWorkerLimitsReplaceSuccessorFirst(t *testing.T) {
 			t.Fatalf("grow: %v %d", err, r.status)
 		}
 		grown := b.waitLog(t, "replacing worker", func(r record) bool { return r.str("reason") == "memory" }, waitTimeout)
-		if rss := grown.int("rss"); rss <= 80<<20 {
-			t.Errorf("replaced at rss %d, not above the limit", rss)
+		if mem := grown.int("memory"); mem <= 80<<20 {
+			t.Errorf("replaced at memory %d, not above the limit", mem)
 		}
 		exited := b.waitLog(t, "worker exited", func(r record) bool { return r.int("pid") == grown.int("pid") }, waitTimeout)
 		if exited.str("expected") != "true" {

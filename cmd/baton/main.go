@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/baton-pm/baton/internal/cgroup"
 	"github.com/baton-pm/baton/internal/demo"
 	"github.com/baton-pm/baton/internal/proc"
 	"github.com/baton-pm/baton/internal/unlisten"
@@ -40,6 +41,8 @@ func run(args []string) int {
 			return proc.Shim(args[1:])
 		case unlisten.Arg:
 			return unlisten.Main(args[1:])
+		case cgroup.ProbeArg:
+			return 0 // started inside a cgroup to see that it can be
 		case demoWorkerArg:
 			if err := demo.Run(); err != nil {
 				fmt.Fprintln(os.Stderr, "baton demo worker:", err)

@@ -41,6 +41,7 @@ func masterOptions(cfg *config.Config) master.Options {
 			WatchIgnore:     cfg.WatchIgnore,
 			BootNice:        cfg.BootNice,
 			Subreaper:       cfg.Subreaper,
+			Cgroup:          cfg.Cgroup,
 			Handover:        cfg.UpgradeHandover,
 			LogLevel:        cfg.LogLevel,
 			Executable:      executable,

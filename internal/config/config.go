@@ -63,6 +63,7 @@ type Config struct {
 	DrainUnlisten  bool          // drain_unlisten: make a replaced worker stop accepting before it is stopped
 	BootNice       bool          // boot_nice: boot and drain workers at nice +10 while others serve
 	Subreaper      bool          // subreaper: reap orphaned descendants (always as PID 1)
+	Cgroup         string        // cgroup: "auto", "off" or the cgroup path of baton's tree
 	Watch          []string      // watch: dev mode, reload when files under these change
 	WatchIgnore    []string      // watch_ignore: base-name patterns --watch ignores
 	// max_worker_memory (bytes), max_worker_age and its jitter: 0 is none.

@@ -34,6 +34,8 @@ func defaults(command ...string) *Config {
 		DrainUnlisten:   true,
 		BootNice:        true,
 		UpgradeHandover: "auto",
+		Subreaper:       true,
+		Cgroup:          "auto",
 		RunAsUID:        -1,
 		RunAsGID:        -1,
 		UnixUID:         -1,
@@ -116,6 +118,8 @@ DATABASE_URL = "postgres://db/app"
 		DrainUnlisten:   true,
 		BootNice:        true,
 		UpgradeHandover: "auto",
+		Subreaper:       true,
+		Cgroup:          "auto",
 		RunAsUID:        -1,
 		RunAsGID:        -1,
 		UnixUID:         -1,
@@ -759,7 +763,8 @@ group = ""
 unix_owner = ""  # restart to change
 watch = []
 watch_ignore = []
-subreaper = false
+subreaper = true
+cgroup = "auto"  # restart to change
 upgrade_handover = "auto"
 pid = ""  # restart to change
 control = ""

@@ -201,10 +201,16 @@ var keys = []key{
 		setting:  func(c *Config) setting { return pathsSetting{&c.WatchIgnore} },
 	},
 	{
-		name: "subreaper", def: "false", boolean: true,
-		usage:    "`BOOL`: reap orphaned descendants of workers (a child subreaper); always on when baton is PID 1 in a container",
+		name: "subreaper", def: "true", boolean: true,
+		usage:    "`BOOL`: adopt and reap orphaned descendants of workers (a child subreaper), so that without cgroups the processes a worker left are still found; always on when baton is PID 1",
 		lifetime: Reapplied,
 		setting:  func(c *Config) setting { return boolSetting(&c.Subreaper) },
+	},
+	{
+		name: "cgroup", def: "auto",
+		usage:    "`MODE`: auto (each worker in a cgroup of its own where baton may create them, else without), off, or the cgroup v2 PATH of baton's tree (an error at start if it cannot be used)",
+		lifetime: StartOnly,
+		setting:  func(c *Config) setting { return cgroupSetting(&c.Cgroup) },
 	},
 	{
 		name: "upgrade_handover", def: "auto",

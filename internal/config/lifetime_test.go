@@ -19,7 +19,7 @@ var wantLifetimes = map[string]Lifetime{
 	"drain_unlisten": PerGeneration, "max_worker_memory": PerGeneration, "max_worker_age": PerGeneration,
 	"max_worker_age_jitter": PerGeneration, "user": PerGeneration, "group": PerGeneration,
 
-	"boot_nice": Reapplied, "watch": Reapplied, "watch_ignore": Reapplied, "subreaper": Reapplied,
+	"boot_nice": Reapplied, "watch": Reapplied, "watch_ignore": Reapplied, "subreaper": Reapplied, "cgroup": StartOnly,
 	"upgrade_handover": Reapplied, "control": Reapplied, "metrics_bind": Reapplied, "log_level": Reapplied,
 
 	"bind": StartOnly, "backlog": StartOnly, "unix_mode": StartOnly, "unix_owner": StartOnly,
@@ -78,6 +78,7 @@ func TestStartOnlySettings(t *testing.T) {
 		"pid":        `""`,
 		"log_format": `"text"`,
 		"log_file":   `""`,
+		"cgroup":     `"auto"`,
 	}
 	if got := defaults("/bin/app").StartOnlySettings(); !reflect.DeepEqual(got, want) {
 		t.Errorf("defaults: StartOnlySettings():\n got %v\nwant %v", got, want)

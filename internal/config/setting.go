@@ -142,6 +142,21 @@ func noNUL(s string) (string, error) {
 }
 
 // choiceSetting is one of a few words.
+// cgroupSetting is "auto", "off" or an absolute cgroup path.
+func cgroupSetting(p *string) setting {
+	return scalar[string]{
+		field: p,
+		parse: func(s string) (string, error) {
+			if s == "auto" || s == "off" || (strings.HasPrefix(s, "/") && !strings.ContainsRune(s, 0) && !slices.Contains(strings.Split(s, "/"), "..")) {
+				return s, nil
+			}
+			return "", fmt.Errorf("expected auto, off or an absolute cgroup path such as /baton/app, got %q", s)
+		},
+		format: quote,
+		what:   "a string",
+	}
+}
+
 func choiceSetting(p *string, choices ...string) setting {
 	want := "one of " + strings.Join(choices, ", ")
 	return scalar[string]{

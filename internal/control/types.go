@@ -74,11 +74,13 @@ type ReloadResult struct {
 
 // Status describes the master and its workers.
 type Status struct {
-	Pid          int           `json:"pid"`
-	Version      string        `json:"version"`
-	Started      time.Time     `json:"started"`
-	Uptime       float64       `json:"uptime_seconds"`
-	ConfigFile   string        `json:"config_file,omitempty"`
+	Pid        int       `json:"pid"`
+	Version    string    `json:"version"`
+	Started    time.Time `json:"started"`
+	Uptime     float64   `json:"uptime_seconds"`
+	ConfigFile string    `json:"config_file,omitempty"`
+	// Containment says how the master holds its workers' processes: "cgroup PATH" or "process tree".
+	Containment  string        `json:"containment"`
 	Listeners    []Listener    `json:"listeners"`
 	Generation   int           `json:"generation"`
 	Workers      int           `json:"workers"` // the target count
@@ -105,7 +107,8 @@ type Worker struct {
 	State      string    `json:"state"` // starting, ready, draining
 	Started    time.Time `json:"started"`
 	Uptime     float64   `json:"uptime_seconds"`
-	RSS        uint64    `json:"rss_bytes"` // of its whole process group
+	RSS        uint64    `json:"rss_bytes"` // its cgroup's memory, or its processes' resident memory
+	Procs      int       `json:"processes"` // in its cgroup, or in its process tree
 	Restarts   int       `json:"restarts"`  // of its slot
 	Status     string    `json:"status,omitempty"`
 }

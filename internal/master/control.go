@@ -44,22 +44,26 @@ func (h controlHandler) Status(ctx context.Context) (control.Status, error) {
 	return h.m.Status(ctx)
 }
 
-// Status describes the master and its workers, with each worker's RSS.
+// Status describes the master and its workers, with each worker's
+// memory and process count.
 func (m *Master) Status(ctx context.Context) (control.Status, error) {
 	var st control.Status
-	var inspect inspector
-	err := m.call(ctx, func() { st, inspect = m.status(), m.world.inspect })
+	procs := map[int]process{}
+	err := m.call(ctx, func() {
+		st = m.status()
+		for pid, w := range m.workers {
+			procs[pid] = w.proc
+		}
+	})
 	if err != nil {
 		return control.Status{}, err
 	}
-	// /proc is read here, off the master's goroutine.
-	groups := make([]int, len(st.WorkerList))
-	for i, w := range st.WorkerList {
-		groups[i] = w.Pid
-	}
-	rss := inspect.GroupRSS(groups)
+	// Read here, off the master's goroutine.
 	for i := range st.WorkerList {
-		st.WorkerList[i].RSS = rss[st.WorkerList[i].Pid]
+		if p := procs[st.WorkerList[i].Pid]; p != nil {
+			u := p.Usage()
+			st.WorkerList[i].RSS, st.WorkerList[i].Procs = u.Memory, u.Procs
+		}
 	}
 	return st, nil
 }
@@ -72,6 +76,7 @@ func (m *Master) status() control.Status {
 		Started:      m.started,
 		Uptime:       time.Since(m.started).Seconds(),
 		ConfigFile:   m.opts.ConfigFile,
+		Containment:  m.containment,
 		Reloading:    m.reload != nil,
 		ShuttingDown: m.shutdown != running,
 		LastReload:   toControlResult(m.lastReload),

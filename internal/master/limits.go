@@ -35,18 +35,22 @@ func (m *Master) checkMemory() {
 		m.memoryChecks = false
 		return
 	}
-	leaders := map[int]*worker{}
-	var pids []int
-	for pid, w := range m.workers {
+	var serving []*worker
+	for _, w := range m.workers {
 		if w.state == ready && w.gen == g {
-			leaders[pid] = w
-			pids = append(pids, pid)
+			serving = append(serving, w)
 		}
 	}
-	offLoop(m, func() map[int]uint64 { return m.world.inspect.GroupRSS(pids) }, func(rss map[int]uint64) {
-		for pid, w := range leaders {
-			if rss[pid] > limit && w.gen.opts.MaxWorkerMemory == limit {
-				m.replaceWorker(w, "memory", "rss", rss[pid], "max_worker_memory", limit)
+	offLoop(m, func() []usage {
+		use := make([]usage, len(serving))
+		for i, w := range serving {
+			use[i] = w.proc.Usage()
+		}
+		return use
+	}, func(use []usage) {
+		for i, w := range serving {
+			if use[i].Memory > limit && w.gen.opts.MaxWorkerMemory == limit {
+				m.replaceWorker(w, "memory", "memory", use[i].Memory, "max_worker_memory", limit)
 			}
 		}
 		m.after(memoryCheckEvery, m.checkMemory)

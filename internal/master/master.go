@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/baton-pm/baton/internal/cgroup"
 	"github.com/baton-pm/baton/internal/listener"
 	"github.com/baton-pm/baton/internal/logging"
 	"github.com/baton-pm/baton/internal/metrics"
@@ -91,6 +92,10 @@ type Master struct {
 	closing sync.WaitGroup
 	// registry holds the Prometheus counters once an endpoint serves them.
 	registry *metrics.Metrics
+	// containment says how workers' processes are held (containment.go);
+	// cgroups is the cgroup tree, if any.
+	containment string
+	cgroups     *cgroup.Tree
 	// memoryChecks: the max_worker_memory loop is armed (limits.go).
 	memoryChecks bool
 	// niceBoots: workers boot at a lower CPU priority while others serve;
@@ -199,11 +204,18 @@ func (m *Master) open() error {
 			return err
 		}
 	}
+	// Before binding: a dead predecessor's workers may hold the ports.
+	if err := m.setupContainment(); err != nil {
+		return err
+	}
 	ls, upgraded, err := listener.FromHandover()
 	if !upgraded {
 		ls, err = listener.Open(m.opts.Listeners)
 	}
 	if err != nil {
+		if m.cgroups != nil {
+			m.cgroups.Close()
+		}
 		return err
 	}
 	inodes, err := socketInodes(ls)
@@ -242,11 +254,14 @@ func socketInodes(ls []*listener.Listener) ([]uint64, error) {
 // the pidfile and unix socket files go away.
 func (m *Master) cleanup() {
 	for _, w := range m.workers {
-		_ = w.proc.SignalGroup(syscall.SIGKILL)
+		w.proc.KillTree(m.otherChildren(w), false)
 		w.closeNotify()
 	}
 	if m.watcher != nil {
 		m.watcher.Close()
+	}
+	if m.cgroups != nil {
+		m.cgroups.Close()
 	}
 	if m.steppedDown {
 		// The new master serves these sockets and owns their files.

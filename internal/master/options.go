@@ -25,6 +25,9 @@ type MasterOptions struct {
 	Listeners  []listener.Spec
 	PidFile    string
 	ConfigFile string // "" when there is none
+	// Cgroup is "auto" (a cgroup per worker where baton may create them),
+	// "off", or the cgroup path of baton's tree.
+	Cgroup string
 	// StartOnly holds the settings a running master cannot change (bind,
 	// backlog, pid, log_file, ...), by configuration key, each as written
 	// in the file: a reload that changes one is refused, naming it.

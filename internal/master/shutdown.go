@@ -82,7 +82,7 @@ func (m *Master) shutdownTimeout(mode shutdownMode) time.Duration {
 
 func (m *Master) killAll() {
 	for _, w := range m.workers {
-		m.signalWorker(w, syscall.SIGKILL)
+		m.killTree(w)
 	}
 }
 

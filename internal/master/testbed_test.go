@@ -41,7 +41,7 @@ type fakeWorld struct {
 	waiting map[int]bool
 	rss     map[int]uint64
 	regs    map[int][]readiness.Registration
-	rssRead int // GroupRSS calls
+	rssRead int // Usage calls
 	nice    map[int]int
 	systemd []string // every assignment sent, in order
 	// startErr, if set, fails the next StartWorker.
@@ -69,7 +69,10 @@ type fakeProc struct {
 	stderr   []string
 	closed   chan struct{} // stderr closed
 	ready    chan string   // a new master's report line
-	target   unlisten.Target
+	// treeKills counts KillTree calls; released once Release was called.
+	treeKills int
+	released  bool
+	target    unlisten.Target
 }
 
 func newFakeWorld() *fakeWorld {
@@ -164,17 +167,6 @@ func (f *fakeWorld) Registrations(pid int) []readiness.Registration {
 	return f.regs[pid]
 }
 
-func (f *fakeWorld) GroupRSS(pids []int) map[int]uint64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.rssRead++
-	out := map[int]uint64{}
-	for _, pid := range pids {
-		out[pid] = f.rss[pid]
-	}
-	return out
-}
-
 func (f *fakeWorld) Send(assignments ...string) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -215,6 +207,33 @@ func (p *fakeProc) exitLocked(ws unix.WaitStatus) {
 	case p.w.sigs <- syscall.SIGCHLD:
 	default: // one is pending already
 	}
+}
+
+// KillTree kills the process, if it still runs, and counts the call.
+func (p *fakeProc) KillTree(skip map[int]bool, reaped bool) int {
+	p.w.mu.Lock()
+	defer p.w.mu.Unlock()
+	p.treeKills++
+	if p.exited {
+		return 0
+	}
+	p.signals = append(p.signals, syscall.SIGKILL)
+	p.exitLocked(unix.WaitStatus(syscall.SIGKILL))
+	return 1
+}
+
+// Usage is the memory the test set for the process.
+func (p *fakeProc) Usage() usage {
+	p.w.mu.Lock()
+	defer p.w.mu.Unlock()
+	p.w.rssRead++
+	return usage{Memory: p.w.rss[p.pid], Procs: 1}
+}
+
+func (p *fakeProc) Release() {
+	p.w.mu.Lock()
+	defer p.w.mu.Unlock()
+	p.released = true
 }
 
 func (p *fakeProc) StderrLines(n int) []string {

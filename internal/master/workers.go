@@ -286,9 +286,7 @@ func (m *Master) onWorkerExit(w *worker, e proc.Exit) {
 		t.Stop()
 	}
 	w.timers = nil
-	// Whatever the worker left behind in its group would hold the
-	// listeners with nobody to stop it.
-	_ = w.proc.SignalGroup(syscall.SIGKILL)
+	m.killRest(w)
 	lived := time.Since(w.started)
 	expected := w.state == draining
 	level := slog.LevelWarn
@@ -401,16 +399,59 @@ func (m *Master) retire(w *worker) {
 	stop()
 }
 
-// stopThenKill sends w sig, and SIGKILL if it still runs after its
-// generation's graceful timeout.
+// stopThenKill sends w sig, and kills its whole tree if it still runs
+// after its generation's graceful timeout.
 func (m *Master) stopThenKill(w *worker, sig syscall.Signal) {
 	m.signalWorker(w, sig)
 	timeout := w.gen.opts.GracefulTimeout
 	m.workerAfter(w, "kill", timeout, func() {
 		m.log.Warn("worker did not stop within graceful_timeout; killing it",
 			"slot", w.slot, "pid", w.pid, "graceful_timeout", timeout.String())
-		m.signalWorker(w, syscall.SIGKILL)
+		m.killTree(w)
 	})
+}
+
+// killTree kills everything of w, off the master's goroutine; its exit
+// is reaped as usual.
+func (m *Master) killTree(w *worker) {
+	p, skip := w.proc, m.otherChildren(w)
+	go p.KillTree(skip, false)
+}
+
+// killRest kills what a worker that exited left behind: processes in its
+// cgroup, or, without cgroups, in its process group or adopted from it,
+// would hold the listeners and serve old code with nobody to stop them.
+// Then the worker's pidfd and cgroup are released.
+func (m *Master) killRest(w *worker) {
+	p, skip := w.proc, m.otherChildren(w)
+	offLoop(m, func() int {
+		n := p.KillTree(skip, true)
+		p.Release()
+		return n
+	}, func(n int) {
+		if n > 0 {
+			m.log.Warn("killed processes the worker left behind", "slot", w.slot, "pid", w.pid,
+				"generation", w.gen.num, "processes", n)
+		}
+	})
+}
+
+// otherChildren are the master's children other than w: they, and what
+// they started, are never part of w's tree.
+func (m *Master) otherChildren(w *worker) map[int]bool {
+	skip := map[int]bool{}
+	for pid, other := range m.workers {
+		if other != w {
+			skip[pid] = true
+		}
+	}
+	for pid := range m.helpers {
+		skip[pid] = true
+	}
+	if m.upgrade != nil {
+		skip[m.upgrade.pid] = true
+	}
+	return skip
 }
 
 func (m *Master) signalWorker(w *worker, sig syscall.Signal) {

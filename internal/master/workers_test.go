@@ -288,3 +288,48 @@ func TestReplacedWorkerStopsAcceptingBeforeItsStopSignal(t *testing.T) {
 		}
 	})
 }
+
+// Whatever a worker leaves behind when it exits, crashed or retired, is
+// killed (its cgroup, or its orphans), and its pidfd and cgroup released.
+func TestAnExitedWorkersTreeIsKilledAndReleased(t *testing.T) {
+	serving(t, options(gen(2)), func(t *testing.T, tb *testbed) {
+		pids := tb.workers(1, "ready")
+		tb.exit(pids[0], 1)
+		res := tb.reloadAsync()
+		tb.ready(tb.workers(2, "starting")...)
+		tb.result(res)
+		for _, pid := range pids {
+			p := tb.proc(pid)
+			tb.w.mu.Lock()
+			kills, released := p.treeKills, p.released
+			tb.w.mu.Unlock()
+			if kills != 1 || !released {
+				t.Errorf("worker %d: tree killed %d times, released %v; want once, and released", pid, kills, released)
+			}
+		}
+	})
+}
+
+// A worker that outlives graceful_timeout has its whole tree killed, not
+// only its process group signalled.
+func TestGracefulTimeoutKillsTheWholeTree(t *testing.T) {
+	serving(t, options(gen(1)), func(t *testing.T, tb *testbed) {
+		old := tb.workers(1, "ready")[0]
+		tb.stubborn(old)
+		res := tb.reloadAsync()
+		tb.ready(tb.workers(2, "starting")...)
+		tb.result(res)
+		tb.wait(30*time.Second - time.Millisecond)
+		if !tb.alive(old) {
+			t.Fatal("killed before graceful_timeout")
+		}
+		tb.wait(time.Millisecond)
+		p := tb.proc(old)
+		tb.w.mu.Lock()
+		kills := p.treeKills
+		tb.w.mu.Unlock()
+		if tb.alive(old) || kills < 1 {
+			t.Fatalf("after graceful_timeout: alive %v, tree kills %d", tb.alive(old), kills)
+		}
+	})
+}

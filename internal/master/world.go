@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/baton-pm/baton/internal/cgroup"
 	"github.com/baton-pm/baton/internal/proc"
 	"github.com/baton-pm/baton/internal/procinfo"
 	"github.com/baton-pm/baton/internal/readiness"
@@ -52,14 +54,35 @@ type processes interface {
 
 // process is one started worker.
 type process interface {
-	// SignalGroup signals the worker's process group; a group that is
-	// gone already is not an error.
+	// SignalGroup signals the worker's process group, while the worker
+	// runs (until it is reaped); a group that is gone is not an error.
 	SignalGroup(sig syscall.Signal) error
+	// KillTree sends SIGKILL to everything left of the worker: its
+	// cgroup, or without cgroups its process group, their descendants and
+	// the orphans of it the master adopted, but for the processes in
+	// skip (the master's other children). Once the worker was reaped
+	// (reaped), its pid may name another process, so without cgroups only
+	// the orphans are looked for. It may take milliseconds: call it off
+	// the master's goroutine. It returns how many it found.
+	KillTree(skip map[int]bool, reaped bool) int
+	// Usage is the worker's memory and process count (off the loop).
+	Usage() usage
+	// Release lets go of the worker once it was reaped and its tree
+	// killed: its pidfd, its cgroup (off the loop: it waits for the
+	// cgroup to empty).
+	Release()
 	// StderrLines is the last n lines the worker wrote on stderr.
 	StderrLines(n int) []string
 	// StderrClosed is closed once every process of the worker closed its
 	// stderr.
 	StderrClosed() <-chan struct{}
+}
+
+// usage is what a worker uses: memory (its cgroup's memory.current, or
+// the resident memory of its processes) and how many processes it has.
+type usage struct {
+	Memory uint64
+	Procs  int
 }
 
 // masterSpec is how to start an upgrade's new master.
@@ -81,8 +104,6 @@ type inspector interface {
 	// Registrations lists the epoll registrations of the listeners in
 	// pid's tree (drain_unlisten).
 	Registrations(pid int) []readiness.Registration
-	// GroupRSS is the resident memory of each worker's process group.
-	GroupRSS(pids []int) map[int]uint64
 }
 
 // notifyOpener opens a notify socket for one worker.
@@ -107,34 +128,120 @@ type systemdLink interface {
 }
 
 // osWorld is the real world; its inspector is set once the listeners
-// are open (it looks for their socket inodes).
+// are open (it looks for their socket inodes), and its processes learn
+// their cgroup tree once it is set up.
 func osWorld() world {
 	return world{
-		procs:   osProcesses{},
+		procs:   &osProcesses{},
 		notify:  func() (notifySocket, error) { return sdnotify.Listen("baton-notify") },
 		systemd: sdnotify.Systemd{},
 	}
 }
 
-// osProcesses is processes for real: fork, exec, kill and wait4.
-type osProcesses struct{}
-
-func (osProcesses) StartWorker(spec proc.Spec) (int, process, error) {
-	p, err := proc.Start(spec)
-	if err != nil {
-		return 0, nil, err
-	}
-	return p.Pid, p, nil
+// osProcesses is processes for real: fork, exec, kill and wait4, with
+// each worker in a cgroup of its own when tree is set.
+type osProcesses struct {
+	tree *cgroup.Tree
 }
 
-func (osProcesses) StartUnlisten(t unlisten.Target) (int, error) {
+func (o *osProcesses) StartWorker(spec proc.Spec) (int, process, error) {
+	w := &osWorker{id: procinfo.Identity{MasterPid: os.Getpid(), NotifySocket: envValue(spec.Env, "NOTIFY_SOCKET")}}
+	if o.tree != nil {
+		g, err := o.tree.NewGroup()
+		if err != nil {
+			return 0, nil, err
+		}
+		w.group = g
+		spec.InCgroup, spec.CgroupFD = true, g.FD()
+	}
+	p, err := proc.Start(spec)
+	if err != nil {
+		if w.group != nil {
+			w.group.Remove()
+		}
+		return 0, nil, err
+	}
+	w.Process = p
+	return p.Pid, w, nil
+}
+
+func envValue(env []string, name string) string {
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == name {
+			return v
+		}
+	}
+	return ""
+}
+
+// osWorker is a real worker, in its cgroup or not.
+type osWorker struct {
+	*proc.Process
+	group *cgroup.Group // nil without cgroups
+	id    procinfo.Identity
+}
+
+// killRounds bounds the search for processes that forked while the
+// tree was being killed (without cgroups; cgroup.kill needs one write).
+const killRounds = 3
+
+func (w *osWorker) KillTree(skip map[int]bool, reaped bool) int {
+	if w.group != nil {
+		n := w.group.Procs()
+		if n > 0 {
+			w.group.Kill()
+		}
+		return n
+	}
+	leader := w.Pid
+	if reaped {
+		leader = 0
+	}
+	found := 0
+	for range killRounds {
+		tree := procinfo.WorkerTree(leader, w.id, skip)
+		if len(tree) == 0 {
+			break
+		}
+		found += procinfo.Kill(tree)
+	}
+	return found
+}
+
+func (w *osWorker) Usage() usage {
+	if w.group != nil {
+		u := usage{Procs: w.group.Procs()}
+		if mem, ok := w.group.MemoryCurrent(); ok {
+			u.Memory = mem
+		} else {
+			u.Memory = procinfo.RSS(w.group.Pids())
+		}
+		return u
+	}
+	rss, procs := procinfo.Group(w.Pid)
+	return usage{Memory: rss, Procs: procs}
+}
+
+// groupEmptyWait bounds the wait for a killed worker's cgroup to empty
+// before it is removed.
+const groupEmptyWait = 5 * time.Second
+
+func (w *osWorker) Release() {
+	w.Process.Release()
+	if w.group != nil {
+		w.group.WaitEmpty(groupEmptyWait)
+		w.group.Remove()
+	}
+}
+
+func (*osProcesses) StartUnlisten(t unlisten.Target) (int, error) {
 	return unlisten.Start("/proc/self/exe", t)
 }
 
 // upgradePipeEnv names the fd the new master writes "ready PID VERSION" to.
 const upgradePipeEnv = "BATON_UPGRADE_PIPE"
 
-func (osProcesses) StartMaster(spec masterSpec) (int, <-chan string, error) {
+func (*osProcesses) StartMaster(spec masterSpec) (int, <-chan string, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return 0, nil, fmt.Errorf("upgrade: %w", err)
@@ -162,11 +269,11 @@ func (osProcesses) StartMaster(spec masterSpec) (int, <-chan string, error) {
 	return pid, ready, nil
 }
 
-func (osProcesses) Kill(pid int, sig syscall.Signal) error { return unix.Kill(pid, sig) }
+func (*osProcesses) Kill(pid int, sig syscall.Signal) error { return unix.Kill(pid, sig) }
 
-func (osProcesses) Reap() []proc.Exit { return proc.Reap() }
+func (*osProcesses) Reap() []proc.Exit { return proc.Reap() }
 
-func (osProcesses) SetGroupNice(pgid, nice int) error {
+func (*osProcesses) SetGroupNice(pgid, nice int) error {
 	return unix.Setpriority(unix.PRIO_PGRP, pgid, nice)
 }
 
@@ -178,5 +285,3 @@ func (i procInspector) Waiting(pid int) bool { return i.probe.Waiting(pid) }
 func (i procInspector) Registrations(pid int) []readiness.Registration {
 	return i.probe.Registrations(pid)
 }
-
-func (procInspector) GroupRSS(pids []int) map[int]uint64 { return procinfo.GroupRSS(pids) }

@@ -46,6 +46,11 @@ type Spec struct {
 	// Credential, if set, runs the worker as that user and group with no
 	// supplementary groups (the master stays root to bind and manage).
 	Credential *syscall.Credential
+	// CgroupFD, if InCgroup, is the directory fd of the cgroup the worker
+	// is born in (clone3 with CLONE_INTO_CGROUP): none of its code runs
+	// outside it.
+	InCgroup bool
+	CgroupFD int
 }
 
 // Process is a started worker.
@@ -54,6 +59,9 @@ type Process struct {
 	Started time.Time
 	// Stderr holds the last lines the worker wrote to stderr.
 	Stderr *Tail
+	// pidfd refers to the worker for as long as the master holds it,
+	// whatever process later gets its pid; -1 where the kernel gives none.
+	pidfd int
 }
 
 // devNull is opened once: workers read stdin from /dev/null, because a
@@ -85,6 +93,7 @@ func Start(spec Spec) (*Process, error) {
 	for _, fd := range spec.Listeners {
 		files = append(files, uintptr(fd))
 	}
+	pidfd := -1
 	attr := &syscall.ProcAttr{
 		Dir:   spec.Dir,
 		Env:   spec.Env,
@@ -96,8 +105,11 @@ func Start(spec Spec) (*Process, error) {
 			// A worker never outlives the master: kill -9 of the
 			// master kills the worker instead of leaving it holding
 			// the port.
-			Pdeathsig:  syscall.SIGKILL,
-			Credential: spec.Credential,
+			Pdeathsig:   syscall.SIGKILL,
+			Credential:  spec.Credential,
+			UseCgroupFD: spec.InCgroup,
+			CgroupFD:    spec.CgroupFD,
+			PidFD:       &pidfd,
 		},
 	}
 	pid, err := syscall.ForkExec(spec.Shim, argv, attr)
@@ -105,7 +117,7 @@ func Start(spec Spec) (*Process, error) {
 		errRead.Close()
 		return nil, fmt.Errorf("start worker %q: %w", spec.Path, err)
 	}
-	return &Process{Pid: pid, Started: time.Now(), Stderr: newTail(errRead, spec.Stderr)}, nil
+	return &Process{Pid: pid, Started: time.Now(), Stderr: newTail(errRead, spec.Stderr), pidfd: pidfd}, nil
 }
 
 // StderrLines is the last n lines the worker wrote on stderr.
@@ -116,13 +128,33 @@ func (p *Process) StderrLines(n int) []string { return p.Stderr.Lines(n) }
 func (p *Process) StderrClosed() <-chan struct{} { return p.Stderr.Wait() }
 
 // SignalGroup sends sig to the worker's whole process group. A group that
-// is already gone is not an error.
+// is already gone is not an error. Call it only until the worker is
+// reaped: until then its pid, and so its group's id, cannot be reused.
+// Through the pidfd (Linux 6.9) even that cannot go wrong.
 func (p *Process) SignalGroup(sig syscall.Signal) error {
-	err := unix.Kill(-p.Pid, sig)
+	var err error
+	if p.pidfd >= 0 {
+		err = unix.PidfdSendSignal(p.pidfd, sig, nil, unix.PIDFD_SIGNAL_PROCESS_GROUP)
+		if err != unix.EINVAL {
+			return ignoreGone(err)
+		}
+	}
+	return ignoreGone(unix.Kill(-p.Pid, sig))
+}
+
+func ignoreGone(err error) error {
 	if err == unix.ESRCH {
 		return nil
 	}
 	return err
+}
+
+// Release closes the pidfd once the worker was reaped.
+func (p *Process) Release() {
+	if p.pidfd >= 0 {
+		unix.Close(p.pidfd)
+		p.pidfd = -1
+	}
 }
 
 // Exit is one reaped child.

@@ -1,8 +1,15 @@
-// Package procinfo reads what baton reports about worker processes from
-// /proc, with prometheus/procfs.
+// Package procinfo reads worker processes from /proc, with
+// prometheus/procfs: their memory and process count, and, where baton has
+// no cgroups, a worker's whole tree, which it kills through pidfds
+// (tree.go).
 package procinfo
 
 import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
 	"github.com/prometheus/procfs"
 )
 
@@ -32,4 +39,62 @@ func GroupRSS(leaders []int) map[int]uint64 {
 		rss[st.PGRP] += uint64(st.ResidentMemory())
 	}
 	return rss
+}
+
+// RSS is the resident memory of the given processes, in bytes; those
+// that vanished count nothing.
+func RSS(pids []int) uint64 {
+	var sum uint64
+	for _, pid := range pids {
+		p, err := procfs.NewProc(pid)
+		if err != nil {
+			continue
+		}
+		if st, err := p.Stat(); err == nil {
+			sum += uint64(st.ResidentMemory())
+		}
+	}
+	return sum
+}
+
+// Group is the resident memory, in bytes, and the number of the
+// processes of root's tree: root and its descendants, found through each
+// thread's children list, which costs a read per process of the tree
+// rather than a walk of all of /proc.
+func Group(root int) (rss uint64, procs int) {
+	tree := descendants(root)
+	return RSS(tree), len(tree)
+}
+
+// descendants is root and every process below it, as the kernel's
+// children lists show them.
+func descendants(root int) []int {
+	if _, err := os.Stat("/proc/" + strconv.Itoa(root)); err != nil {
+		return nil
+	}
+	var out []int
+	queue := []int{root}
+	seen := map[int]bool{}
+	for len(queue) > 0 {
+		pid := queue[0]
+		queue = queue[1:]
+		if seen[pid] {
+			continue
+		}
+		seen[pid] = true
+		out = append(out, pid)
+		files, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/children")
+		for _, f := range files {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				continue
+			}
+			for _, field := range strings.Fields(string(data)) {
+				if child, err := strconv.Atoi(field); err == nil {
+					queue = append(queue, child)
+				}
+			}
+		}
+	}
+	return out
 }
