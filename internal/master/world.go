@@ -128,7 +128,7 @@ func (osProcesses) StartWorker(spec proc.Spec) (int, process, error) {
 }
 
 func (osProcesses) StartUnlisten(t unlisten.Target) (int, error) {
-	return unlisten.Start("/proc/self/exe", t)
+	return unlisten.Start("/proc/self/exe", []unlisten.Target{t})
 }
 
 // upgradePipeEnv names the fd the new master writes "ready PID VERSION" to.
