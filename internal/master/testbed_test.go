@@ -67,9 +67,9 @@ type fakeProc struct {
 	signals  []syscall.Signal
 	exited   bool
 	stderr   []string
-	closed   chan struct{} // stderr closed
-	ready    chan string   // a new master's report line
-	target   unlisten.Target
+	closed   chan struct{}     // stderr closed
+	ready    chan string       // a new master's report line
+	group    []unlisten.Target // an unlisten helper's registrations
 }
 
 func newFakeWorld() *fakeWorld {
@@ -109,11 +109,11 @@ func (f *fakeWorld) StartWorker(spec proc.Spec) (int, process, error) {
 }
 
 // StartUnlisten starts a helper that does its work and exits 0 at once.
-func (f *fakeWorld) StartUnlisten(t unlisten.Target) (int, error) {
+func (f *fakeWorld) StartUnlisten(group []unlisten.Target) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	p := f.newProc("unlisten")
-	p.target = t
+	p.group = slices.Clone(group)
 	p.exitLocked(0)
 	return p.pid, nil
 }
