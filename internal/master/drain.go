@@ -34,35 +34,42 @@ func (m *Master) unlistenThen(w *worker, then func()) {
 		})
 }
 
-// startUnlisten starts a helper per target and calls then once all have
+// startUnlisten starts a helper per group of targets (one for a worker's
+// whole tree, usually; see unlisten.Plan) and calls then once all have
 // exited, or after unlistenTimeout.
 func (m *Master) startUnlisten(w *worker, targets []unlisten.Target, then func()) {
 	if len(targets) == 0 {
 		then()
 		return
 	}
-	pending, removed := 0, 0
+	pending, removed, helpers := 0, 0, 0
 	finished := false
 	finish := func() {
 		if !finished {
 			finished = true
 			m.log.Debug("retiring worker no longer accepts", "slot", w.slot, "pid", w.pid,
-				"removed", removed, "registrations", len(targets))
+				"removed", removed, "registrations", len(targets), "helpers", helpers)
 			m.after(readPause, then)
 		}
 	}
-	for _, t := range targets {
-		pid, err := m.world.procs.StartUnlisten(t)
+	for _, group := range unlisten.Plan(targets) {
+		pid, err := m.world.procs.StartUnlisten(group)
 		if err != nil {
 			m.log.Warn("cannot make a retiring worker stop accepting; stopping it anyway", "pid", w.pid, "err", err)
 			continue
 		}
 		pending++
+		helpers++
 		m.helpers[pid] = func(e proc.Exit) {
-			if e.Status.Exited() && e.Status.ExitStatus() == 0 {
-				removed++
-			} else {
-				m.log.Warn("could not make a retiring worker stop accepting", "pid", w.pid, "status", proc.Describe(e.Status))
+			code := -1
+			if e.Status.Exited() {
+				code = e.Status.ExitStatus()
+			}
+			failed := unlisten.NotRemoved(code, len(group))
+			removed += len(group) - failed
+			if code != 0 {
+				m.log.Warn("could not make a retiring worker stop accepting", "pid", w.pid,
+					"status", proc.Describe(e.Status), "not_removed", failed, "registrations", len(group))
 			}
 			if pending--; pending == 0 {
 				finish()

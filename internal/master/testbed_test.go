@@ -67,12 +67,12 @@ type fakeProc struct {
 	signals  []syscall.Signal
 	exited   bool
 	stderr   []string
-	closed   chan struct{} // stderr closed
-	ready    chan string   // a new master's report line
+	closed   chan struct{}     // stderr closed
+	ready    chan string       // a new master's report line
+	group    []unlisten.Target // an unlisten helper's registrations
 	// treeKills counts KillTree calls; released once Release was called.
 	treeKills int
 	released  bool
-	target    unlisten.Target
 }
 
 func newFakeWorld() *fakeWorld {
@@ -112,11 +112,11 @@ func (f *fakeWorld) StartWorker(spec proc.Spec) (int, process, error) {
 }
 
 // StartUnlisten starts a helper that does its work and exits 0 at once.
-func (f *fakeWorld) StartUnlisten(t unlisten.Target) (int, error) {
+func (f *fakeWorld) StartUnlisten(group []unlisten.Target) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	p := f.newProc("unlisten")
-	p.target = t
+	p.group = slices.Clone(group)
 	p.exitLocked(0)
 	return p.pid, nil
 }

@@ -275,14 +275,18 @@ func TestReplacedWorkerStopsAcceptingBeforeItsStopSignal(t *testing.T) {
 		if got := tb.signals(old); !slices.Equal(got, []syscall.Signal{syscall.SIGTERM}) {
 			t.Fatalf("old worker got %v after readPause, want TERM", got)
 		}
-		// One helper per registration of a listener the master holds;
-		// the registration of an unknown socket is left alone.
+		// One helper for every registration of a listener the master
+		// holds; the registration of an unknown socket is left alone.
 		helpers := tb.started("unlisten")
-		if len(helpers) != 3 {
-			t.Fatalf("%d unlisten helpers, want 3", len(helpers))
+		if len(helpers) != 1 {
+			t.Fatalf("%d unlisten helpers, want 1 for the worker's whole tree", len(helpers))
 		}
-		for _, pid := range helpers {
-			if tg := tb.proc(pid).target; tg.ListenerFD != ls[0].FD() || tg.FD != 3 {
+		group := tb.proc(helpers[0]).group
+		if len(group) != 3 {
+			t.Fatalf("the helper removes %+v, want the 3 registrations of the listener", group)
+		}
+		for _, tg := range group {
+			if tg.ListenerFD != ls[0].FD() || tg.FD != 3 {
 				t.Errorf("helper target %+v, want fd 3 as the master's listener %d", tg, ls[0].FD())
 			}
 		}
@@ -330,6 +334,59 @@ func TestGracefulTimeoutKillsTheWholeTree(t *testing.T) {
 		tb.w.mu.Unlock()
 		if tb.alive(old) || kills < 1 {
 			t.Fatalf("after graceful_timeout: alive %v, tree kills %d", tb.alive(old), kills)
+		}
+	})
+}
+
+// One helper holds one listener per fd number: processes of one tree that
+// hold different listeners at the same number get a helper each.
+func TestReplacedWorkerWithTwoListenersAtOneFdNumberGetsTwoHelpers(t *testing.T) {
+	g := gen(1)
+	g.DrainUnlisten = true
+	serving(t, options(g), func(t *testing.T, tb *testbed) {
+		old := tb.workers(1, "ready")[0]
+		tb.w.mu.Lock()
+		tb.w.regs[old] = []readiness.Registration{
+			{Pid: old, EpollFD: 5, FD: 3, Inode: 42}, {Pid: old, EpollFD: 5, FD: 4, Inode: 43},
+			{Pid: old + 1, EpollFD: 5, FD: 3, Inode: 43}, {Pid: old + 2, EpollFD: 6, FD: 3, Inode: 42},
+		}
+		tb.w.mu.Unlock()
+		ls, err := listener.Open([]listener.Spec{
+			{Name: "a", Network: "tcp", Address: "127.0.0.1:0", Backlog: 8},
+			{Name: "b", Network: "tcp", Address: "127.0.0.1:0", Backlog: 8},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer listener.CloseAll(ls)
+		if err := tb.m.call(context.Background(), func() { tb.m.listeners, tb.m.listenerInodes = ls, []uint64{42, 43} }); err != nil {
+			t.Fatal(err)
+		}
+		res := tb.reloadAsync()
+		tb.ready(tb.workers(2, "starting")...)
+		tb.result(res)
+		tb.wait(readPause)
+		if got := tb.signals(old); !slices.Equal(got, []syscall.Signal{syscall.SIGTERM}) {
+			t.Fatalf("old worker got %v after readPause, want TERM", got)
+		}
+		helpers := tb.started("unlisten")
+		if len(helpers) != 2 {
+			t.Fatalf("%d unlisten helpers, want 2", len(helpers))
+		}
+		total := 0
+		for _, pid := range helpers {
+			group := tb.proc(pid).group
+			total += len(group)
+			at := map[int]int{}
+			for _, tg := range group {
+				if l, ok := at[tg.FD]; ok && l != tg.ListenerFD {
+					t.Errorf("helper %d holds two listeners at fd %d: %+v", pid, tg.FD, group)
+				}
+				at[tg.FD] = tg.ListenerFD
+			}
+		}
+		if total != 4 {
+			t.Errorf("the helpers remove %d registrations, want 4", total)
 		}
 	})
 }

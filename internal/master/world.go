@@ -37,8 +37,9 @@ type world struct {
 type processes interface {
 	// StartWorker starts a worker as spec says.
 	StartWorker(spec proc.Spec) (pid int, p process, err error)
-	// StartUnlisten starts a helper that removes t (see package unlisten).
-	StartUnlisten(t unlisten.Target) (pid int, err error)
+	// StartUnlisten starts one helper that removes every registration of
+	// group, a group unlisten.Plan made (see package unlisten).
+	StartUnlisten(group []unlisten.Target) (pid int, err error)
 	// StartMaster starts a new master for an upgrade: the same binary
 	// path, arguments and directory, env, and the listeners as fds 3,
 	// 4, ... It delivers the new master's one "ready PID VERSION" line on
@@ -234,8 +235,8 @@ func (w *osWorker) Release() {
 	}
 }
 
-func (*osProcesses) StartUnlisten(t unlisten.Target) (int, error) {
-	return unlisten.Start("/proc/self/exe", t)
+func (*osProcesses) StartUnlisten(group []unlisten.Target) (int, error) {
+	return unlisten.Start("/proc/self/exe", group)
 }
 
 // upgradePipeEnv names the fd the new master writes "ready PID VERSION" to.

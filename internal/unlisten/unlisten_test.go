@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -15,6 +16,14 @@ import (
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == Arg {
 		os.Exit(Main(os.Args[2:]))
+	}
+	if n, err := strconv.Atoi(os.Getenv(epollWorkerEnv)); err == nil {
+		epollWorker(n)
+		os.Exit(0)
+	}
+	if os.Getenv("GORACE") == "" {
+		// A -race helper otherwise sleeps a second at exit.
+		os.Setenv("GORACE", "atexit_sleep_ms=0")
 	}
 	os.Exit(m.Run())
 }
@@ -67,7 +76,7 @@ time.sleep(60)`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid, err := Start(self, Target{Pid: r.Pid, EpollFD: r.EpollFD, FD: r.FD, ListenerFD: int(f.Fd())})
+	pid, err := Start(self, []Target{{Pid: r.Pid, EpollFD: r.EpollFD, FD: r.FD, ListenerFD: int(f.Fd())}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +96,7 @@ time.sleep(60)`)
 }
 
 func TestHelperReportsWhatFailed(t *testing.T) {
-	for _, args := range [][]string{{"1"}, {"x", "1", "1"}, {"999999999", "3", "4"}} {
+	for _, args := range [][]string{{"1"}, {"x", "1", "1"}, {"999999999", "3", "4"}, {"999999999:3:4"}, {"1:2:3", "4:5"}} {
 		if code := Main(args); code == 0 {
 			t.Errorf("Main(%q) = 0, want a failure", args)
 		}

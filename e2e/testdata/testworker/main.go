@@ -13,7 +13,9 @@
 //	GET /nonblock    JSON {"fd3_nonblocking": {"at_start": bool, "now": bool}}
 //
 // SIGTERM drains in-flight requests (at most -graceful) and exits 0; SIGINT
-// exits 0 at once.
+// exits 0 at once. -epoll-sets N makes N idle epoll sets that each watch
+// fd 3, as an app with many event loops would: with the one of Go's poller,
+// the worker has N+1 registrations of the listener for drain_unlisten.
 package main
 
 import (
@@ -43,6 +45,7 @@ type options struct {
 	notifyReady bool
 	watchdogFor time.Duration
 	graceful    time.Duration
+	epollSets   int
 }
 
 func parseFlags() options {
@@ -54,6 +57,7 @@ func parseFlags() options {
 	flag.BoolVar(&o.notifyReady, "notify-ready", false, "send READY=1 once serving (and STOPPING=1 on SIGTERM)")
 	flag.DurationVar(&o.watchdogFor, "watchdog-for", 0, "send WATCHDOG=1 every 100 ms for this long, then fall silent while still serving (a hang)")
 	flag.DurationVar(&o.graceful, "graceful", 30*time.Second, "how long SIGTERM waits for in-flight requests")
+	flag.IntVar(&o.epollSets, "epoll-sets", 0, "make this many epoll sets that each watch fd 3 for input")
 	flag.Parse()
 	return o
 }
@@ -94,6 +98,10 @@ func main() {
 	// readiness would see that as ready.
 	time.Sleep(opts.bootDelay)
 
+	// Before takeListeners closes fd 3: each registration stays in its
+	// set, as (listener, fd 3), while the listener's duplicate keeps the
+	// socket open.
+	watchFD3(opts.epollSets)
 	listeners, names := takeListeners()
 	if opts.spawnChild {
 		// After taking the listeners: they are close-on-exec by then, so the
@@ -157,6 +165,24 @@ func takeListeners() ([]net.Listener, map[net.Listener]string) {
 		}
 	}
 	return list, names
+}
+
+// epollSets are the sets watchFD3 made, kept open for the worker's life.
+var epollSets []int
+
+// watchFD3 makes n epoll sets, each watching fd 3 for input.
+func watchFD3(n int) {
+	for range n {
+		ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+		if err != nil {
+			fail(fmt.Errorf("epoll_create1: %w", err))
+		}
+		ev := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: 3}
+		if err := syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, 3, &ev); err != nil {
+			fail(fmt.Errorf("epoll_ctl(ADD fd 3): %w", err))
+		}
+		epollSets = append(epollSets, ep)
+	}
 }
 
 func spawnSleep() int {
