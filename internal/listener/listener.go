@@ -132,6 +132,10 @@ func openTCP(s Spec) (*Listener, error) {
 	}
 	if err := bindAndListen(fd, sa, s.Backlog); err != nil {
 		unix.Close(fd)
+		if errors.Is(err, unix.EADDRINUSE) {
+			// Name who holds the port (holders.go).
+			return nil, fmt.Errorf("bind %s: %w", s.Address, addrInUse(sa))
+		}
 		return nil, fmt.Errorf("bind %s: %w", s.Address, explainBindError(err))
 	}
 	bound, err := unix.Getsockname(fd)

@@ -1,6 +1,7 @@
 package listener
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -68,6 +69,11 @@ func TestPortInUseIsExplained(t *testing.T) {
 	_, err := Open([]Spec{{Name: "b", Network: "tcp", Address: l.Addr, Backlog: 16}})
 	if err == nil || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("second bind of %s: err = %v, want address already in use", l.Addr, err)
+	}
+	// The holder is this very process (holders_test.go covers others).
+	if want := fmt.Sprintf("held by pid %d (", os.Getpid()); !strings.Contains(err.Error(), want) ||
+		!strings.Contains(err.Error(), "this process itself") {
+		t.Fatalf("second bind of %s: err = %v, want it to name this process (%s... this process itself)", l.Addr, err, want)
 	}
 }
 
