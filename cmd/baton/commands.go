@@ -11,6 +11,7 @@ import (
 	"github.com/baton-pm/baton/internal/config"
 	"github.com/baton-pm/baton/internal/logging"
 	"github.com/baton-pm/baton/internal/master"
+	"github.com/baton-pm/baton/internal/proc"
 )
 
 // demoWorkerArg is the hidden mode in which baton's own binary is the demo
@@ -39,6 +40,9 @@ func newRunCommand() *cobra.Command {
 		Example: `  baton run -b 127.0.0.1:8000 -w 4 --pid /run/app/baton.pid -- uvicorn --fd 3 app:app
   baton run -c baton.toml`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := closeInheritedOnExec(); err != nil {
+				return err
+			}
 			cfg, err := config.Load(cmd.Flags(), args)
 			if err != nil {
 				return usageError(err)
@@ -89,6 +93,9 @@ replying with its worker id, pid and generation), so curl shows the workers
 sharing one port. Every run flag works here too.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := closeInheritedOnExec(); err != nil {
+				return err
+			}
 			self, err := os.Executable()
 			if err != nil {
 				return fmt.Errorf("cannot find baton's own binary: %w", err)
@@ -129,6 +136,19 @@ func newVersionCommand() *cobra.Command {
 			fmt.Println("baton", version)
 		},
 	}
+}
+
+// closeInheritedOnExec marks every fd baton inherited from its parent,
+// beyond stdin, stdout and stderr, close-on-exec, before a master opens or
+// starts anything: a shell's open files, say, must not reach the workers
+// (which may run as another user), helpers or a new master. What baton
+// takes from its parent (systemd's sockets, fd://N, an upgrade's listeners
+// and pipe) it adopts, and hands on explicitly where a child needs it.
+func closeInheritedOnExec() error {
+	if err := proc.CloseOnExecFrom(3); err != nil {
+		return fmt.Errorf("cannot keep inherited file descriptors from the workers: %w", err)
+	}
+	return nil
 }
 
 // runMaster sets up logging and runs the master until it shuts down.

@@ -36,6 +36,16 @@ var batonBin struct {
 }
 
 func TestMain(m *testing.M) {
+	// The test binary is the shim, and the program it execs, for the tests
+	// in shim_test.go.
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case proc.ShimArg:
+			os.Exit(proc.Shim(os.Args[2:]))
+		case listFDsArg:
+			os.Exit(listFDs())
+		}
+	}
 	code := m.Run()
 	if batonBin.dir != "" {
 		os.RemoveAll(batonBin.dir)

@@ -3,6 +3,8 @@
 // A worker is started as a re-execution of baton itself in its hidden shim
 // mode (see Shim), which sets LISTEN_PID to its own pid and then execs the
 // user's command, so the pid systemd's protocol asks for is the worker's own.
+// The shim also makes sure that the listeners and the standard streams are
+// the only descriptors the command inherits.
 // Workers get the listeners as fds 3, 4, ... by raw fd numbers: no *os.File is
 // involved, so nothing flips the shared sockets to blocking mode.
 //
@@ -36,7 +38,8 @@ type Spec struct {
 	Args []string
 	Dir  string
 	Env  []string // complete environment, without LISTEN_PID (the shim adds it)
-	// Listeners are raw fds that become fds 3, 4, ... in the worker.
+	// Listeners are raw fds that become fds 3, 4, ... in the worker; no
+	// other fd above 2 reaches it.
 	Listeners []int
 	// Stdout is the raw fd the worker writes its stdout to (usually 1).
 	Stdout int
@@ -81,7 +84,9 @@ func mustOpenDevNull() int {
 // locked to its OS thread for the master's lifetime: Pdeathsig fires when the
 // thread that forked the child exits, not the process (golang/go#27505).
 func Start(spec Spec) (*Process, error) {
-	argv := append([]string{"baton", ShimArg, spec.Path}, spec.Args...)
+	// The shim learns how many listeners follow the standard streams, so
+	// that it can keep those and no other descriptor.
+	argv := append([]string{"baton", ShimArg, strconv.Itoa(len(spec.Listeners)), spec.Path}, spec.Args...)
 	errRead, errWrite, err := stderrPipe()
 	if err != nil {
 		return nil, fmt.Errorf("start worker: stderr pipe: %w", err)
@@ -213,16 +218,25 @@ func masterPid() int {
 // MasterPidEnv tells the shim its master's pid.
 const MasterPidEnv = "BATON_MASTER_PID"
 
-// Shim is the body of baton's hidden "_exec" mode: args are the resolved
-// executable followed by its argv. It sets LISTEN_PID to its own pid, which
-// execve keeps, and replaces itself with the command. It returns only on
-// failure, with the exit code a shell would use (127 not found, 126 not
-// executable).
+// Shim is the body of baton's hidden "_exec" mode: args are the number N of
+// listeners the worker gets as fds 3, 4, ..., the resolved executable and
+// its argv. It marks every fd from 3+N up close-on-exec, so that the command
+// starts with the listeners and its standard streams and nothing else the
+// master might hold; sets LISTEN_PID to its own pid, which execve keeps; and
+// replaces itself with the command. It returns only on failure, with the
+// exit code a shell would use (127 not found, 126 not executable).
 func Shim(args []string) int {
-	if len(args) < 2 {
-		fmt.Fprintln(os.Stderr, "baton _exec: usage: baton _exec PATH ARGV0 [ARGS...] (internal, started by the master)")
+	n := -1
+	if len(args) >= 3 {
+		if v, err := strconv.Atoi(args[0]); err == nil {
+			n = v
+		}
+	}
+	if n < 0 {
+		fmt.Fprintln(os.Stderr, "baton _exec: usage: baton _exec NLISTENERS PATH ARGV0 [ARGS...] (internal, started by the master)")
 		return 2
 	}
+	path, argv := args[1], args[2:]
 	// The kernel keeps the parent-death signal per thread: the master set it
 	// on this process's first thread, and execve from any other thread
 	// would drop it, letting the worker outlive a killed master. So exec
@@ -236,11 +250,17 @@ func Shim(args []string) int {
 	if os.Getppid() != masterPid() {
 		return 126 // the master is gone already; start nothing
 	}
+	// Close-on-exec rather than closed: the Go runtime may hold fds of its
+	// own until the exec, and this process goes on if the exec fails.
+	if err := CloseOnExecFrom(3 + n); err != nil {
+		fmt.Fprintf(os.Stderr, "baton: cannot keep the master's file descriptors from %s: %v\n", path, err)
+		return 126
+	}
 	if os.Getenv("LISTEN_FDS") != "" {
 		os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
 	}
-	err := unix.Exec(args[0], args[1:], os.Environ())
-	fmt.Fprintf(os.Stderr, "baton: cannot execute %s: %v\n", args[0], err)
+	err := unix.Exec(path, argv, os.Environ())
+	fmt.Fprintf(os.Stderr, "baton: cannot execute %s: %v\n", path, err)
 	if err == unix.ENOENT {
 		return 127
 	}
