@@ -308,7 +308,7 @@ func collectAnonymous(dir, cgPath string) []Leftover {
 		t := &Tree{dir: filepath.Join(dir, e.Name()), path: filepath.Join(cgPath, e.Name())}
 		_, err := os.Stat(filepath.Join(t.dir, "cgroup.kill"))
 		t.kill = err == nil
-		if t.liveMaster() != 0 {
+		if t.liveMaster() != 0 || settingUp(t.dir) {
 			continue
 		}
 		if !strings.HasPrefix(e.Name(), anonymousPrefix) {
@@ -323,6 +323,20 @@ func collectAnonymous(dir, cgPath string) []Leftover {
 		}
 	}
 	return left
+}
+
+// setupGrace is how young a tree is left alone by other masters'
+// clean-up: its master may be creating it, not yet in its leaf.
+const setupGrace = 10 * time.Second
+
+// settingUp reports whether the tree at dir was created too recently to
+// be collected.
+func settingUp(dir string) bool {
+	var st unix.Stat_t
+	if unix.Stat(dir, &st) != nil {
+		return true
+	}
+	return time.Since(time.Unix(st.Ctim.Unix())) < setupGrace
 }
 
 // removeIfEmpty removes the tree if no process is left in it.

@@ -96,6 +96,8 @@ type Master struct {
 	// cgroups is the cgroup tree, if any.
 	containment string
 	cgroups     *cgroup.Tree
+	// treeKills counts exited workers whose leftovers are being killed.
+	treeKills int
 	// memoryChecks: the max_worker_memory loop is armed (limits.go).
 	memoryChecks bool
 	// niceBoots: workers boot at a lower CPU priority while others serve;
@@ -281,8 +283,10 @@ func (m *Master) cleanup() {
 	}
 }
 
+// finished: the master may exit once shutting down, with no worker left
+// and nothing a worker left behind still being killed.
 func (m *Master) finished() bool {
-	return m.shutdown != running && len(m.workers) == 0
+	return m.shutdown != running && len(m.workers) == 0 && m.treeKills == 0
 }
 
 // after runs f on the master's goroutine once d has passed.

@@ -424,11 +424,13 @@ func (m *Master) killTree(w *worker) {
 // Then the worker's pidfd and cgroup are released.
 func (m *Master) killRest(w *worker) {
 	p, skip := w.proc, m.otherChildren(w)
+	m.treeKills++
 	offLoop(m, func() int {
 		n := p.KillTree(skip, true)
 		p.Release()
 		return n
 	}, func(n int) {
+		m.treeKills--
 		if n > 0 {
 			m.log.Warn("killed processes the worker left behind", "slot", w.slot, "pid", w.pid,
 				"generation", w.gen.num, "processes", n)
