@@ -25,6 +25,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
+
+	"github.com/baton-pm/baton/internal/control"
+	"golang.org/x/sys/unix"
 )
 
 // Paths of the binaries TestMain builds.
@@ -45,6 +49,13 @@ const (
 func TestMain(m *testing.M) { os.Exit(runTests(m)) }
 
 func runTests(m *testing.M) int {
+	// Every baton a test starts has a control socket of its own (see
+	// launch); none may use the one shared by every baton on the machine.
+	checkShared, err := watchSharedControlSocket()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
 	dir, err := os.MkdirTemp("", "baton-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
@@ -75,7 +86,84 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: building the binaries under test failed:", err)
 		return 1
 	}
-	return m.Run()
+	code := m.Run()
+	if err := checkShared(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: FAIL:", err)
+		return 1
+	}
+	return code
+}
+
+// sharedControlSocket is where a baton with no control socket configured,
+// no pidfile and no $XDG_RUNTIME_DIR puts it (control.DefaultPath): for
+// root /run/baton.sock, shared by every baton on the machine, so two tests,
+// or a test and a real baton, would collide there.
+func sharedControlSocket() string {
+	if os.Getuid() == 0 {
+		return "/run/baton.sock"
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("baton-%d.sock", os.Getuid()))
+}
+
+// watchSharedControlSocket watches the shared control socket's directory
+// for the whole run (cleanEnv removes $XDG_RUNTIME_DIR, so a baton or
+// client that is given no path ends up there); check reports whether a
+// file was created at that path meanwhile. Baton removes its socket when
+// it exits, so looking at the end of the run would not do.
+func watchSharedControlSocket() (check func() error, err error) {
+	path := sharedControlSocket()
+	dir, name := filepath.Dir(path), filepath.Base(path)
+	if _, err := os.Stat(dir); os.IsNotExist(err) {
+		return func() error { return nil }, nil // nothing can be created there
+	}
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("inotify: %w", err)
+	}
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_MOVED_TO); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("watching %s: %w", dir, err)
+	}
+	return func() error {
+		defer unix.Close(fd)
+		created, overflow, err := readInotify(fd, name)
+		switch {
+		case err != nil:
+			return fmt.Errorf("reading the watch on %s: %w", dir, err)
+		case created:
+			return fmt.Errorf("%s was created during the run: a baton (or a baton client) was started without a control socket of its own; "+
+				"give it --control or --pid in a temp dir (launch does unless told otherwise), or a baton outside the tests started meanwhile", path)
+		case overflow:
+			fmt.Fprintf(os.Stderr, "e2e: warning: too many files created in %s during the run to tell whether %s was one of them\n", dir, name)
+		}
+		return nil
+	}, nil
+}
+
+// readInotify reads the queued events of the non-blocking inotify fd and
+// reports whether one created name.
+func readInotify(fd int, name string) (created, overflow bool, err error) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EAGAIN {
+			return created, overflow, nil
+		}
+		if err != nil {
+			return created, overflow, err
+		}
+		for off := 0; off+unix.SizeofInotifyEvent <= n; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+			nameBytes := buf[off+unix.SizeofInotifyEvent : off+unix.SizeofInotifyEvent+int(ev.Len)]
+			if ev.Mask&unix.IN_Q_OVERFLOW != 0 {
+				overflow = true
+			}
+			if strings.TrimRight(string(nameBytes), "\x00") == name {
+				created = true
+			}
+			off += unix.SizeofInotifyEvent + int(ev.Len)
+		}
+	}
 }
 
 func copyFile(from, to string) error {
@@ -250,6 +338,10 @@ type batonSpec struct {
 	extraFiles []*os.File // become fds 3, 4, ... of baton
 	env        []string   // added to baton's environment
 	bin        string     // the baton binary; default: the one TestMain built
+	// defaultControl: do not give baton a control socket of its own; the
+	// test checks where baton puts it by itself, and points the pidfile or
+	// $XDG_RUNTIME_DIR (in env) into a temp dir for that.
+	defaultControl bool
 }
 
 // Baton is one running (or exited) baton process.
@@ -257,6 +349,9 @@ type Baton struct {
 	t   testing.TB
 	Pid int
 	Dir string // the test's temp dir, baton's working directory
+	// Control is baton's control socket, which the status and client
+	// helpers use: its own in Dir unless the test chose one.
+	Control string
 
 	cmd    *exec.Cmd
 	stderr *lineLog
@@ -300,7 +395,12 @@ func launch(t testing.TB, spec batonSpec) *Baton {
 	if spec.bin != "" {
 		bin = spec.bin
 	}
-	cmd := exec.Command(bin, withTestFlags(spec)...)
+	args, ctl, err := withTestFlags(spec, b.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Control = ctl
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = b.Dir
 	cmd.Env = append(cleanEnv(), spec.env...)
 	cmd.ExtraFiles = spec.extraFiles
@@ -344,12 +444,14 @@ func launch(t testing.TB, spec batonSpec) *Baton {
 }
 
 // withTestFlags adds what every test wants to run and demo: JSON logs
-// (which the harness parses) and port 0 (no two tests share a port), unless
-// the test chose otherwise.
-func withTestFlags(spec batonSpec) []string {
-	args := spec.args
+// (which the harness parses), port 0 (no two tests share a port) and a
+// control socket in dir (no two batons share one; root's default,
+// /run/baton.sock, is the machine's), unless the test chose otherwise. It
+// returns the arguments and the control socket baton will listen on.
+func withTestFlags(spec batonSpec, dir string) (args []string, ctl string, err error) {
+	args = spec.args
 	if len(args) == 0 || (args[0] != "run" && args[0] != "demo") {
-		return args
+		return args, "", nil
 	}
 	flags := args[1:]
 	if i := slices.Index(flags, "--"); i >= 0 {
@@ -363,7 +465,107 @@ func withTestFlags(spec batonSpec) []string {
 	if !spec.noBind && !hasFlag(flags, "-b", "--bind", "-c", "--config") {
 		extra = append(extra, "-b", "127.0.0.1:0")
 	}
-	return slices.Concat(args[:1], extra, args[1:])
+	ctl, chosen := chosenControl(flags)
+	switch {
+	case chosen:
+	case spec.defaultControl:
+		ctl = defaultControlIn(spec.env)
+		if ctl == sharedControlSocket() {
+			return nil, "", fmt.Errorf("defaultControl without a pidfile or XDG_RUNTIME_DIR: baton would use the machine's %s", ctl)
+		}
+	default:
+		ctl = filepath.Join(dir, "baton.sock")
+		if len(ctl) > 100 { // a unix socket path has at most 107 bytes
+			short, err := os.MkdirTemp("", "baton-ctl-")
+			if err != nil {
+				return nil, "", err
+			}
+			ctl = filepath.Join(short, "baton.sock")
+		}
+		extra = append(extra, "--control", ctl)
+	}
+	return slices.Concat(args[:1], extra, args[1:]), ctl, nil
+}
+
+// chosenControl is the control socket the flags (and the config file they
+// name) give baton, as cmd/baton's controlPath resolves it: control, else
+// beside the pidfile; flags win over the file.
+func chosenControl(flags []string) (ctl string, chosen bool) {
+	ctl, hasCtl := flagValue(flags, "--control")
+	pid, hasPid := flagValue(flags, "--pid")
+	if cfg, ok := flagValue(flags, "-c", "--config"); ok && (!hasCtl || !hasPid) {
+		data, _ := os.ReadFile(cfg) // a missing file is baton's to report
+		keys := configStrings(string(data))
+		if v, ok := keys["control"]; ok && !hasCtl {
+			ctl, hasCtl = v, true
+		}
+		if v, ok := keys["pid"]; ok && !hasPid {
+			pid, hasPid = v, true
+		}
+	}
+	switch {
+	case hasCtl && ctl != "":
+		return ctl, true
+	case hasPid && pid != "":
+		return control.DefaultPath(pid), true
+	}
+	return "", false
+}
+
+// configStrings reads the top-level key = "string" lines of a TOML config,
+// enough for the test configs' control and pid.
+func configStrings(toml string) map[string]string {
+	keys := map[string]string{}
+	for _, line := range strings.Split(toml, "\n") {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "[") {
+			break // a table: no more top-level keys
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		if s, err := strconv.Unquote(strings.TrimSpace(v)); err == nil {
+			keys[strings.TrimSpace(k)] = s
+		}
+	}
+	return keys
+}
+
+// defaultControlIn is where baton puts its control socket with nothing
+// configured and env (on top of cleanEnv's) as its environment.
+func defaultControlIn(env []string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if dir, ok := strings.CutPrefix(env[i], "XDG_RUNTIME_DIR="); ok && dir != "" {
+			return filepath.Join(dir, "baton.sock")
+		}
+	}
+	return sharedControlSocket()
+}
+
+// flagValue is the value of the last of the flags called names in args:
+// "--name V", "--name=V", or "-xV" for a one-letter name.
+func flagValue(args []string, names ...string) (value string, ok bool) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		for _, n := range names {
+			switch {
+			case a == n && i+1 < len(args):
+				value, ok = args[i+1], true
+			case strings.HasPrefix(a, n+"="):
+				value, ok = a[len(n)+1:], true
+			case len(n) == 2 && len(a) > 2 && strings.HasPrefix(a, n) && a[2] != '=':
+				value, ok = a[2:], true
+			default:
+				continue
+			}
+			if a == n {
+				i++
+			}
+			break
+		}
+	}
+	return value, ok
 }
 
 func hasFlag(args []string, names ...string) bool {
@@ -386,6 +588,11 @@ func cleanEnv() []string {
 		name, _, _ := strings.Cut(kv, "=")
 		switch name {
 		case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID":
+			continue
+		case "XDG_RUNTIME_DIR":
+			// Else a baton or client given no control socket would use
+			// the session's; without it, they use the shared one, which
+			// TestMain watches.
 			continue
 		}
 		env = append(env, kv)
@@ -657,6 +864,7 @@ func (b *Baton) cleanup() {
 	}
 	b.readers.Wait()
 	b.checkOutputForCrashes(t)
+	b.checkControlSocket(t)
 	if t.Failed() {
 		t.Logf("baton %d stderr:\n%s", b.Pid, lastLines(b.stderr.text(), 300))
 	}
@@ -671,6 +879,21 @@ func (b *Baton) checkOutputForCrashes(t testing.TB) {
 			end := min(i+60, len(lines))
 			t.Errorf("crash report in baton's stderr:\n%s", strings.Join(lines[i:end], "\n"))
 			return
+		}
+	}
+}
+
+// checkControlSocket fails the test if baton listened on a control
+// socket other than the one the harness gave it (so its client helpers
+// would talk to another master), or on the one shared by every baton on
+// the machine.
+func (b *Baton) checkControlSocket(t testing.TB) {
+	for _, r := range b.logs("control socket listening", nil) {
+		switch path := r.str("path"); {
+		case path == sharedControlSocket():
+			t.Errorf("baton %d listened on the machine's shared control socket %s", b.Pid, path)
+		case b.Control != "" && path != b.Control:
+			t.Errorf("baton %d listened on the control socket %s; the harness expected %s", b.Pid, path, b.Control)
 		}
 	}
 }
