@@ -11,6 +11,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -678,21 +679,21 @@ func runWatcher() {
 	}
 }
 
-// waitStarted waits for the "master started" record and reads the
-// listeners' real addresses from the "listening" records.
+// waitStarted waits until the master answers on its control socket (it
+// opens it once its listeners are bound, just before its loop starts) and
+// reads the listeners' real addresses from its status.
 func (b *Baton) waitStarted(t testing.TB) {
 	t.Helper()
-	r := b.waitLog(t, "master started", nil, startTimeout)
-	if pid := r.int("pid"); pid != b.Pid {
-		t.Errorf(`"master started" says pid %d, the process is %d`, pid, b.Pid)
+	st := b.waitStatus(t, "the master to answer on its control socket", startTimeout, func(control.Status) bool { return true })
+	if st.Pid != b.Pid {
+		t.Errorf("the master on %s says pid %d, the process is %d", b.Control, st.Pid, b.Pid)
 	}
-	for _, l := range b.logs("listening", nil) {
-		name := l.str("name")
-		b.listenerNames = append(b.listenerNames, name)
-		b.listenerAddrs[name] = l.str("addr")
+	for _, l := range st.Listeners {
+		b.listenerNames = append(b.listenerNames, l.Name)
+		b.listenerAddrs[l.Name] = l.Addr
 	}
 	if len(b.listenerNames) == 0 {
-		t.Fatalf("no \"listening\" record before \"master started\":\n%s", b.stderr.text())
+		t.Fatalf("the master's status lists no listener: %+v", st)
 	}
 }
 
@@ -925,4 +926,143 @@ func runToExit(t testing.TB, spec batonSpec) runResult {
 	// Nothing else holds the pipes when baton started no worker.
 	b.waitOutputClosed(2 * time.Second)
 	return runResult{code: code, stdout: b.Stdout(), stderr: b.Stderr(), b: b}
+}
+
+// ---------------------------------------------------------------------------
+// The master's status, as `baton status --json` and /status report it
+
+// statusPoll is how often waitStatus asks: each answer costs the master a
+// scan of /proc (the workers' RSS), so not as often as pollInterval.
+const statusPoll = 25 * time.Millisecond
+
+// status asks b's master for its status over the control socket.
+func (b *Baton) status() (control.Status, error) {
+	if b.Control == "" {
+		return control.Status{}, errors.New("the harness does not know this baton's control socket")
+	}
+	c, err := control.Dial(b.Control)
+	if err != nil {
+		return control.Status{}, err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.Call(ctx, control.Request{Cmd: control.CmdStatus}, nil)
+	if err != nil {
+		return control.Status{}, err
+	}
+	if resp.Status == nil {
+		return control.Status{}, errors.New("a status reply without a status")
+	}
+	return *resp.Status, nil
+}
+
+// mustStatus is b's status now; it fails the test if there is none.
+func (b *Baton) mustStatus(t testing.TB) control.Status {
+	t.Helper()
+	st, err := b.status()
+	if err != nil {
+		t.Fatalf("status of baton %d: %v", b.Pid, err)
+	}
+	return st
+}
+
+// waitStatus polls b's status until cond is true of it and returns that
+// status; it fails the test, saying what it waited for and showing the
+// last status, if that does not happen within timeout.
+func (b *Baton) waitStatus(t testing.TB, what string, timeout time.Duration, cond func(control.Status) bool) control.Status {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last control.Status
+	var lastErr error
+	seen := false
+	for {
+		st, err := b.status()
+		if err == nil {
+			if cond(st) {
+				return st
+			}
+			last, seen = st, true
+		}
+		lastErr = err
+		exited := b.exited()
+		if exited || time.Now().After(deadline) {
+			why := fmt.Sprintf("waited %v", timeout)
+			if exited {
+				why = fmt.Sprintf("baton exited (%v)", b.state)
+			}
+			lastStatus := "none"
+			if seen {
+				js, _ := json.MarshalIndent(last, "", "  ")
+				lastStatus = string(js)
+			}
+			t.Fatalf("%s for %s; last error: %v; last status: %s\nbaton's stderr:\n%s",
+				why, what, lastErr, lastStatus, lastLines(b.stderr.text(), 100))
+		}
+		time.Sleep(statusPoll)
+	}
+}
+
+// waitReady waits until the master lists n workers, all of them ready,
+// and returns that status.
+func (b *Baton) waitReady(t testing.TB, n int) control.Status {
+	t.Helper()
+	return b.waitStatus(t, fmt.Sprintf("%d ready workers", n), startTimeout, func(st control.Status) bool {
+		return len(st.WorkerList) == n && len(inState(st, "ready")) == n
+	})
+}
+
+// waitListed waits until the master lists n workers, in whatever state
+// (a worker that never listens is never ready), and returns that status.
+func (b *Baton) waitListed(t testing.TB, n int) control.Status {
+	t.Helper()
+	return b.waitStatus(t, fmt.Sprintf("%d workers", n), startTimeout, func(st control.Status) bool {
+		return len(st.WorkerList) == n
+	})
+}
+
+// inState is st's workers in state ("starting", "ready", "draining").
+func inState(st control.Status, state string) []control.Worker {
+	var ws []control.Worker
+	for _, w := range st.WorkerList {
+		if w.State == state {
+			ws = append(ws, w)
+		}
+	}
+	return ws
+}
+
+// workerPidsOf is the pids of ws, sorted.
+func workerPidsOf(ws []control.Worker) []int {
+	pids := make([]int, 0, len(ws))
+	for _, w := range ws {
+		pids = append(pids, w.Pid)
+	}
+	slices.Sort(pids)
+	return pids
+}
+
+// inSlot is the worker serving slot in st: of the newest generation there,
+// not draining; ok is false when there is none (between a crash and the
+// restart).
+func inSlot(st control.Status, slot int) (w control.Worker, ok bool) {
+	for _, c := range st.WorkerList {
+		if c.Slot != slot || c.State == "draining" {
+			continue
+		}
+		if !ok || c.Generation > w.Generation || (c.Generation == w.Generation && c.Started.After(w.Started)) {
+			w, ok = c, true
+		}
+	}
+	return w, ok
+}
+
+// withPid is the worker with pid in st.
+func withPid(st control.Status, pid int) (control.Worker, bool) {
+	for _, w := range st.WorkerList {
+		if w.Pid == pid {
+			return w, true
+		}
+	}
+	return control.Worker{}, false
 }
