@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -36,9 +37,11 @@ func (d *deployment) write(toml string) {
 }
 
 // workerConfig is a config running the test worker with args, on a free
-// port unless extra binds.
+// port unless extra sets bind (metrics_bind is not bind: without a bind
+// key baton would take the default 127.0.0.1:8000, which tests running in
+// parallel share).
 func workerConfig(workers int, extra string, args ...string) string {
-	if !strings.Contains(extra, "bind") {
+	if !regexp.MustCompile(`(?m)^\s*bind\s*=`).MatchString(extra) {
 		extra += "\nbind = [\"127.0.0.1:0\"]"
 	}
 	quoted := []string{strconv.Quote(testworkerBin)}
