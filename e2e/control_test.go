@@ -12,12 +12,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/baton-pm/baton/internal/control"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -109,9 +111,8 @@ func executableByAll(t *testing.T, src string) string {
 // socket (the harness gives it one of its own).
 func controlled(t *testing.T, d *deployment, extra ...string) *Baton {
 	t.Helper()
-	b := startBaton(t, append([]string{"run", "-c", d.path}, extra...)...)
-	b.waitLog(t, "control socket listening", nil, waitTimeout)
-	return b
+	// startBaton waits for it to answer there.
+	return startBaton(t, append([]string{"run", "-c", d.path}, extra...)...)
 }
 
 func TestBatonReloadReportsEachOutcome(t *testing.T) {
@@ -176,9 +177,10 @@ func TestConcurrentBatonReloadsShareTheQueuedReload(t *testing.T) {
 		}
 	}
 	// The first started generation 2; the two that came during it share
-	// the one queued behind it.
-	if n := len(b.logs("reload started", nil)); n != 2 {
-		t.Errorf("%d reloads started, want 2", n)
+	// the one queued behind it: generation 3, and none after it.
+	if st := b.mustStatus(t); st.Generation != 3 || st.Reloading || st.LastReload == nil || st.LastReload.Generation != 3 {
+		t.Errorf("after three concurrent reloads: generation %d, reloading %v, last reload %s; want 2 reloads, the last of generation 3",
+			st.Generation, st.Reloading, describeReload(st.LastReload))
 	}
 	if !strings.Contains(results[1].stdout, "generation 3 serves") || !strings.Contains(results[2].stdout, "generation 3 serves") {
 		t.Errorf("the later reloads should both report generation 3: %q, %q", results[1].stdout, results[2].stdout)
@@ -189,7 +191,7 @@ func TestStatusJSONMatchesTheRealProcesses(t *testing.T) {
 	t.Parallel()
 	d := newDeployment(t, workerConfig(3, ""))
 	b := controlled(t, d)
-	b.waitLogs(t, "worker ready", nil, 3, waitTimeout)
+	b.waitReady(t, 3)
 
 	r := b.cli(t, "status", "--json")
 	if r.code != 0 {
@@ -269,8 +271,7 @@ func TestControlSocketRefusesStrangersAndSurvivesGarbage(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "baton.sock")
-	b := startBaton(t, "run", "-c", d.path, "--control", sock)
-	b.waitLog(t, "control socket listening", nil, waitTimeout)
+	b := startBaton(t, "run", "-c", d.path, "--control", sock) // answers there once started
 	info, err := os.Stat(sock)
 	if err != nil || info.Mode().Perm() != 0o600 {
 		t.Fatalf("control socket mode %v (%v), want 0600", info.Mode().Perm(), err)
@@ -324,7 +325,7 @@ func TestMetricsAndReadiness(t *testing.T) {
 	d := newDeployment(t, workerConfig(2, `metrics_bind = "127.0.0.1:0"`))
 	b := controlled(t, d)
 	addr := b.waitLog(t, "metrics endpoint listening", nil, waitTimeout).str("addr")
-	b.waitLogs(t, "worker ready", nil, 2, waitTimeout)
+	b.waitReady(t, 2)
 	if r := b.cli(t, "reload"); r.code != 0 {
 		t.Fatalf("reload: exit %d", r.code)
 	}
@@ -351,7 +352,7 @@ func TestMetricsAndReadiness(t *testing.T) {
 	go func() { _, err := get(b.Addr(), "/slow?ms=2000", 20*time.Second); slow <- err }()
 	time.Sleep(200 * time.Millisecond)
 	b.signal(t, syscall.SIGTERM)
-	b.waitLog(t, "shutting down", nil, waitTimeout)
+	b.waitStatus(t, "the shutdown to begin", waitTimeout, func(st control.Status) bool { return st.ShuttingDown })
 	if code := httpStatus(t, "http://"+addr+"/readyz"); code != http.StatusServiceUnavailable {
 		t.Errorf("/readyz = %d during shutdown, want 503", code)
 	}
@@ -421,7 +422,9 @@ func TestCrashLoopingSlotIsReportedDegraded(t *testing.T) {
 		sh, script, testworkerBin))
 	b := controlled(t, d)
 	addr := b.waitLog(t, "metrics endpoint listening", nil, waitTimeout).str("addr")
-	b.waitLog(t, "restarting worker", func(r record) bool { return r.int("slot") == 2 && r.int("failures") >= 3 }, waitTimeout)
+	b.waitStatus(t, "slot 2 to be reported crash-looping", waitTimeout, func(st control.Status) bool {
+		return slices.ContainsFunc(st.Degraded, func(d string) bool { return strings.HasPrefix(d, "slot 2: ") })
+	})
 
 	last := b.waitLog(t, "last stderr lines of the worker that exited", func(r record) bool { return r.int("slot") == 2 }, waitTimeout)
 	if !strings.Contains(last.line, "slot two: cannot connect to the database") {

@@ -1066,3 +1066,12 @@ func withPid(st control.Status, pid int) (control.Worker, bool) {
 	}
 	return control.Worker{}, false
 }
+
+// describeReload shows a reload's result in a failure message.
+func describeReload(r *control.ReloadResult) string {
+	if r == nil {
+		return "no reload"
+	}
+	js, _ := json.Marshal(r)
+	return string(js)
+}
