@@ -1117,6 +1117,41 @@ func withPid(st control.Status, pid int) (control.Worker, bool) {
 	return control.Worker{}, false
 }
 
+// reload sends HUP and waits for that reload, of generation gen, to end;
+// it returns how it ended (status's last_reload).
+func (b *Baton) reload(t testing.TB, gen int) control.ReloadResult {
+	t.Helper()
+	before := b.mustStatus(t).LastReload
+	b.signal(t, syscall.SIGHUP)
+	return b.waitReloadAfter(t, gen, before)
+}
+
+// waitReloadEnd waits for the reload of generation gen to end and returns
+// how it ended.
+func (b *Baton) waitReloadEnd(t testing.TB, gen int) control.ReloadResult {
+	t.Helper()
+	return b.waitReloadAfter(t, gen, nil)
+}
+
+// waitReloadAfter waits for a reload of generation gen other than before
+// (a config that was refused leaves its generation number free for the
+// next reload) to end.
+func (b *Baton) waitReloadAfter(t testing.TB, gen int, before *control.ReloadResult) control.ReloadResult {
+	t.Helper()
+	st := b.waitStatus(t, fmt.Sprintf("the end of the reload of generation %d", gen), reloadTimeout, func(st control.Status) bool {
+		r := st.LastReload
+		if r == nil || (before != nil && r.Started.Equal(before.Started)) {
+			return false
+		}
+		if r.Generation > gen {
+			t.Fatalf("the reload of generation %d ended and a later one (%d) too before the status showed it: %s",
+				gen, r.Generation, describeReload(r))
+		}
+		return r.Generation == gen
+	})
+	return *st.LastReload
+}
+
 // describeReload shows a reload's result in a failure message.
 func describeReload(r *control.ReloadResult) string {
 	if r == nil {

@@ -74,7 +74,9 @@ func TestWorkersBootNicedWhileOthersServe(t *testing.T) {
 	known := startedWorkers(b)
 	b.signal(t, syscall.SIGHUP)
 	assertBootsNiced(t, b, known)
-	b.waitLog(t, "reload succeeded", nil, reloadTimeout)
+	if r := b.waitReloadEnd(t, 2); !r.OK {
+		t.Fatalf("reload: %s", describeReload(&r))
+	}
 
 	install(t, batonBin, bin)
 	known = startedWorkers(b)
@@ -109,7 +111,9 @@ func TestReplacedWorkersDrainNiced(t *testing.T) {
 	if n, _ := niceOf(old); n != 0 {
 		t.Fatalf("worker %d serves at nice %d, want 0", old, n)
 	}
-	b.reload(t, 2)
+	if r := b.reload(t, 2); !r.OK {
+		t.Fatalf("reload: %s", describeReload(&r))
+	}
 	deadline := time.Now().Add(waitTimeout)
 	n, alive := niceOf(old)
 	for alive && n != 10 && time.Now().Before(deadline) {

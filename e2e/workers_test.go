@@ -494,8 +494,8 @@ func TestWorkersRunAsAnotherUser(t *testing.T) {
 		t.Errorf("unix socket owner uid %d (%v), want 65534", st.Uid, err)
 	}
 	l := steadyLoad(b)
-	if r := b.reload(t, 2); r.msg() != "reload succeeded" {
-		t.Fatalf("reload: %s", r)
+	if r := b.reload(t, 2); !r.OK {
+		t.Fatalf("reload: %s", describeReload(&r))
 	}
 	assertNoFailures(t, l.stop())
 }
