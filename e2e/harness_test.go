@@ -868,23 +868,6 @@ func (b *Baton) waitOutputClosed(timeout time.Duration) bool {
 func (b *Baton) Stderr() string { return b.stderr.text() }
 func (b *Baton) Stdout() string { return b.stdout.text() }
 
-// workerPids returns the pids of the "worker started" records so far, in
-// order.
-func (b *Baton) workerPids() []int {
-	var pids []int
-	for _, r := range b.logs("worker started", nil) {
-		pids = append(pids, r.int("pid"))
-	}
-	return pids
-}
-
-// workerPid returns the pid of the latest worker started in slot.
-func (b *Baton) workerPid(t testing.TB, slot int) int {
-	t.Helper()
-	rs := b.waitLogs(t, "worker started", func(r record) bool { return r.int("slot") == slot }, 1, waitTimeout)
-	return rs[len(rs)-1].int("pid")
-}
-
 // assertNothingLeft fails the test unless every process baton started is
 // gone within a few seconds (baton itself must have exited).
 func (b *Baton) assertNothingLeft(t testing.TB) {
@@ -1115,6 +1098,32 @@ func withPid(st control.Status, pid int) (control.Worker, bool) {
 		}
 	}
 	return control.Worker{}, false
+}
+
+// workerPid waits for a worker in slot and returns its pid (the newest
+// one, see inSlot).
+func (b *Baton) workerPid(t testing.TB, slot int) int {
+	t.Helper()
+	var w control.Worker
+	b.waitStatus(t, fmt.Sprintf("a worker in slot %d", slot), waitTimeout, func(st control.Status) bool {
+		var ok bool
+		w, ok = inSlot(st, slot)
+		return ok
+	})
+	return w.Pid
+}
+
+// waitSlot waits until the worker serving slot (see inSlot) is one for
+// which cond is true, and returns it.
+func (b *Baton) waitSlot(t testing.TB, slot int, what string, cond func(control.Worker) bool) control.Worker {
+	t.Helper()
+	var w control.Worker
+	b.waitStatus(t, fmt.Sprintf("%s in slot %d", what, slot), waitTimeout, func(st control.Status) bool {
+		var ok bool
+		w, ok = inSlot(st, slot)
+		return ok && cond(w)
+	})
+	return w
 }
 
 // reload sends HUP and waits for that reload, of generation gen, to end;
