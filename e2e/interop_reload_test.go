@@ -71,7 +71,7 @@ func TestAutoReadinessReloadsRealServersWithoutAFailedRequest(t *testing.T) {
 			}
 			args := append([]string{"run", "-w", "2", "--chdir", appDir, "--graceful-timeout", "20s"}, tc.flags...)
 			b := startBaton(t, append(append(args, "--"), tc.command...)...)
-			b.waitLogs(t, "worker ready", nil, 2, waitTimeout)
+			b.waitReady(t, 2)
 
 			l := steadyLoad(b)
 			time.Sleep(200 * time.Millisecond)

@@ -20,7 +20,7 @@ func TestReloadsBackToBackRetainNothing(t *testing.T) {
 	d := newDeployment(t, workerConfig(2, `metrics_bind = "127.0.0.1:0"`))
 	b := controlled(t, d)
 	addr := b.waitLog(t, "metrics endpoint listening", nil, waitTimeout).str("addr")
-	b.waitLogs(t, "worker ready", nil, 2, waitTimeout)
+	b.waitReady(t, 2)
 
 	reloads := func(n int) {
 		t.Helper()
