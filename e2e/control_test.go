@@ -12,12 +12,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/baton-pm/baton/internal/control"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -30,8 +32,25 @@ type cliResult struct {
 }
 
 // cli runs a baton client command (reload, status, ...) to its end, as
-// the user cred says (nil: as the test).
+// the user cred says (nil: as the test). Without --control or --pid in
+// args it would look for the machine's control socket: tests talking to
+// a baton they started use b.cli.
 func cli(t *testing.T, cred *syscall.Credential, args ...string) cliResult {
+	t.Helper()
+	return runCLI(t, cred, nil, args...)
+}
+
+// cli runs a baton client command against b's control socket.
+func (b *Baton) cli(t *testing.T, args ...string) cliResult {
+	t.Helper()
+	if b.Control == "" {
+		t.Fatal("b.cli: the harness does not know this baton's control socket")
+	}
+	return runCLI(t, nil, nil, append(args, "--control", b.Control)...)
+}
+
+// runCLI runs a baton client command with env added to cleanEnv's.
+func runCLI(t *testing.T, cred *syscall.Credential, env []string, args ...string) cliResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -40,7 +59,7 @@ func cli(t *testing.T, cred *syscall.Credential, args ...string) cliResult {
 		bin = binaryFor(t, cred)
 	}
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = cleanEnv()
+	cmd.Env = append(cleanEnv(), env...)
 	if cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}
@@ -88,24 +107,22 @@ func executableByAll(t *testing.T, src string) string {
 	return bin
 }
 
-// controlled starts baton with a config file and an explicit control
-// socket and returns both.
-func controlled(t *testing.T, d *deployment, extra ...string) (*Baton, string) {
+// controlled starts baton with a config file; b.cli reaches its control
+// socket (the harness gives it one of its own).
+func controlled(t *testing.T, d *deployment, extra ...string) *Baton {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "baton.sock")
-	b := startBaton(t, append([]string{"run", "-c", d.path, "--control", sock}, extra...)...)
-	b.waitLog(t, "control socket listening", nil, waitTimeout)
-	return b, sock
+	// startBaton waits for it to answer there.
+	return startBaton(t, append([]string{"run", "-c", d.path}, extra...)...)
 }
 
 func TestBatonReloadReportsEachOutcome(t *testing.T) {
 	t.Parallel()
 	d := newDeployment(t, workerConfig(2, `boot_timeout = "1s"`))
-	b, sock := controlled(t, d)
+	b := controlled(t, d)
 	servingGenerations(t, b.Addr(), 2)
 
 	t.Run("good deploy", func(t *testing.T) {
-		r := cli(t, nil, "reload", "--control", sock)
+		r := b.cli(t, "reload")
 		if r.code != 0 || !strings.Contains(r.stdout, "reload succeeded: generation 2 serves") {
 			t.Fatalf("exit %d, stdout %q", r.code, r.stdout)
 		}
@@ -116,7 +133,7 @@ func TestBatonReloadReportsEachOutcome(t *testing.T) {
 	})
 	t.Run("crash at boot", func(t *testing.T) {
 		d.write(workerConfig(2, `boot_timeout = "1s"`, "-exit-at-start", "3"))
-		r := cli(t, nil, "reload", "--control", sock)
+		r := b.cli(t, "reload")
 		want := []string{"reload failed (generation 3)", "exited during boot: exit status 3",
 			"the old generation keeps serving", "| testworker: failing at boot as asked"}
 		if r.code != 1 || !containsAll(r.stderr, want) {
@@ -125,14 +142,14 @@ func TestBatonReloadReportsEachOutcome(t *testing.T) {
 	})
 	t.Run("never ready", func(t *testing.T) {
 		d.write(workerConfig(2, `boot_timeout = "1s"`, "-boot-delay", "1h"))
-		r := cli(t, nil, "reload", "--control", sock)
+		r := b.cli(t, "reload")
 		if r.code != 1 || !strings.Contains(r.stderr, "not ready within boot_timeout (1s)") {
 			t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 		}
 	})
 	t.Run("bad config", func(t *testing.T) {
 		d.write("workers = 0\n" + fmt.Sprintf("command = [%q]\n", testworkerBin))
-		r := cli(t, nil, "reload", "--control", sock)
+		r := b.cli(t, "reload")
 		if r.code != 1 || !containsAll(r.stderr, []string{"the configuration is invalid", d.path + ":1: workers: expected an integer ≥ 1, got 0"}) {
 			t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 		}
@@ -144,13 +161,13 @@ func TestBatonReloadReportsEachOutcome(t *testing.T) {
 func TestConcurrentBatonReloadsShareTheQueuedReload(t *testing.T) {
 	t.Parallel()
 	d := newDeployment(t, workerConfig(2, "", "-boot-delay", "500ms"))
-	b, sock := controlled(t, d)
+	b := controlled(t, d)
 	servingGenerations(t, b.Addr(), 2)
 
 	var wg sync.WaitGroup
 	results := make([]cliResult, 3)
 	for i := range results {
-		wg.Go(func() { results[i] = cli(t, nil, "reload", "--control", sock) })
+		wg.Go(func() { results[i] = b.cli(t, "reload") })
 		time.Sleep(100 * time.Millisecond) // the later ones arrive during the first
 	}
 	wg.Wait()
@@ -160,9 +177,10 @@ func TestConcurrentBatonReloadsShareTheQueuedReload(t *testing.T) {
 		}
 	}
 	// The first started generation 2; the two that came during it share
-	// the one queued behind it.
-	if n := len(b.logs("reload started", nil)); n != 2 {
-		t.Errorf("%d reloads started, want 2", n)
+	// the one queued behind it: generation 3, and none after it.
+	if st := b.mustStatus(t); st.Generation != 3 || st.Reloading || st.LastReload == nil || st.LastReload.Generation != 3 {
+		t.Errorf("after three concurrent reloads: generation %d, reloading %v, last reload %s; want 2 reloads, the last of generation 3",
+			st.Generation, st.Reloading, describeReload(st.LastReload))
 	}
 	if !strings.Contains(results[1].stdout, "generation 3 serves") || !strings.Contains(results[2].stdout, "generation 3 serves") {
 		t.Errorf("the later reloads should both report generation 3: %q, %q", results[1].stdout, results[2].stdout)
@@ -172,10 +190,10 @@ func TestConcurrentBatonReloadsShareTheQueuedReload(t *testing.T) {
 func TestStatusJSONMatchesTheRealProcesses(t *testing.T) {
 	t.Parallel()
 	d := newDeployment(t, workerConfig(3, ""))
-	b, sock := controlled(t, d)
-	b.waitLogs(t, "worker ready", nil, 3, waitTimeout)
+	b := controlled(t, d)
+	b.waitReady(t, 3)
 
-	r := cli(t, nil, "status", "--json", "--control", sock)
+	r := b.cli(t, "status", "--json")
 	if r.code != 0 {
 		t.Fatalf("status: exit %d: %s", r.code, r.stderr)
 	}
@@ -209,7 +227,7 @@ func TestStatusJSONMatchesTheRealProcesses(t *testing.T) {
 			t.Errorf("worker %+v: not a live ready child with its RSS", w)
 		}
 	}
-	text := cli(t, nil, "status", "--control", sock)
+	text := b.cli(t, "status")
 	if text.code != 0 || !containsAll(text.stdout, []string{"SLOT", "ready", fmt.Sprint(b.Pid)}) {
 		t.Errorf("status table: %q", text.stdout)
 	}
@@ -218,16 +236,16 @@ func TestStatusJSONMatchesTheRealProcesses(t *testing.T) {
 func TestScaleAndStop(t *testing.T) {
 	t.Parallel()
 	d := newDeployment(t, workerConfig(1, ""))
-	b, sock := controlled(t, d)
+	b := controlled(t, d)
 
-	if r := cli(t, nil, "scale", "3", "--control", sock); r.code != 0 {
+	if r := b.cli(t, "scale", "3"); r.code != 0 {
 		t.Fatalf("scale: exit %d", r.code)
 	}
 	b.waitWorkers(t, 3)
-	if r := cli(t, nil, "scale", "0", "--control", sock); r.code != 2 {
+	if r := b.cli(t, "scale", "0"); r.code != 2 {
 		t.Errorf("scale 0: exit %d, want 2", r.code)
 	}
-	r := cli(t, nil, "stop", "--control", sock)
+	r := b.cli(t, "stop")
 	if r.code != 0 || !strings.Contains(r.stdout, "stopped") {
 		t.Fatalf("stop: exit %d, %q", r.code, r.stdout)
 	}
@@ -235,7 +253,7 @@ func TestScaleAndStop(t *testing.T) {
 	if processAlive(b.Pid) {
 		t.Error("baton stop returned while the master was still running")
 	}
-	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+	if _, err := os.Stat(b.Control); !os.IsNotExist(err) {
 		t.Errorf("control socket left behind: %v", err)
 	}
 }
@@ -253,8 +271,7 @@ func TestControlSocketRefusesStrangersAndSurvivesGarbage(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "baton.sock")
-	b := startBaton(t, "run", "-c", d.path, "--control", sock)
-	b.waitLog(t, "control socket listening", nil, waitTimeout)
+	b := startBaton(t, "run", "-c", d.path, "--control", sock) // answers there once started
 	info, err := os.Stat(sock)
 	if err != nil || info.Mode().Perm() != 0o600 {
 		t.Fatalf("control socket mode %v (%v), want 0600", info.Mode().Perm(), err)
@@ -295,7 +312,7 @@ func TestControlSocketRefusesStrangersAndSurvivesGarbage(t *testing.T) {
 			t.Errorf("garbage %.20q: reply %.200q, want an error line", garbage, reply)
 		}
 	}
-	if r := cli(t, nil, "status", "--control", sock); r.code != 0 {
+	if r := b.cli(t, "status"); r.code != 0 {
 		t.Fatalf("status after garbage: exit %d: %s", r.code, r.stderr)
 	}
 	servingGenerations(t, b.Addr(), 1)
@@ -306,10 +323,10 @@ func TestMetricsAndReadiness(t *testing.T) {
 	// Workers that take 2 s to drain, so /readyz can be seen at 503
 	// while they still run.
 	d := newDeployment(t, workerConfig(2, `metrics_bind = "127.0.0.1:0"`))
-	b, sock := controlled(t, d)
+	b := controlled(t, d)
 	addr := b.waitLog(t, "metrics endpoint listening", nil, waitTimeout).str("addr")
-	b.waitLogs(t, "worker ready", nil, 2, waitTimeout)
-	if r := cli(t, nil, "reload", "--control", sock); r.code != 0 {
+	b.waitReady(t, 2)
+	if r := b.cli(t, "reload"); r.code != 0 {
 		t.Fatalf("reload: exit %d", r.code)
 	}
 
@@ -335,7 +352,7 @@ func TestMetricsAndReadiness(t *testing.T) {
 	go func() { _, err := get(b.Addr(), "/slow?ms=2000", 20*time.Second); slow <- err }()
 	time.Sleep(200 * time.Millisecond)
 	b.signal(t, syscall.SIGTERM)
-	b.waitLog(t, "shutting down", nil, waitTimeout)
+	b.waitStatus(t, "the shutdown to begin", waitTimeout, func(st control.Status) bool { return st.ShuttingDown })
 	if code := httpStatus(t, "http://"+addr+"/readyz"); code != http.StatusServiceUnavailable {
 		t.Errorf("/readyz = %d during shutdown, want 503", code)
 	}
@@ -403,15 +420,17 @@ func TestCrashLoopingSlotIsReportedDegraded(t *testing.T) {
 	script := `if [ "$BATON_WORKER_ID" = 2 ]; then echo "slot two: cannot connect to the database" >&2; exit 3; fi; exec "$0"`
 	d := newDeployment(t, fmt.Sprintf("workers = 2\nbind = [\"127.0.0.1:0\"]\nmetrics_bind = \"127.0.0.1:0\"\ncommand = [%q, \"-c\", %q, %q]\n",
 		sh, script, testworkerBin))
-	b, sock := controlled(t, d)
+	b := controlled(t, d)
 	addr := b.waitLog(t, "metrics endpoint listening", nil, waitTimeout).str("addr")
-	b.waitLog(t, "restarting worker", func(r record) bool { return r.int("slot") == 2 && r.int("failures") >= 3 }, waitTimeout)
+	b.waitStatus(t, "slot 2 to be reported crash-looping", waitTimeout, func(st control.Status) bool {
+		return slices.ContainsFunc(st.Degraded, func(d string) bool { return strings.HasPrefix(d, "slot 2: ") })
+	})
 
 	last := b.waitLog(t, "last stderr lines of the worker that exited", func(r record) bool { return r.int("slot") == 2 }, waitTimeout)
 	if !strings.Contains(last.line, "slot two: cannot connect to the database") {
 		t.Errorf("crash record without the worker's last words: %s", last)
 	}
-	st := cli(t, nil, "status", "--json", "--control", sock)
+	st := b.cli(t, "status", "--json")
 	if !strings.Contains(st.stdout, `"degraded"`) || !strings.Contains(st.stdout, "slot 2: ") {
 		t.Errorf("status does not say slot 2 is crash-looping: %s", st.stdout)
 	}
@@ -425,4 +444,46 @@ func TestCrashLoopingSlotIsReportedDegraded(t *testing.T) {
 		t.Errorf("/readyz = %d %q, want 200 saying degraded", resp.StatusCode, body)
 	}
 	servingGenerations(t, b.Addr(), 1)
+}
+
+// Without --control, baton and its client commands agree on where the
+// control socket is: beside the pidfile, else in $XDG_RUNTIME_DIR (both
+// in temp dirs here; root's last resort, /run/baton.sock, is the
+// machine's and no test may use it).
+func TestControlSocketDefaultPath(t *testing.T) {
+	t.Parallel()
+	t.Run("XDG_RUNTIME_DIR", func(t *testing.T) {
+		t.Parallel()
+		runtimeDir := t.TempDir()
+		env := []string{"XDG_RUNTIME_DIR=" + runtimeDir}
+		b := launch(t, batonSpec{args: []string{"run", "--", testworkerBin}, env: env, defaultControl: true})
+		b.waitStarted(t)
+		want := filepath.Join(runtimeDir, "baton.sock")
+		if b.Control != want {
+			t.Fatalf("the harness expects the control socket at %s, want %s", b.Control, want)
+		}
+		if info, err := os.Stat(want); err != nil || info.Mode().Type() != os.ModeSocket {
+			t.Fatalf("no control socket at %s: %v", want, err)
+		}
+		r := runCLI(t, nil, env, "status", "--json")
+		if r.code != 0 || !strings.Contains(r.stdout, fmt.Sprintf(`"pid": %d`, b.Pid)) {
+			t.Errorf("baton status with only XDG_RUNTIME_DIR: exit %d, %q; want this master's status", r.code, r.stdout)
+		}
+	})
+	t.Run("beside the pidfile", func(t *testing.T) {
+		t.Parallel()
+		pidfile := filepath.Join(t.TempDir(), "app.pid")
+		// The pidfile wins over XDG_RUNTIME_DIR, for the master and the client.
+		env := []string{"XDG_RUNTIME_DIR=" + t.TempDir()}
+		b := launch(t, batonSpec{args: []string{"run", "--pid", pidfile, "--", testworkerBin}, env: env})
+		b.waitStarted(t)
+		want := strings.TrimSuffix(pidfile, ".pid") + ".sock"
+		if info, err := os.Stat(want); err != nil || info.Mode().Type() != os.ModeSocket {
+			t.Fatalf("no control socket beside the pidfile at %s: %v", want, err)
+		}
+		r := runCLI(t, nil, env, "status", "--json", "--pid", pidfile)
+		if r.code != 0 || !strings.Contains(r.stdout, fmt.Sprintf(`"pid": %d`, b.Pid)) {
+			t.Errorf("baton status --pid: exit %d, %q; want this master's status", r.code, r.stdout)
+		}
+	})
 }

@@ -14,10 +14,9 @@ import (
 func TestDemo(t *testing.T) {
 	t.Parallel()
 	b := startBaton(t, "demo", "-b", "127.0.0.1:0")
-	started := b.waitLogs(t, "worker started", nil, 4, waitTimeout)
 	workers := map[int]bool{}
-	for _, r := range started {
-		workers[r.int("pid")] = true
+	for _, w := range b.waitListed(t, 4).WorkerList {
+		workers[w.Pid] = true
 	}
 
 	pidInBody := regexp.MustCompile(`\(pid (\d+)`)

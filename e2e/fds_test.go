@@ -45,8 +45,7 @@ func TestWorkersInheritOnlyTheListeners(t *testing.T) {
 		extraFiles: []*os.File{nil, nil, nil, nil, secret},
 	})
 	b.waitStarted(t)
-	b.waitLogs(t, "worker started", nil, 2, waitTimeout)
-	pids := b.workerPids()
+	pids := workerPidsOf(b.waitReady(t, 2).WorkerList)
 	for _, pid := range pids {
 		// Until the shim has exec'd the command, the fd table is the
 		// shim's.

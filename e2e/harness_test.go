@@ -11,6 +11,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,6 +26,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
+
+	"github.com/baton-pm/baton/internal/control"
+	"golang.org/x/sys/unix"
 )
 
 // Paths of the binaries TestMain builds.
@@ -45,6 +50,13 @@ const (
 func TestMain(m *testing.M) { os.Exit(runTests(m)) }
 
 func runTests(m *testing.M) int {
+	// Every baton a test starts has a control socket of its own (see
+	// launch); none may use the one shared by every baton on the machine.
+	checkShared, err := watchSharedControlSocket()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
 	dir, err := os.MkdirTemp("", "baton-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
@@ -75,7 +87,148 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: building the binaries under test failed:", err)
 		return 1
 	}
-	return m.Run()
+	code := m.Run()
+	if err := checkShared(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: FAIL:", err)
+		return 1
+	}
+	return code
+}
+
+// sharedControlSocket is where a baton with no control socket configured,
+// no pidfile and no $XDG_RUNTIME_DIR puts it (control.DefaultPath): for
+// root /run/baton.sock, shared by every baton on the machine, so two tests,
+// or a test and a real baton, would collide there.
+func sharedControlSocket() string {
+	if os.Getuid() == 0 {
+		return "/run/baton.sock"
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("baton-%d.sock", os.Getuid()))
+}
+
+// watchSharedControlSocket watches the shared control socket's directory
+// for the whole run (cleanEnv removes $XDG_RUNTIME_DIR, so a baton or
+// client that is given no path ends up there). Baton removes its socket
+// when it exits, so looking at the end of the run would not do. Whenever
+// the socket is created, the watcher looks up which process listens on it:
+// check reports one that descends from this test binary. Another process
+// (a real baton, another checkout's test run) may create it meanwhile;
+// that is only mentioned.
+func watchSharedControlSocket() (check func() error, err error) {
+	path := sharedControlSocket()
+	dir, name := filepath.Dir(path), filepath.Base(path)
+	if _, err := os.Stat(dir); os.IsNotExist(err) {
+		return func() error { return nil }, nil // nothing can be created there
+	}
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("inotify: %w", err)
+	}
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_MOVED_TO); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("watching %s: %w", dir, err)
+	}
+	var (
+		mu           sync.Mutex
+		ours, others []string
+		overflow     bool
+	)
+	// The reader blocks in read(2) until the test binary exits.
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := unix.Read(fd, buf)
+			if err != nil {
+				if err == unix.EINTR {
+					continue
+				}
+				return
+			}
+			for off := 0; off+unix.SizeofInotifyEvent <= n; {
+				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+				evName := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)]), "\x00")
+				off += unix.SizeofInotifyEvent + int(ev.Len)
+				if ev.Mask&unix.IN_Q_OVERFLOW != 0 {
+					mu.Lock()
+					overflow = true
+					mu.Unlock()
+				}
+				if evName != name {
+					continue
+				}
+				mine, foreign := socketOwners(path)
+				mu.Lock()
+				ours = append(ours, mine...)
+				others = append(others, foreign...)
+				mu.Unlock()
+			}
+		}
+	}()
+	return func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(others) > 0 {
+			fmt.Fprintf(os.Stderr, "e2e: note: %s was created during the run by processes outside the tests: %s\n",
+				path, strings.Join(others, "; "))
+		}
+		if overflow {
+			fmt.Fprintf(os.Stderr, "e2e: note: events of %s were lost; a test may have used %s unnoticed\n", dir, path)
+		}
+		if len(ours) > 0 {
+			return fmt.Errorf("a baton started by the tests listened on the machine's shared control socket %s: %s; "+
+				"give every baton --control or --pid in a temp dir (launch does unless told otherwise)", path, strings.Join(ours, "; "))
+		}
+		return nil
+	}, nil
+}
+
+// socketOwners describes the processes listening on the unix socket at
+// path: those descending from this test binary, and the others.
+func socketOwners(path string) (ours, others []string) {
+	data, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		return nil, nil
+	}
+	inodes := map[string]bool{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 8 && f[7] == path {
+			inodes["socket:["+f[6]+"]"] = true
+		}
+	}
+	if len(inodes) == 0 {
+		return nil, []string{"gone before it could be looked up"}
+	}
+	procs := allProcs()
+	for pid := range procs {
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, fd := range fds {
+			if link, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); inodes[link] {
+				desc := fmt.Sprintf("pid %d: %s", pid, cmdline(pid))
+				if descendsFrom(procs, pid, os.Getpid()) {
+					ours = append(ours, desc)
+				} else {
+					others = append(others, desc)
+				}
+				break
+			}
+		}
+	}
+	return ours, others
+}
+
+// descendsFrom tells whether pid has ancestor among its parents.
+func descendsFrom(procs map[int]procStat, pid, ancestor int) bool {
+	for range 64 {
+		p, ok := procs[pid]
+		if !ok || p.ppid <= 1 {
+			return false
+		}
+		if p.ppid == ancestor {
+			return true
+		}
+		pid = p.ppid
+	}
+	return false
 }
 
 func copyFile(from, to string) error {
@@ -250,6 +403,10 @@ type batonSpec struct {
 	extraFiles []*os.File // become fds 3, 4, ... of baton
 	env        []string   // added to baton's environment
 	bin        string     // the baton binary; default: the one TestMain built
+	// defaultControl: do not give baton a control socket of its own; the
+	// test checks where baton puts it by itself, and points the pidfile or
+	// $XDG_RUNTIME_DIR (in env) into a temp dir for that.
+	defaultControl bool
 }
 
 // Baton is one running (or exited) baton process.
@@ -257,6 +414,9 @@ type Baton struct {
 	t   testing.TB
 	Pid int
 	Dir string // the test's temp dir, baton's working directory
+	// Control is baton's control socket, which the status and client
+	// helpers use: its own in Dir unless the test chose one.
+	Control string
 
 	cmd    *exec.Cmd
 	stderr *lineLog
@@ -300,7 +460,12 @@ func launch(t testing.TB, spec batonSpec) *Baton {
 	if spec.bin != "" {
 		bin = spec.bin
 	}
-	cmd := exec.Command(bin, withTestFlags(spec)...)
+	args, ctl, err := withTestFlags(spec, b.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Control = ctl
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = b.Dir
 	cmd.Env = append(cleanEnv(), spec.env...)
 	cmd.ExtraFiles = spec.extraFiles
@@ -344,12 +509,14 @@ func launch(t testing.TB, spec batonSpec) *Baton {
 }
 
 // withTestFlags adds what every test wants to run and demo: JSON logs
-// (which the harness parses) and port 0 (no two tests share a port), unless
-// the test chose otherwise.
-func withTestFlags(spec batonSpec) []string {
-	args := spec.args
+// (which the harness parses), port 0 (no two tests share a port) and a
+// control socket in dir (no two batons share one; root's default,
+// /run/baton.sock, is the machine's), unless the test chose otherwise. It
+// returns the arguments and the control socket baton will listen on.
+func withTestFlags(spec batonSpec, dir string) (args []string, ctl string, err error) {
+	args = spec.args
 	if len(args) == 0 || (args[0] != "run" && args[0] != "demo") {
-		return args
+		return args, "", nil
 	}
 	flags := args[1:]
 	if i := slices.Index(flags, "--"); i >= 0 {
@@ -363,7 +530,109 @@ func withTestFlags(spec batonSpec) []string {
 	if !spec.noBind && !hasFlag(flags, "-b", "--bind", "-c", "--config") {
 		extra = append(extra, "-b", "127.0.0.1:0")
 	}
-	return slices.Concat(args[:1], extra, args[1:])
+	ctl, chosen := chosenControl(flags)
+	switch {
+	case chosen && ctl == sharedControlSocket():
+		return nil, "", fmt.Errorf("the test gives baton the machine's shared control socket %s", ctl)
+	case chosen:
+	case spec.defaultControl:
+		ctl = defaultControlIn(spec.env)
+		if ctl == sharedControlSocket() {
+			return nil, "", fmt.Errorf("defaultControl without a pidfile or XDG_RUNTIME_DIR: baton would use the machine's %s", ctl)
+		}
+	default:
+		ctl = filepath.Join(dir, "baton.sock")
+		if len(ctl) > 100 { // a unix socket path has at most 107 bytes
+			short, err := os.MkdirTemp("", "baton-ctl-")
+			if err != nil {
+				return nil, "", err
+			}
+			ctl = filepath.Join(short, "baton.sock")
+		}
+		extra = append(extra, "--control", ctl)
+	}
+	return slices.Concat(args[:1], extra, args[1:]), ctl, nil
+}
+
+// chosenControl is the control socket the flags (and the config file they
+// name) give baton, as cmd/baton's controlPath resolves it: control, else
+// beside the pidfile; flags win over the file.
+func chosenControl(flags []string) (ctl string, chosen bool) {
+	ctl, hasCtl := flagValue(flags, "--control")
+	pid, hasPid := flagValue(flags, "--pid")
+	if cfg, ok := flagValue(flags, "-c", "--config"); ok && (!hasCtl || !hasPid) {
+		data, _ := os.ReadFile(cfg) // a missing file is baton's to report
+		keys := configStrings(string(data))
+		if v, ok := keys["control"]; ok && !hasCtl {
+			ctl, hasCtl = v, true
+		}
+		if v, ok := keys["pid"]; ok && !hasPid {
+			pid, hasPid = v, true
+		}
+	}
+	switch {
+	case hasCtl && ctl != "":
+		return ctl, true
+	case hasPid && pid != "":
+		return control.DefaultPath(pid), true
+	}
+	return "", false
+}
+
+// configStrings reads the top-level key = "string" lines of a TOML config,
+// enough for the test configs' control and pid.
+func configStrings(toml string) map[string]string {
+	keys := map[string]string{}
+	for _, line := range strings.Split(toml, "\n") {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "[") {
+			break // a table: no more top-level keys
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		if s, err := strconv.Unquote(strings.TrimSpace(v)); err == nil {
+			keys[strings.TrimSpace(k)] = s
+		}
+	}
+	return keys
+}
+
+// defaultControlIn is where baton puts its control socket with nothing
+// configured and env (on top of cleanEnv's) as its environment.
+func defaultControlIn(env []string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if dir, ok := strings.CutPrefix(env[i], "XDG_RUNTIME_DIR="); ok && dir != "" {
+			return filepath.Join(dir, "baton.sock")
+		}
+	}
+	return sharedControlSocket()
+}
+
+// flagValue is the value of the last of the flags called names in args:
+// "--name V", "--name=V", or "-xV" for a one-letter name.
+func flagValue(args []string, names ...string) (value string, ok bool) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		for _, n := range names {
+			switch {
+			case a == n && i+1 < len(args):
+				value, ok = args[i+1], true
+			case strings.HasPrefix(a, n+"="):
+				value, ok = a[len(n)+1:], true
+			case len(n) == 2 && len(a) > 2 && strings.HasPrefix(a, n) && a[2] != '=':
+				value, ok = a[2:], true
+			default:
+				continue
+			}
+			if a == n {
+				i++
+			}
+			break
+		}
+	}
+	return value, ok
 }
 
 func hasFlag(args []string, names ...string) bool {
@@ -386,6 +655,11 @@ func cleanEnv() []string {
 		name, _, _ := strings.Cut(kv, "=")
 		switch name {
 		case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID":
+			continue
+		case "XDG_RUNTIME_DIR":
+			// Else a baton or client given no control socket would use
+			// the session's; without it, they use the shared one, which
+			// TestMain watches.
 			continue
 		}
 		env = append(env, kv)
@@ -471,21 +745,21 @@ func runWatcher() {
 	}
 }
 
-// waitStarted waits for the "master started" record and reads the
-// listeners' real addresses from the "listening" records.
+// waitStarted waits until the master answers on its control socket (it
+// opens it once its listeners are bound, just before its loop starts) and
+// reads the listeners' real addresses from its status.
 func (b *Baton) waitStarted(t testing.TB) {
 	t.Helper()
-	r := b.waitLog(t, "master started", nil, startTimeout)
-	if pid := r.int("pid"); pid != b.Pid {
-		t.Errorf(`"master started" says pid %d, the process is %d`, pid, b.Pid)
+	st := b.waitStatus(t, "the master to answer on its control socket", startTimeout, func(control.Status) bool { return true })
+	if st.Pid != b.Pid {
+		t.Errorf("the master on %s says pid %d, the process is %d", b.Control, st.Pid, b.Pid)
 	}
-	for _, l := range b.logs("listening", nil) {
-		name := l.str("name")
-		b.listenerNames = append(b.listenerNames, name)
-		b.listenerAddrs[name] = l.str("addr")
+	for _, l := range st.Listeners {
+		b.listenerNames = append(b.listenerNames, l.Name)
+		b.listenerAddrs[l.Name] = l.Addr
 	}
 	if len(b.listenerNames) == 0 {
-		t.Fatalf("no \"listening\" record before \"master started\":\n%s", b.stderr.text())
+		t.Fatalf("the master's status lists no listener: %+v", st)
 	}
 }
 
@@ -594,23 +868,6 @@ func (b *Baton) waitOutputClosed(timeout time.Duration) bool {
 func (b *Baton) Stderr() string { return b.stderr.text() }
 func (b *Baton) Stdout() string { return b.stdout.text() }
 
-// workerPids returns the pids of the "worker started" records so far, in
-// order.
-func (b *Baton) workerPids() []int {
-	var pids []int
-	for _, r := range b.logs("worker started", nil) {
-		pids = append(pids, r.int("pid"))
-	}
-	return pids
-}
-
-// workerPid returns the pid of the latest worker started in slot.
-func (b *Baton) workerPid(t testing.TB, slot int) int {
-	t.Helper()
-	rs := b.waitLogs(t, "worker started", func(r record) bool { return r.int("slot") == slot }, 1, waitTimeout)
-	return rs[len(rs)-1].int("pid")
-}
-
 // assertNothingLeft fails the test unless every process baton started is
 // gone within a few seconds (baton itself must have exited).
 func (b *Baton) assertNothingLeft(t testing.TB) {
@@ -702,4 +959,213 @@ func runToExit(t testing.TB, spec batonSpec) runResult {
 	// Nothing else holds the pipes when baton started no worker.
 	b.waitOutputClosed(2 * time.Second)
 	return runResult{code: code, stdout: b.Stdout(), stderr: b.Stderr(), b: b}
+}
+
+// ---------------------------------------------------------------------------
+// The master's status, as `baton status --json` and /status report it
+
+// statusPoll is how often waitStatus asks: each answer costs the master a
+// scan of /proc (the workers' RSS), so not as often as pollInterval.
+const statusPoll = 25 * time.Millisecond
+
+// status asks b's master for its status over the control socket.
+func (b *Baton) status() (control.Status, error) {
+	if b.Control == "" {
+		return control.Status{}, errors.New("the harness does not know this baton's control socket")
+	}
+	c, err := control.Dial(b.Control)
+	if err != nil {
+		return control.Status{}, err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.Call(ctx, control.Request{Cmd: control.CmdStatus}, nil)
+	if err != nil {
+		return control.Status{}, err
+	}
+	if resp.Status == nil {
+		return control.Status{}, errors.New("a status reply without a status")
+	}
+	return *resp.Status, nil
+}
+
+// mustStatus is b's status now; it fails the test if there is none.
+func (b *Baton) mustStatus(t testing.TB) control.Status {
+	t.Helper()
+	st, err := b.status()
+	if err != nil {
+		t.Fatalf("status of baton %d: %v", b.Pid, err)
+	}
+	return st
+}
+
+// waitStatus polls b's status until cond is true of it and returns that
+// status; it fails the test, saying what it waited for and showing the
+// last status, if that does not happen within timeout.
+func (b *Baton) waitStatus(t testing.TB, what string, timeout time.Duration, cond func(control.Status) bool) control.Status {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last control.Status
+	var lastErr error
+	seen := false
+	for {
+		st, err := b.status()
+		if err == nil {
+			if cond(st) {
+				return st
+			}
+			last, seen = st, true
+		}
+		lastErr = err
+		exited := b.exited()
+		if exited || time.Now().After(deadline) {
+			why := fmt.Sprintf("waited %v", timeout)
+			if exited {
+				why = fmt.Sprintf("baton exited (%v)", b.state)
+			}
+			lastStatus := "none"
+			if seen {
+				js, _ := json.MarshalIndent(last, "", "  ")
+				lastStatus = string(js)
+			}
+			t.Fatalf("%s for %s; last error: %v; last status: %s\nbaton's stderr:\n%s",
+				why, what, lastErr, lastStatus, lastLines(b.stderr.text(), 100))
+		}
+		time.Sleep(statusPoll)
+	}
+}
+
+// waitReady waits until the master lists n workers, all of them ready,
+// and returns that status.
+func (b *Baton) waitReady(t testing.TB, n int) control.Status {
+	t.Helper()
+	return b.waitStatus(t, fmt.Sprintf("%d ready workers", n), startTimeout, func(st control.Status) bool {
+		return len(st.WorkerList) == n && len(inState(st, "ready")) == n
+	})
+}
+
+// waitListed waits until the master lists n workers, in whatever state
+// (a worker that never listens is never ready), and returns that status.
+func (b *Baton) waitListed(t testing.TB, n int) control.Status {
+	t.Helper()
+	return b.waitStatus(t, fmt.Sprintf("%d workers", n), startTimeout, func(st control.Status) bool {
+		return len(st.WorkerList) == n
+	})
+}
+
+// inState is st's workers in state ("starting", "ready", "draining").
+func inState(st control.Status, state string) []control.Worker {
+	var ws []control.Worker
+	for _, w := range st.WorkerList {
+		if w.State == state {
+			ws = append(ws, w)
+		}
+	}
+	return ws
+}
+
+// workerPidsOf is the pids of ws, sorted.
+func workerPidsOf(ws []control.Worker) []int {
+	pids := make([]int, 0, len(ws))
+	for _, w := range ws {
+		pids = append(pids, w.Pid)
+	}
+	slices.Sort(pids)
+	return pids
+}
+
+// inSlot is the worker serving slot in st: of the newest generation there,
+// not draining; ok is false when there is none (between a crash and the
+// restart).
+func inSlot(st control.Status, slot int) (w control.Worker, ok bool) {
+	for _, c := range st.WorkerList {
+		if c.Slot != slot || c.State == "draining" {
+			continue
+		}
+		if !ok || c.Generation > w.Generation || (c.Generation == w.Generation && c.Started.After(w.Started)) {
+			w, ok = c, true
+		}
+	}
+	return w, ok
+}
+
+// withPid is the worker with pid in st.
+func withPid(st control.Status, pid int) (control.Worker, bool) {
+	for _, w := range st.WorkerList {
+		if w.Pid == pid {
+			return w, true
+		}
+	}
+	return control.Worker{}, false
+}
+
+// workerPid waits for a worker in slot and returns its pid (the newest
+// one, see inSlot).
+func (b *Baton) workerPid(t testing.TB, slot int) int {
+	t.Helper()
+	var w control.Worker
+	b.waitStatus(t, fmt.Sprintf("a worker in slot %d", slot), waitTimeout, func(st control.Status) bool {
+		var ok bool
+		w, ok = inSlot(st, slot)
+		return ok
+	})
+	return w.Pid
+}
+
+// waitSlot waits until the worker serving slot (see inSlot) is one for
+// which cond is true, and returns it.
+func (b *Baton) waitSlot(t testing.TB, slot int, what string, cond func(control.Worker) bool) control.Worker {
+	t.Helper()
+	var w control.Worker
+	b.waitStatus(t, fmt.Sprintf("%s in slot %d", what, slot), waitTimeout, func(st control.Status) bool {
+		var ok bool
+		w, ok = inSlot(st, slot)
+		return ok && cond(w)
+	})
+	return w
+}
+
+// reload sends HUP and waits for that reload, of generation gen, to end;
+// it returns how it ended (status's last_reload).
+func (b *Baton) reload(t testing.TB, gen int) control.ReloadResult {
+	t.Helper()
+	before := b.mustStatus(t).LastReload
+	b.signal(t, syscall.SIGHUP)
+	return b.waitReloadAfter(t, gen, before)
+}
+
+// waitReloadEnd waits for the reload of generation gen to end and returns
+// how it ended.
+func (b *Baton) waitReloadEnd(t testing.TB, gen int) control.ReloadResult {
+	t.Helper()
+	return b.waitReloadAfter(t, gen, nil)
+}
+
+// waitReloadAfter waits for a reload of generation gen other than before
+// (a config that was refused leaves its generation number free for the
+// next reload) to end.
+func (b *Baton) waitReloadAfter(t testing.TB, gen int, before *control.ReloadResult) control.ReloadResult {
+	t.Helper()
+	st := b.waitStatus(t, fmt.Sprintf("the end of the reload of generation %d", gen), reloadTimeout, func(st control.Status) bool {
+		r := st.LastReload
+		if r == nil || (before != nil && r.Started.Equal(before.Started)) {
+			return false
+		}
+		if r.Generation > gen {
+			t.Fatalf("the reload of generation %d ended and a later one (%d) too before the status showed it: %s",
+				gen, r.Generation, describeReload(r))
+		}
+		return r.Generation == gen
+	})
+	return *st.LastReload
+}
+
+// describeReload shows a reload's result in a failure message.
+func describeReload(r *control.ReloadResult) string {
+	if r == nil {
+		return "no reload"
+	}
+	js, _ := json.Marshal(r)
+	return string(js)
 }

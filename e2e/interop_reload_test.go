@@ -71,15 +71,15 @@ func TestAutoReadinessReloadsRealServersWithoutAFailedRequest(t *testing.T) {
 			}
 			args := append([]string{"run", "-w", "2", "--chdir", appDir, "--graceful-timeout", "20s"}, tc.flags...)
 			b := startBaton(t, append(append(args, "--"), tc.command...)...)
-			b.waitLogs(t, "worker ready", nil, 2, waitTimeout)
+			b.waitReady(t, 2)
 
 			l := steadyLoad(b)
 			time.Sleep(200 * time.Millisecond)
 			r := b.reload(t, 2)
 			time.Sleep(300 * time.Millisecond) // the old generation drains under load
 			res := l.stop()
-			if r.msg() != "reload succeeded" {
-				t.Fatalf("reload: %s", r)
+			if !r.OK {
+				t.Fatalf("reload: %s", describeReload(&r))
 			}
 			assertNoFailures(t, res)
 			ready := b.logs("worker ready", func(r record) bool { return r.int("generation") == 2 })

@@ -101,10 +101,7 @@ func TestInterop(t *testing.T) {
 			}
 			args := slices.Concat([]string{"run", "-w", "2", "--chdir", appDir}, tc.flags, []string{"--"}, tc.command)
 			b := startBaton(t, args...)
-			var workers []int
-			for _, r := range b.waitLogs(t, "worker started", nil, 2, waitTimeout) {
-				workers = append(workers, r.int("pid"))
-			}
+			workers := workerPidsOf(b.waitListed(t, 2).WorkerList)
 
 			// Requests wait in the backlog while the interpreters boot.
 			res := startLoad(loadOptions{addr: b.Addr(), concurrency: 4, maxRequests: 200, maxDuration: 60 * time.Second, timeout: 20 * time.Second}).wait()

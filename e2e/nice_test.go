@@ -3,11 +3,14 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-pm/baton/internal/control"
 )
 
 // niceOf reads a process's nice value (field 19 of /proc/PID/stat); ok is
@@ -26,22 +29,18 @@ func niceOf(pid int) (int, bool) {
 	return n, err == nil
 }
 
-// assertBootsNiced waits for a worker that is not one of known to start
-// (logged into b, by its master or by one an upgrade started), and checks
-// it runs at nice 10 while it boots and at nice 0 once it is ready. It
-// returns the worker's pid.
-func assertBootsNiced(t *testing.T, b *Baton, known map[int]bool) int {
+// assertBootsNiced checks that worker pid of generation gen, which is
+// booting, runs at nice 10, and at nice 0 once ready has returned (having
+// seen it ready).
+func assertBootsNiced(t *testing.T, pid, gen int, ready func()) {
 	t.Helper()
-	started := b.waitLog(t, "worker started", func(r record) bool { return !known[r.int("pid")] }, reloadTimeout)
-	pid, gen := started.int("pid"), started.int("generation")
 	if n, ok := niceOf(pid); !ok || n != 10 {
 		t.Errorf("worker %d of generation %d boots at nice %d (alive %v), want 10 while others serve", pid, gen, n, ok)
 	}
-	b.waitLog(t, "worker ready", func(r record) bool { return r.int("pid") == pid }, reloadTimeout)
+	ready()
 	if n, ok := niceOf(pid); ok && n != 0 {
 		t.Errorf("worker %d serves at nice %d once ready, want 0", pid, n)
 	}
-	return pid
 }
 
 // startedWorkers is every worker pid b's log has named so far.
@@ -70,18 +69,38 @@ func TestWorkersBootNicedWhileOthersServe(t *testing.T) {
 		}
 	}
 
-	b.waitLogs(t, "worker ready", nil, 2, waitTimeout) // serving is not yet "ready" to the master
-	known := startedWorkers(b)
+	b.waitReady(t, 2) // serving is not yet "ready" to the master
 	b.signal(t, syscall.SIGHUP)
-	assertBootsNiced(t, b, known)
-	b.waitLog(t, "reload succeeded", nil, reloadTimeout)
+	var booting control.Worker
+	b.waitStatus(t, "a booting worker of generation 2", reloadTimeout, func(st control.Status) bool {
+		i := slices.IndexFunc(st.WorkerList, func(w control.Worker) bool { return w.Generation == 2 && w.State == "starting" })
+		if i >= 0 {
+			booting = st.WorkerList[i]
+		}
+		return i >= 0
+	})
+	assertBootsNiced(t, booting.Pid, 2, func() {
+		b.waitStatus(t, fmt.Sprintf("worker %d to be ready", booting.Pid), reloadTimeout, func(st control.Status) bool {
+			w, ok := withPid(st, booting.Pid)
+			return ok && w.State == "ready"
+		})
+	})
+	if r := b.waitReloadEnd(t, 2); !r.OK {
+		t.Fatalf("reload: %s", describeReload(&r))
+	}
 
 	install(t, batonBin, bin)
-	known = startedWorkers(b)
+	known := startedWorkers(b)
 	done := make(chan cliResult, 1)
 	go func() { done <- cli(t, nil, "upgrade", "--pid", pidfile) }()
-	// The new master logs through the old one's stderr.
-	assertBootsNiced(t, b, known)
+	// The new master's workers are in no status while they boot (it takes
+	// the control socket over at the hand-over, once they are ready), but
+	// it logs through the old master's stderr.
+	started := b.waitLog(t, "worker started", func(r record) bool { return !known[r.int("pid")] }, reloadTimeout)
+	pid := started.int("pid")
+	assertBootsNiced(t, pid, started.int("generation"), func() {
+		b.waitLog(t, "worker ready", func(r record) bool { return r.int("pid") == pid }, reloadTimeout)
+	})
 	select {
 	case r := <-done:
 		if r.code != 0 {
@@ -104,12 +123,13 @@ func TestReplacedWorkersDrainNiced(t *testing.T) {
 	}
 	d := newDeployment(t, workerConfig(1, "", "-ignore-term"))
 	b := startBaton(t, "run", "-c", d.path)
-	b.waitLogs(t, "worker ready", nil, 1, waitTimeout)
-	old := b.workerPid(t, 1)
+	old := b.waitReady(t, 1).WorkerList[0].Pid
 	if n, _ := niceOf(old); n != 0 {
 		t.Fatalf("worker %d serves at nice %d, want 0", old, n)
 	}
-	b.reload(t, 2)
+	if r := b.reload(t, 2); !r.OK {
+		t.Fatalf("reload: %s", describeReload(&r))
+	}
 	deadline := time.Now().Add(waitTimeout)
 	n, alive := niceOf(old)
 	for alive && n != 10 && time.Now().Before(deadline) {

@@ -1,14 +1,19 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-pm/baton/internal/control"
 )
 
 // reloadTimeout bounds one reload in these tests; they take well under a
@@ -36,9 +41,11 @@ func (d *deployment) write(toml string) {
 }
 
 // workerConfig is a config running the test worker with args, on a free
-// port unless extra binds.
+// port unless extra sets bind (metrics_bind is not bind: without a bind
+// key baton would take the default 127.0.0.1:8000, which tests running in
+// parallel share).
 func workerConfig(workers int, extra string, args ...string) string {
-	if !strings.Contains(extra, "bind") {
+	if !regexp.MustCompile(`(?m)^\s*bind\s*=`).MatchString(extra) {
 		extra += "\nbind = [\"127.0.0.1:0\"]"
 	}
 	quoted := []string{strconv.Quote(testworkerBin)}
@@ -47,30 +54,6 @@ func workerConfig(workers int, extra string, args ...string) string {
 	}
 	return fmt.Sprintf("workers = %d\ncommand = [%s]\ngraceful_timeout = \"10s\"\n%s\n",
 		workers, strings.Join(quoted, ", "), extra)
-}
-
-// reload sends HUP and waits for the reload of generation gen to end,
-// returning its result record ("reload succeeded" or "reload failed ...").
-func (b *Baton) reload(t *testing.T, gen int) record {
-	t.Helper()
-	b.signal(t, syscall.SIGHUP)
-	return b.waitReloadEnd(t, gen)
-}
-
-func (b *Baton) waitReloadEnd(t *testing.T, gen int) record {
-	t.Helper()
-	ofGen := func(r record) bool { return r.int("generation") == gen }
-	deadline := time.Now().Add(reloadTimeout)
-	for time.Now().Before(deadline) {
-		for _, msg := range []string{"reload succeeded", "reload failed"} {
-			if found := b.logs(msg, ofGen); len(found) > 0 {
-				return found[0]
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("reload of generation %d did not end within %v; log:\n%s", gen, reloadTimeout, b.stderr.text())
-	return record{}
 }
 
 // servingGenerations asks enough requests to see every worker and returns
@@ -137,6 +120,18 @@ func (b *Baton) assertRolledBack(t *testing.T, old map[int]string, workers int) 
 	assertAllGeneration(t, servingGenerations(t, b.Addr(), workers), 1)
 }
 
+// waitReloading waits until b's first reload is in progress (the test's
+// new workers boot for a while), and fails if it has already ended.
+func waitReloading(t *testing.T, b *Baton) {
+	t.Helper()
+	b.waitStatus(t, "the reload to start", reloadTimeout, func(st control.Status) bool {
+		if st.LastReload != nil {
+			t.Fatalf("the reload ended before the test saw it in progress: %s", describeReload(st.LastReload))
+		}
+		return st.Reloading
+	})
+}
+
 func steadyLoad(b *Baton) *load {
 	return startLoad(loadOptions{addr: b.Addr(), concurrency: 8, maxDuration: 2 * time.Minute})
 }
@@ -151,8 +146,8 @@ func TestReloadUnderLoadReplacesEveryWorkerWithoutAFailedRequest(t *testing.T) {
 
 	l := steadyLoad(b)
 	for gen := 2; gen <= 4; gen++ {
-		if r := b.reload(t, gen); r.msg() != "reload succeeded" {
-			t.Fatalf("reload %d: %s", gen, r)
+		if r := b.reload(t, gen); !r.OK {
+			t.Fatalf("reload %d: %s", gen, describeReload(&r))
 		}
 	}
 	res := l.stop()
@@ -185,22 +180,31 @@ func TestBadDeployThatExitsAtBootKeepsTheOldGenerationServing(t *testing.T) {
 	r := b.reload(t, 2)
 	res := l.stop()
 
-	if r.msg() != "reload failed" {
-		t.Fatalf("bad deploy: %s, want reload failed", r)
+	if r.OK {
+		t.Fatalf("bad deploy: %s, want a failed reload", describeReload(&r))
 	}
-	if reason := r.str("reason"); !strings.Contains(reason, "exited during boot: exit status 3") {
-		t.Errorf("reason = %q, want it to say the worker exited during boot with status 3", reason)
+	if !strings.Contains(r.Reason, "exited during boot: exit status 3") {
+		t.Errorf("reason = %q, want it to say the worker exited during boot with status 3", r.Reason)
 	}
-	if !strings.Contains(r.line, "testworker: failing at boot as asked") {
-		t.Errorf("failure record lacks the worker's last stderr line: %s", r)
+	// The worker's last stderr lines join the result once its stderr has
+	// drained: in status, and in the log for whoever sent HUP.
+	const lastWords = "testworker: failing at boot as asked"
+	st := b.waitStatus(t, "the failed worker's stderr in last_reload", waitTimeout, func(st control.Status) bool {
+		return st.LastReload != nil && st.LastReload.Generation == 2 && len(st.LastReload.Stderr) > 0
+	})
+	if !slices.ContainsFunc(st.LastReload.Stderr, func(l string) bool { return strings.Contains(l, lastWords) }) {
+		t.Errorf("last_reload.stderr %q lacks the worker's last stderr line", st.LastReload.Stderr)
+	}
+	if rec := b.waitLog(t, "reload failed", func(r record) bool { return r.int("generation") == 2 }, waitTimeout); !strings.Contains(rec.line, lastWords) {
+		t.Errorf("failure record lacks the worker's last stderr line: %s", rec)
 	}
 	assertNoFailures(t, res)
 	b.assertRolledBack(t, old, 3)
 
 	// The next HUP tries again, with the fixed code.
 	d.write(workerConfig(3, ""))
-	if r := b.reload(t, 3); r.msg() != "reload succeeded" {
-		t.Fatalf("reload after the fix: %s", r)
+	if r := b.reload(t, 3); !r.OK {
+		t.Fatalf("reload after the fix: %s", describeReload(&r))
 	}
 	b.waitWorkers(t, 3)
 	assertAllGeneration(t, servingGenerations(t, b.Addr(), 3), 3)
@@ -218,8 +222,8 @@ func TestBadDeployThatNeverGetsReadyIsRolledBackAfterBootTimeout(t *testing.T) {
 	r := b.reload(t, 2)
 	res := l.stop()
 
-	if r.msg() != "reload failed" || !strings.Contains(r.str("reason"), "not ready within boot_timeout (1s)") {
-		t.Fatalf("never-ready deploy: %s, want a failure naming boot_timeout", r)
+	if r.OK || !strings.Contains(r.Reason, "not ready within boot_timeout (1s)") {
+		t.Fatalf("never-ready deploy: %s, want a failure naming boot_timeout", describeReload(&r))
 	}
 	assertNoFailures(t, res)
 	b.assertRolledBack(t, old, 2) // the stuck new workers are stopped
@@ -233,12 +237,14 @@ func TestBadConfigOnHUPKeepsServingWithTheOldConfig(t *testing.T) {
 
 	d.write("workers = \"four\"\nwrokers = 3\n" + fmt.Sprintf("command = [%q]\n", testworkerBin))
 	r := b.reload(t, 2)
-	if r.msg() != "reload failed" || !strings.Contains(r.str("reason"), "the configuration is invalid") {
-		t.Fatalf("bad config: %s", r)
+	if r.OK || !strings.Contains(r.Reason, "the configuration is invalid") {
+		t.Fatalf("bad config: %s", describeReload(&r))
 	}
+	// Whoever sent HUP reads every problem in the log.
+	rec := b.waitLog(t, "reload failed", func(r record) bool { return r.int("generation") == 2 }, waitTimeout)
 	for _, want := range []string{d.path + ":1: workers: expected an integer", `unknown key \"wrokers\"`} {
-		if !strings.Contains(r.line, want) {
-			t.Errorf("failure record lacks %q: %s", want, r)
+		if !strings.Contains(rec.line, want) {
+			t.Errorf("failure record lacks %q: %s", want, rec)
 		}
 	}
 	now := servingGenerations(t, b.Addr(), 2)
@@ -261,18 +267,25 @@ func TestRollingReloadNeverExceedsWorkersPlusMaxSurge(t *testing.T) {
 	servingGenerations(t, b.Addr(), workers)
 
 	l := steadyLoad(b)
+	// Count the worker processes every 5 ms until the reload has ended.
 	peak, samples := 0, 0
-	b.signal(t, syscall.SIGHUP)
-	deadline := time.Now().Add(reloadTimeout)
-	for len(b.logs("reload succeeded", nil)) == 0 && time.Now().Before(deadline) {
-		peak = max(peak, len(workersOf(b.Pid)))
-		samples++
-		time.Sleep(5 * time.Millisecond)
-	}
-	r := b.waitReloadEnd(t, 2)
+	sampling, stopSampling := context.WithCancel(context.Background())
+	defer stopSampling()
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for sampling.Err() == nil {
+			peak = max(peak, len(workersOf(b.Pid)))
+			samples++
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	r := b.reload(t, 2)
+	stopSampling()
+	<-sampled
 	res := l.stop()
-	if r.msg() != "reload succeeded" {
-		t.Fatalf("rolling reload: %s", r)
+	if !r.OK {
+		t.Fatalf("rolling reload: %s", describeReload(&r))
 	}
 	t.Logf("peak of %d worker processes over %d samples", peak, samples)
 	if peak > workers+maxSurge {
@@ -293,18 +306,19 @@ func TestHUPDuringAReloadIsQueued(t *testing.T) {
 	servingGenerations(t, b.Addr(), 2)
 
 	b.signal(t, syscall.SIGHUP)
-	b.waitLog(t, "reload started", func(r record) bool { return r.int("generation") == 2 }, reloadTimeout)
+	waitReloading(t, b)
 	b.signal(t, syscall.SIGHUP)
 	b.signal(t, syscall.SIGHUP) // coalesces with the one before
-	if r := b.waitReloadEnd(t, 2); r.msg() != "reload succeeded" {
-		t.Fatalf("first reload: %s", r)
+	if r := b.waitReloadEnd(t, 2); !r.OK {
+		t.Fatalf("first reload: %s", describeReload(&r))
 	}
-	if r := b.waitReloadEnd(t, 3); r.msg() != "reload succeeded" {
-		t.Fatalf("queued reload: %s", r)
+	if r := b.waitReloadEnd(t, 3); !r.OK {
+		t.Fatalf("queued reload: %s", describeReload(&r))
 	}
 	time.Sleep(1500 * time.Millisecond) // a third reload would have started by now
-	if n := len(b.logs("reload started", nil)); n != 2 {
-		t.Errorf("%d reloads started, want 2 (the HUPs during the first coalesce)", n)
+	if st := b.mustStatus(t); st.Generation != 3 || st.Reloading || st.LastReload.Generation != 3 {
+		t.Errorf("generation %d, reloading %v, last reload %s: want 2 reloads (the HUPs during the first coalesce)",
+			st.Generation, st.Reloading, describeReload(st.LastReload))
 	}
 	b.waitWorkers(t, 2)
 	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 3)
@@ -317,8 +331,8 @@ func TestReloadThatChangesBindIsRefused(t *testing.T) {
 	b.waitStarted(t)
 	d.write(workerConfig(1, `bind = ["127.0.0.1:0", "unix:`+filepath.Join(t.TempDir(), "x.sock")+`"]`))
 	r := b.reload(t, 2)
-	if r.msg() != "reload failed" || !strings.Contains(r.str("reason"), "settings that apply at start only changed (bind: ") {
-		t.Fatalf("bind change: %s, want a refusal", r)
+	if r.OK || !strings.Contains(r.Reason, "settings that apply at start only changed (bind: ") {
+		t.Fatalf("bind change: %s, want a refusal", describeReload(&r))
 	}
 	assertAllGeneration(t, servingGenerations(t, b.Addr(), 1), 1)
 }
@@ -342,8 +356,8 @@ func TestReadinessModes(t *testing.T) {
 			b := startBaton(t, "run", "-c", d.path)
 			servingGenerations(t, b.Addr(), 2)
 			l := steadyLoad(b)
-			if r := b.reload(t, 2); r.msg() != "reload succeeded" {
-				t.Fatalf("reload: %s", r)
+			if r := b.reload(t, 2); !r.OK {
+				t.Fatalf("reload: %s", describeReload(&r))
 			}
 			assertNoFailures(t, l.stop())
 			b.waitWorkers(t, 2)
@@ -367,8 +381,8 @@ func TestNotifyModeWorkerThatNeverNotifiesFailsTheReload(t *testing.T) {
 	servingGenerations(t, b.Addr(), 2)
 	d.write(workerConfig(2, "ready = \"notify\"\nboot_timeout = \"1s\"")) // serves, but never says READY=1
 	r := b.reload(t, 2)
-	if r.msg() != "reload failed" || !strings.Contains(r.str("reason"), "boot_timeout") {
-		t.Fatalf("reload: %s, want a boot_timeout failure", r)
+	if r.OK || !strings.Contains(r.Reason, "boot_timeout") {
+		t.Fatalf("reload: %s, want a boot_timeout failure", describeReload(&r))
 	}
 	b.waitWorkers(t, 2) // the new ones served, unannounced, until stopped
 	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 1)
@@ -382,16 +396,25 @@ func TestOldWorkerCrashDuringAReloadIsReplacedAndTheReloadCompletes(t *testing.T
 
 	d.write(workerConfig(3, "", "-boot-delay", "1s"))
 	b.signal(t, syscall.SIGHUP)
-	b.waitLog(t, "reload started", nil, reloadTimeout)
+	waitReloading(t, b)
 	victim := sortedKeys(old)[0]
+	w, ok := withPid(b.mustStatus(t), victim)
+	if !ok {
+		t.Fatalf("the master does not list the worker %d that answered", victim)
+	}
 	if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	// Its slot still belongs to generation 1 until its successor is ready,
 	// so generation 1 replaces it at once.
-	b.waitLog(t, "worker started", func(r record) bool { return r.int("generation") == 1 && r.int("pid") != victim }, reloadTimeout)
-	if r := b.waitReloadEnd(t, 2); r.msg() != "reload succeeded" {
-		t.Fatalf("reload after an old worker crashed: %s", r)
+	b.waitStatus(t, fmt.Sprintf("generation 1 to replace the killed worker %d in slot %d", victim, w.Slot), reloadTimeout,
+		func(st control.Status) bool {
+			return slices.ContainsFunc(st.WorkerList, func(r control.Worker) bool {
+				return r.Generation == 1 && r.Slot == w.Slot && r.Pid != victim
+			})
+		})
+	if r := b.waitReloadEnd(t, 2); !r.OK {
+		t.Fatalf("reload after an old worker crashed: %s", describeReload(&r))
 	}
 	b.waitWorkers(t, 3)
 	assertAllGeneration(t, servingGenerations(t, b.Addr(), 3), 2)
@@ -405,13 +428,20 @@ func TestNewWorkerCrashDuringBootFailsTheReloadAndKeepsTheOldOnes(t *testing.T) 
 
 	d.write(workerConfig(2, "", "-boot-delay", "2s"))
 	b.signal(t, syscall.SIGHUP)
-	booting := b.waitLog(t, "worker started", func(r record) bool { return r.int("generation") == 2 }, reloadTimeout)
-	if err := syscall.Kill(booting.int("pid"), syscall.SIGKILL); err != nil {
+	var booting control.Worker
+	b.waitStatus(t, "a worker of generation 2", reloadTimeout, func(st control.Status) bool {
+		i := slices.IndexFunc(st.WorkerList, func(w control.Worker) bool { return w.Generation == 2 })
+		if i >= 0 {
+			booting = st.WorkerList[i]
+		}
+		return i >= 0
+	})
+	if err := syscall.Kill(booting.Pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	r := b.waitReloadEnd(t, 2)
-	if r.msg() != "reload failed" || !strings.Contains(r.str("reason"), "exited during boot: killed by signal KILL") {
-		t.Fatalf("reload: %s, want a failure naming the killed worker", r)
+	if r.OK || !strings.Contains(r.Reason, "exited during boot: killed by signal KILL") {
+		t.Fatalf("reload: %s, want a failure naming the killed worker", describeReload(&r))
 	}
 	b.assertRolledBack(t, old, 2)
 }
@@ -426,20 +456,20 @@ func TestWatchReloadsOnChangesAndSurvivesBrokenEdits(t *testing.T) {
 	servingGenerations(t, b.Addr(), 2)
 
 	d.write(workerConfig(2, "", "-boot-delay", "100ms")) // an edit
-	if r := b.waitReloadEnd(t, 2); r.msg() != "reload succeeded" {
-		t.Fatalf("reload after an edit: %s", r)
+	if r := b.waitReloadEnd(t, 2); !r.OK {
+		t.Fatalf("reload after an edit: %s", describeReload(&r))
 	}
 	d.write(workerConfig(2, "", "-exit-at-start", "3")) // a broken edit
-	if r := b.waitReloadEnd(t, 3); r.msg() != "reload failed" {
-		t.Fatalf("reload after a broken edit: %s", r)
+	if r := b.waitReloadEnd(t, 3); r.OK {
+		t.Fatalf("reload after a broken edit: %s", describeReload(&r))
 	}
 	b.waitWorkers(t, 2)
 	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 2)
 	d.write(workerConfig(2, "")) // the fix
-	if r := b.waitReloadEnd(t, 4); r.msg() != "reload succeeded" {
-		t.Fatalf("reload after the fix: %s", r)
+	if r := b.waitReloadEnd(t, 4); !r.OK {
+		t.Fatalf("reload after the fix: %s", describeReload(&r))
 	}
-	if n := len(b.logs("reload started", nil)); n != 3 {
-		t.Errorf("%d reloads for 3 edits", n)
+	if st := b.mustStatus(t); st.Generation != 4 || st.Reloading {
+		t.Errorf("generation %d, reloading %v after 3 edits: want 3 reloads, the last of generation 4", st.Generation, st.Reloading)
 	}
 }

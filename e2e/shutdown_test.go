@@ -67,7 +67,7 @@ func TestGracefulShutdownFinishesRequests(t *testing.T) {
 	t.Parallel()
 	pidfile := filepath.Join(t.TempDir(), "baton.pid")
 	b := startBaton(t, "run", "-w", "4", "--pid", pidfile, "--", testworkerBin)
-	b.waitLogs(t, "worker started", nil, 4, waitTimeout)
+	b.waitListed(t, 4)
 	collectWorkers(t, b.Addr(), 4, waitTimeout)
 
 	const slowMS = 1500
@@ -136,7 +136,7 @@ func TestGracefulTimeout(t *testing.T) {
 			t.Parallel()
 			args := slices.Concat([]string{"run", "-w", "2", "--graceful-timeout", "1s"}, tc.flags, []string{"--", testworkerBin}, tc.workerArgs)
 			b := startBaton(t, args...)
-			b.waitLogs(t, "worker started", nil, 2, waitTimeout)
+			b.waitListed(t, 2)
 			workers := collectWorkers(t, b.Addr(), 2, waitTimeout)
 			var watched []procStat
 			for pid, w := range workers {
@@ -194,7 +194,7 @@ func TestQuickShutdown(t *testing.T) {
 			t.Parallel()
 			pidfile := filepath.Join(t.TempDir(), "baton.pid")
 			b := startBaton(t, append([]string{"run", "-w", "2", "--pid", pidfile, "--"}, tc.command...)...)
-			b.waitLogs(t, "worker started", nil, 2, waitTimeout)
+			b.waitListed(t, 2)
 			var slow *pending
 			if tc.command[0] == testworkerBin {
 				collectWorkers(t, b.Addr(), 2, waitTimeout)
@@ -248,7 +248,7 @@ func TestQuickShutdown(t *testing.T) {
 func TestKillMasterKillsWorkers(t *testing.T) {
 	t.Parallel()
 	b := startBaton(t, "run", "-w", "3", "--", testworkerBin)
-	b.waitLogs(t, "worker started", nil, 3, waitTimeout)
+	b.waitListed(t, 3)
 	var workers []procStat
 	for pid := range collectWorkers(t, b.Addr(), 3, waitTimeout) {
 		workers = append(workers, statOf(t, pid))

@@ -18,14 +18,14 @@ import (
 func TestReloadsBackToBackRetainNothing(t *testing.T) {
 	t.Parallel()
 	d := newDeployment(t, workerConfig(2, `metrics_bind = "127.0.0.1:0"`))
-	b, sock := controlled(t, d)
+	b := controlled(t, d)
 	addr := b.waitLog(t, "metrics endpoint listening", nil, waitTimeout).str("addr")
-	b.waitLogs(t, "worker ready", nil, 2, waitTimeout)
+	b.waitReady(t, 2)
 
 	reloads := func(n int) {
 		t.Helper()
 		for range n {
-			c, err := control.Dial(sock)
+			c, err := control.Dial(b.Control)
 			if err != nil {
 				t.Fatal(err)
 			}

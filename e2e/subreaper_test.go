@@ -31,7 +31,10 @@ func TestOrphansOfWorkersAreReaped(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			args := append(append([]string{"run", "-b", "127.0.0.1:0", "-w", "1"}, tc.args...), worker...)
+			// Started without the harness, so given its own control
+			// socket here (else root's would be /run/baton.sock).
+			ctl := filepath.Join(t.TempDir(), "baton.sock")
+			args := append(append([]string{"run", "-b", "127.0.0.1:0", "-w", "1", "--control", ctl}, tc.args...), worker...)
 			cmd := exec.Command(batonBin, args...)
 			if tc.prefix != nil {
 				cmd = exec.Command(tc.prefix[0], append(append(tc.prefix[1:], batonBin), args...)...)

@@ -96,8 +96,10 @@ func TestSystemdNotifyProtocol(t *testing.T) {
 	if !strings.Contains(ready.fields["STATUS"], "2/2 workers ready") {
 		t.Errorf("READY=1 with STATUS %q, want 2/2 workers ready", ready.fields["STATUS"])
 	}
-	// Logged before READY=1 was sent (stderr is read asynchronously).
-	b.waitLogs(t, "worker ready", nil, 2, waitTimeout)
+	// The master had both ready before it sent READY=1.
+	if st := b.mustStatus(t); len(inState(st, "ready")) != 2 {
+		t.Errorf("READY=1 sent with %d workers ready, want 2: %+v", len(inState(st, "ready")), st.WorkerList)
+	}
 
 	// The master's loop pings systemd's watchdog, again and again.
 	first := time.Now()

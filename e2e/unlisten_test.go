@@ -16,8 +16,8 @@ func TestWorkerWithManyEpollSetsIsMadeDeafByOneHelper(t *testing.T) {
 	servingGenerations(t, b.Addr(), workers)
 
 	l := startLoad(loadOptions{addr: b.Addr(), concurrency: 2, maxDuration: time.Minute})
-	if r := b.reload(t, 2); r.msg() != "reload succeeded" {
-		t.Fatalf("reload: %s", r)
+	if r := b.reload(t, 2); !r.OK {
+		t.Fatalf("reload: %s", describeReload(&r))
 	}
 	deaf := b.waitLogs(t, "retiring worker no longer accepts", nil, workers, reloadTimeout)
 	b.waitWorkers(t, workers)

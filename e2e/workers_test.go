@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-pm/baton/internal/control"
 )
 
 // TestWorkersShareOnePort: four workers inherit one listener, each with the
@@ -20,10 +22,9 @@ import (
 func TestWorkersShareOnePort(t *testing.T) {
 	t.Parallel()
 	b := startBaton(t, "run", "-w", "4", "--", testworkerBin)
-	if r := b.waitLog(t, "master started", nil, waitTimeout); r.int("workers") != 4 {
-		t.Errorf(`"master started" says workers=%s, want 4`, r.str("workers"))
+	if st := b.waitListed(t, 4); st.Workers != 4 {
+		t.Errorf("status says workers=%d, want 4", st.Workers)
 	}
-	b.waitLogs(t, "worker started", nil, 4, waitTimeout)
 
 	workers := collectWorkers(t, b.Addr(), 4, waitTimeout)
 	ids := map[string]bool{}
@@ -47,10 +48,9 @@ func TestWorkersShareOnePort(t *testing.T) {
 			t.Errorf("no worker with BATON_WORKER_ID=%s among %v", id, ids)
 		}
 	}
-	logged := b.workerPids()
-	slices.Sort(logged)
-	if answered := sortedKeys(workers); !slices.Equal(answered, logged) {
-		t.Errorf("pids that answered %v, pids baton logged as started %v", answered, logged)
+	listed := workerPidsOf(b.mustStatus(t).WorkerList)
+	if answered := sortedKeys(workers); !slices.Equal(answered, listed) {
+		t.Errorf("pids that answered %v, the master's workers %v", answered, listed)
 	}
 }
 
@@ -75,7 +75,7 @@ func TestTCPAndUnixListeners(t *testing.T) {
 	if info.Mode()&os.ModeSocket == 0 || info.Mode().Perm() != 0o600 {
 		t.Errorf("socket file mode %v, want a socket with 0600", info.Mode())
 	}
-	logged := b.waitLogs(t, "worker started", nil, 4, waitTimeout)
+	listed := b.waitListed(t, 4)
 
 	var pidSets [][]int
 	for _, name := range []string{"web", "admin"} {
@@ -90,11 +90,7 @@ func TestTCPAndUnixListeners(t *testing.T) {
 		}
 		pidSets = append(pidSets, sortedKeys(workers))
 	}
-	var all []int
-	for _, r := range logged {
-		all = append(all, r.int("pid"))
-	}
-	slices.Sort(all)
+	all := workerPidsOf(listed.WorkerList)
 	for i, name := range []string{"web", "admin"} {
 		if !slices.Equal(pidSets[i], all) {
 			t.Errorf("workers answering on %s: %v, want every worker %v", name, pidSets[i], all)
@@ -183,7 +179,7 @@ func TestListenerStaysNonblocking(t *testing.T) {
 			}
 			b := launch(t, spec)
 			b.waitStarted(t)
-			b.waitLogs(t, "worker started", nil, 2, waitTimeout)
+			b.waitListed(t, 2)
 			for i := range 8 {
 				r, err := get(b.Addr(), "/nonblock", 10*time.Second)
 				if err != nil || r.status != 200 {
@@ -208,7 +204,7 @@ func TestKilledWorkerIsReplacedUnderLoad(t *testing.T) {
 	t.Parallel()
 	const concurrency = 8
 	b := startBaton(t, "run", "-w", "4", "--", testworkerBin)
-	b.waitLogs(t, "worker started", nil, 4, waitTimeout)
+	b.waitListed(t, 4)
 	collectWorkers(t, b.Addr(), 4, waitTimeout)
 	victim := b.workerPid(t, 2)
 
@@ -226,10 +222,10 @@ func TestKilledWorkerIsReplacedUnderLoad(t *testing.T) {
 	if exit.int("slot") != 2 || exit.str("status") != "killed by signal KILL" || exit.str("expected") != "false" {
 		t.Errorf("exit record %s, want slot 2, killed by signal KILL, expected false", exit)
 	}
-	b.waitLog(t, "restarting worker", func(r record) bool { return r.int("slot") == 2 }, waitTimeout)
-	replacement := b.waitLog(t, "worker started", func(r record) bool {
-		return r.int("slot") == 2 && r.int("pid") != victim
-	}, waitTimeout).int("pid")
+	// Restarted in its slot, and counted.
+	replacement := b.waitSlot(t, 2, "a restarted worker", func(w control.Worker) bool {
+		return w.Pid != victim && w.Restarts == 1
+	}).Pid
 	waitFor(t, waitTimeout, fmt.Sprintf("the replacement worker %d to answer", replacement), func() bool {
 		return l.snapshot().Pids[replacement] > 0
 	})
@@ -269,10 +265,9 @@ func TestCleanExitIsReplaced(t *testing.T) {
 	if exit.str("status") != "exit status 0" || exit.str("expected") != "false" {
 		t.Errorf("exit record %s, want exit status 0, expected false", exit)
 	}
-	b.waitLog(t, "restarting worker", func(r record) bool { return r.int("slot") == 1 }, waitTimeout)
-	second := b.waitLog(t, "worker started", func(r record) bool {
-		return r.int("slot") == 1 && r.int("pid") != first
-	}, waitTimeout).int("pid")
+	second := b.waitSlot(t, 1, "a restarted worker", func(w control.Worker) bool {
+		return w.Pid != first && w.Restarts == 1
+	}).Pid
 	info, err := fetchInfo(b.Addr())
 	if err != nil {
 		t.Fatal(err)
@@ -407,7 +402,9 @@ func TestBackoffGrowsForWorkersThatCrashAfterBecomingReady(t *testing.T) {
 	t.Parallel()
 	b := startBaton(t, "run", "-w", "1", "--", testworkerBin)
 	for i := 1; i <= 3; i++ {
-		b.waitLogs(t, "worker ready", nil, i, waitTimeout)
+		b.waitSlot(t, 1, fmt.Sprintf("a ready worker after %d restarts", i-1), func(w control.Worker) bool {
+			return w.State == "ready" && w.Restarts == i-1
+		})
 		// The crash: the worker exits with 1 after answering.
 		if _, err := get(b.Addr(), "/exit?code=1", 10*time.Second); err != nil {
 			t.Fatalf("crash %d: %v", i, err)
@@ -428,13 +425,12 @@ func TestWorkerWatchdog(t *testing.T) {
 		t.Parallel()
 		b := startBaton(t, "run", "-w", "1", "--timeout", "500ms", "--graceful-timeout", "2s", "--",
 			testworkerBin, "-watchdog-for", "700ms")
-		first := b.waitLog(t, "worker started", nil, waitTimeout).int("pid")
+		first := b.workerPid(t, 1)
 		missed := b.waitLog(t, "worker missed its watchdog; killing and replacing it", nil, waitTimeout)
 		if missed.int("pid") != first {
 			t.Errorf("watchdog record %s, want pid %d", missed, first)
 		}
-		b.waitLog(t, "restarting worker", func(r record) bool { return r.int("slot") == 1 }, waitTimeout)
-		b.waitLogs(t, "worker started", nil, 2, waitTimeout)
+		b.waitSlot(t, 1, "a restarted worker", func(w control.Worker) bool { return w.Pid != first && w.Restarts >= 1 })
 		if processAlive(first) {
 			t.Errorf("the hung worker %d is still alive", first)
 		}
@@ -443,10 +439,10 @@ func TestWorkerWatchdog(t *testing.T) {
 	t.Run("never pinging is not watched", func(t *testing.T) {
 		t.Parallel()
 		b := startBaton(t, "run", "-w", "1", "--timeout", "200ms", "--", testworkerBin)
-		pid := b.waitLog(t, "worker ready", nil, waitTimeout).int("pid")
+		pid := b.waitReady(t, 1).WorkerList[0].Pid
 		time.Sleep(1500 * time.Millisecond) // seven timeouts
-		if n := len(b.logs("worker missed its watchdog; killing and replacing it", nil)); n != 0 || !processAlive(pid) {
-			t.Errorf("a worker that never pinged was killed (%d watchdog records)", n)
+		if w, ok := inSlot(b.mustStatus(t), 1); !ok || w.Pid != pid || w.Restarts != 0 || !processAlive(pid) {
+			t.Errorf("a worker that never pinged was killed: worker %d alive %v, slot 1 now %+v", pid, processAlive(pid), w)
 		}
 	})
 	t.Run("WATCHDOG_USEC is in the worker's environment", func(t *testing.T) {
@@ -472,7 +468,7 @@ func TestWorkersRunAsAnotherUser(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "app.sock")
 	b := startBaton(t, "run", "-w", "2", "--user", "nobody", "--unix-owner", "nobody", "--ready", "notify",
 		"-b", "127.0.0.1:0", "-b", "unix:"+sock, "--", executableByAll(t, testworkerBin), "-notify-ready")
-	b.waitLogs(t, "worker ready", nil, 2, waitTimeout) // READY=1 from uid 65534 was accepted
+	b.waitReady(t, 2) // READY=1 from uid 65534 was accepted
 	for _, pid := range workersOf(b.Pid) {
 		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 		if err != nil {
@@ -494,8 +490,8 @@ func TestWorkersRunAsAnotherUser(t *testing.T) {
 		t.Errorf("unix socket owner uid %d (%v), want 65534", st.Uid, err)
 	}
 	l := steadyLoad(b)
-	if r := b.reload(t, 2); r.msg() != "reload succeeded" {
-		t.Fatalf("reload: %s", r)
+	if r := b.reload(t, 2); !r.OK {
+		t.Fatalf("reload: %s", describeReload(&r))
 	}
 	assertNoFailures(t, l.stop())
 }
@@ -518,7 +514,7 @@ func TestWorkerLimitsReplaceSuccessorFirst(t *testing.T) {
 	t.Run("memory", func(t *testing.T) {
 		t.Parallel()
 		b := startBaton(t, "run", "-w", "2", "--max-worker-memory", "80MiB", "--", testworkerBin)
-		b.waitLogs(t, "worker ready", nil, 2, waitTimeout)
+		b.waitReady(t, 2)
 		l := steadyLoad(b)
 		r, err := get(b.Addr(), "/grow?mb=150", 20*time.Second)
 		if err != nil || r.status != 200 {
