@@ -87,7 +87,9 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: building the binaries under test failed:", err)
 		return 1
 	}
+	before := batonCgroups()
 	code := m.Run()
+	removeEmptyCgroups(before)
 	if err := checkShared(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: FAIL:", err)
 		return 1
@@ -1168,4 +1170,54 @@ func describeReload(r *control.ReloadResult) string {
 	}
 	js, _ := json.Marshal(r)
 	return string(js)
+}
+
+// cgroupMount is where the cgroup v2 hierarchy is: baton's trees are
+// at its top, as the tests run baton from the root cgroup.
+func cgroupMount() string {
+	for _, dir := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		if _, err := os.Stat(filepath.Join(dir, "cgroup.procs")); err == nil {
+			if _, err := os.Stat(filepath.Join(dir, "cgroup.controllers")); err == nil {
+				return dir
+			}
+		}
+	}
+	return ""
+}
+
+// batonCgroups lists the baton trees at the top of the hierarchy.
+func batonCgroups() map[string]bool {
+	found := map[string]bool{}
+	mount := cgroupMount()
+	if mount == "" {
+		return found
+	}
+	entries, _ := os.ReadDir(mount)
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), "baton-") {
+			found[e.Name()] = true
+		}
+	}
+	return found
+}
+
+// removeEmptyCgroups removes the trees the tests' batons left (those
+// killed with SIGKILL cannot remove theirs), when no process is in them.
+func removeEmptyCgroups(before map[string]bool) {
+	mount := cgroupMount()
+	for name := range batonCgroups() {
+		if before[name] {
+			continue
+		}
+		tree := filepath.Join(mount, name)
+		subs, _ := os.ReadDir(tree)
+		for _, sub := range subs {
+			if sub.IsDir() {
+				syscall.Rmdir(filepath.Join(tree, sub.Name()))
+			}
+		}
+		if err := syscall.Rmdir(tree); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: cgroup %s left behind: %v\n", tree, err)
+		}
+	}
 }
