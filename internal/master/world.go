@@ -45,7 +45,8 @@ type processes interface {
 	// 4, ... It delivers the new master's one "ready PID VERSION" line on
 	// ready, which is closed if the new master never writes it.
 	StartMaster(spec masterSpec) (pid int, ready <-chan string, err error)
-	// Kill signals one process that is not a worker (a new master).
+	// Kill signals a new master StartMaster started and that was not
+	// reaped yet; any other pid is never signalled.
 	Kill(pid int, sig syscall.Signal) error
 	// Reap collects every child that has exited, without blocking.
 	Reap() []proc.Exit
@@ -143,6 +144,9 @@ func osWorld() world {
 // each worker in a cgroup of its own when tree is set.
 type osProcesses struct {
 	tree *cgroup.Tree
+	// masters are the pidfds of the new masters upgrades started, by pid,
+	// until they are reaped; used on the master's goroutine only.
+	masters map[int]int
 }
 
 func (o *osProcesses) StartWorker(spec proc.Spec) (int, process, error) {
@@ -242,7 +246,7 @@ func (*osProcesses) StartUnlisten(group []unlisten.Target) (int, error) {
 // upgradePipeEnv names the fd the new master writes "ready PID VERSION" to.
 const upgradePipeEnv = "BATON_UPGRADE_PIPE"
 
-func (*osProcesses) StartMaster(spec masterSpec) (int, <-chan string, error) {
+func (o *osProcesses) StartMaster(spec masterSpec) (int, <-chan string, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return 0, nil, fmt.Errorf("upgrade: %w", err)
@@ -254,10 +258,18 @@ func (*osProcesses) StartMaster(spec masterSpec) (int, <-chan string, error) {
 	}
 	env := append(spec.Env, upgradePipeEnv+"="+strconv.Itoa(len(files)))
 	files = append(files, w.Fd())
-	pid, err := syscall.ForkExec(spec.Path, spec.Args, &syscall.ProcAttr{Dir: spec.Dir, Env: env, Files: files})
+	pidfd := -1
+	pid, err := syscall.ForkExec(spec.Path, spec.Args, &syscall.ProcAttr{Dir: spec.Dir, Env: env, Files: files,
+		Sys: &syscall.SysProcAttr{PidFD: &pidfd}})
 	if err != nil {
 		r.Close()
 		return 0, nil, fmt.Errorf("upgrade: cannot start %s: %w", spec.Path, err)
+	}
+	if pidfd >= 0 {
+		if o.masters == nil {
+			o.masters = map[int]int{}
+		}
+		o.masters[pid] = pidfd
 	}
 	ready := make(chan string, 1)
 	go func() {
@@ -270,9 +282,28 @@ func (*osProcesses) StartMaster(spec masterSpec) (int, <-chan string, error) {
 	return pid, ready, nil
 }
 
-func (*osProcesses) Kill(pid int, sig syscall.Signal) error { return unix.Kill(pid, sig) }
+// Kill signals a new master through the pidfd opened when it was
+// started; a process it did not start, or one reaped since, is never
+// signalled.
+func (o *osProcesses) Kill(pid int, sig syscall.Signal) error {
+	fd, ok := o.masters[pid]
+	if !ok {
+		return unix.ESRCH
+	}
+	return unix.PidfdSendSignal(fd, sig, nil, 0)
+}
 
-func (*osProcesses) Reap() []proc.Exit { return proc.Reap() }
+// Reap reaps, and lets go of the pidfds of the new masters reaped.
+func (o *osProcesses) Reap() []proc.Exit {
+	exits := proc.Reap()
+	for _, e := range exits {
+		if fd, ok := o.masters[e.Pid]; ok {
+			unix.Close(fd)
+			delete(o.masters, e.Pid)
+		}
+	}
+	return exits
+}
 
 func (*osProcesses) SetGroupNice(pgid, nice int) error {
 	return unix.Setpriority(unix.PRIO_PGRP, pgid, nice)
