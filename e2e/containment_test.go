@@ -248,3 +248,44 @@ func TestStatusCountsEachWorkersProcesses(t *testing.T) {
 		})
 	}
 }
+
+// In auto mode, where baton's cgroup is not its own to divide (here: a
+// cgroup below the root that nobody delegated), baton says why and runs
+// without cgroups; its workers are still contained, in the fallback way.
+func TestAutoModeFallsBackWithAReasonWhereItsCgroupIsNotDelegated(t *testing.T) {
+	t.Parallel()
+	mount := cgroupMount()
+	if mount == "" {
+		t.Fatal("no cgroup v2 hierarchy: this machine cannot run the cgroup tests")
+	}
+	cg := filepath.Join(mount, fmt.Sprintf("e2e-not-delegated-%d", os.Getpid()))
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Rmdir(cg)
+	wrapper := filepath.Join(t.TempDir(), "baton-in-cgroup")
+	script := fmt.Sprintf("#!/bin/sh\necho $$ > %s/cgroup.procs || exit 99\nexec %s \"$@\"\n", cg, batonBin)
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "baton.sock")
+	b := launch(t, batonSpec{bin: wrapper, args: []string{"run", "-w", "1", "--control", sock, "--", testworkerBin}})
+	b.waitStarted(t)
+	fallback := b.waitLog(t, `containment: without cgroups; a worker's processes are found in /proc (set cgroup = "off" to say so, or make a cgroup usable)`, nil, waitTimeout)
+	if !strings.Contains(fallback.str("reason"), "is not delegated to baton") {
+		t.Errorf("fallback reason %q, want that the cgroup is not delegated", fallback.str("reason"))
+	}
+	checkContainment(t, sock, "off")
+	b.signal(t, syscall.SIGTERM)
+	b.waitExit(t, exitTimeout)
+}
+
+// An explicit cgroup path that cannot be used stops the start (exit 2)
+// with the reason: the operator asked for it.
+func TestExplicitCgroupThatCannotBeUsedIsBadInput(t *testing.T) {
+	t.Parallel()
+	res := runToExit(t, batonSpec{args: []string{"run", "--cgroup", "/cgroup.procs/baton", "--", testworkerBin}})
+	if res.code != 2 || !strings.Contains(res.stderr, "cannot create cgroup /cgroup.procs/baton") {
+		t.Fatalf("exit %d, stderr %q; want exit 2 naming the cgroup", res.code, res.stderr)
+	}
+}

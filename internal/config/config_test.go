@@ -333,6 +333,16 @@ func TestProblems(t *testing.T) {
 			want: []string{`baton.toml:2: unknown key "frobnicate"`},
 		},
 		{
+			name: "cgroup neither a mode nor an absolute path",
+			file: "cgroup = \"sometimes\"\n",
+			want: []string{`baton.toml:1: cgroup: expected auto, off or an absolute cgroup path such as /baton/app, got "sometimes"`},
+		},
+		{
+			name: "cgroup path climbing out",
+			args: []string{"--cgroup", "/baton/../x"},
+			want: []string{`--cgroup: expected auto, off or an absolute cgroup path such as /baton/app, got "/baton/../x"`},
+		},
+		{
 			name: "wrong type",
 			file: "\n\nworkers = \"four\"\n",
 			want: []string{`baton.toml:3: workers: expected an integer, got a string ("four")`},
