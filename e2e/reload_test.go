@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -258,72 +257,6 @@ func TestBadConfigOnHUPKeepsServingWithTheOldConfig(t *testing.T) {
 	}
 }
 
-func TestRollingReloadNeverExceedsWorkersPlusMaxSurge(t *testing.T) {
-	t.Parallel()
-	const workers, maxSurge = 4, 1
-	extra := "reload_strategy = \"rolling\"\nmax_surge = 1"
-	d := newDeployment(t, workerConfig(workers, extra, "-boot-delay", "200ms"))
-	b := startBaton(t, "run", "-c", d.path)
-	servingGenerations(t, b.Addr(), workers)
-
-	l := steadyLoad(b)
-	// Count the worker processes every 5 ms until the reload has ended.
-	peak, samples := 0, 0
-	sampling, stopSampling := context.WithCancel(context.Background())
-	defer stopSampling()
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		for sampling.Err() == nil {
-			peak = max(peak, len(workersOf(b.Pid)))
-			samples++
-			time.Sleep(5 * time.Millisecond)
-		}
-	}()
-	r := b.reload(t, 2)
-	stopSampling()
-	<-sampled
-	res := l.stop()
-	if !r.OK {
-		t.Fatalf("rolling reload: %s", describeReload(&r))
-	}
-	t.Logf("peak of %d worker processes over %d samples", peak, samples)
-	if peak > workers+maxSurge {
-		t.Errorf("%d worker processes were alive at once, want at most workers+max_surge = %d", peak, workers+maxSurge)
-	}
-	if peak < workers {
-		t.Errorf("sampling saw at most %d workers; the sampler is broken", peak)
-	}
-	assertNoFailures(t, res)
-	b.waitWorkers(t, workers)
-	assertAllGeneration(t, servingGenerations(t, b.Addr(), workers), 2)
-}
-
-func TestHUPDuringAReloadIsQueued(t *testing.T) {
-	t.Parallel()
-	d := newDeployment(t, workerConfig(2, "", "-boot-delay", "500ms"))
-	b := startBaton(t, "run", "-c", d.path)
-	servingGenerations(t, b.Addr(), 2)
-
-	b.signal(t, syscall.SIGHUP)
-	waitReloading(t, b)
-	b.signal(t, syscall.SIGHUP)
-	b.signal(t, syscall.SIGHUP) // coalesces with the one before
-	if r := b.waitReloadEnd(t, 2); !r.OK {
-		t.Fatalf("first reload: %s", describeReload(&r))
-	}
-	if r := b.waitReloadEnd(t, 3); !r.OK {
-		t.Fatalf("queued reload: %s", describeReload(&r))
-	}
-	time.Sleep(1500 * time.Millisecond) // a third reload would have started by now
-	if st := b.mustStatus(t); st.Generation != 3 || st.Reloading || st.LastReload.Generation != 3 {
-		t.Errorf("generation %d, reloading %v, last reload %s: want 2 reloads (the HUPs during the first coalesce)",
-			st.Generation, st.Reloading, describeReload(st.LastReload))
-	}
-	b.waitWorkers(t, 2)
-	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 3)
-}
-
 func TestReloadThatChangesBindIsRefused(t *testing.T) {
 	t.Parallel()
 	d := newDeployment(t, workerConfig(1, `bind = ["127.0.0.1:0"]`))
@@ -372,20 +305,6 @@ func TestReadinessModes(t *testing.T) {
 			}
 		})
 	}
-}
-
-func TestNotifyModeWorkerThatNeverNotifiesFailsTheReload(t *testing.T) {
-	t.Parallel()
-	d := newDeployment(t, workerConfig(2, "ready = \"notify\"\nboot_timeout = \"1s\"", "-notify-ready"))
-	b := startBaton(t, "run", "-c", d.path)
-	servingGenerations(t, b.Addr(), 2)
-	d.write(workerConfig(2, "ready = \"notify\"\nboot_timeout = \"1s\"")) // serves, but never says READY=1
-	r := b.reload(t, 2)
-	if r.OK || !strings.Contains(r.Reason, "boot_timeout") {
-		t.Fatalf("reload: %s, want a boot_timeout failure", describeReload(&r))
-	}
-	b.waitWorkers(t, 2) // the new ones served, unannounced, until stopped
-	assertAllGeneration(t, servingGenerations(t, b.Addr(), 2), 1)
 }
 
 func TestOldWorkerCrashDuringAReloadIsReplacedAndTheReloadCompletes(t *testing.T) {

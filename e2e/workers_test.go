@@ -396,27 +396,6 @@ func TestTextLogFormat(t *testing.T) {
 	}
 }
 
-// A worker that gets ready and then crashes soon after is still a crash
-// loop: the backoff grows until a worker stays up for a while (10 s).
-func TestBackoffGrowsForWorkersThatCrashAfterBecomingReady(t *testing.T) {
-	t.Parallel()
-	b := startBaton(t, "run", "-w", "1", "--", testworkerBin)
-	for i := 1; i <= 3; i++ {
-		b.waitSlot(t, 1, fmt.Sprintf("a ready worker after %d restarts", i-1), func(w control.Worker) bool {
-			return w.State == "ready" && w.Restarts == i-1
-		})
-		// The crash: the worker exits with 1 after answering.
-		if _, err := get(b.Addr(), "/exit?code=1", 10*time.Second); err != nil {
-			t.Fatalf("crash %d: %v", i, err)
-		}
-		r := b.waitLogs(t, "restarting worker", nil, i, waitTimeout)[i-1]
-		want := (100 * time.Millisecond) << (i - 1)
-		if got, err := time.ParseDuration(r.str("delay")); err != nil || got != want {
-			t.Errorf("restart %d after a ready worker crashed: %s, want delay %v", i, r, want)
-		}
-	}
-}
-
 // The worker watchdog (timeout): a worker that pinged and then fell silent
 // is killed and replaced; one that never pings is left alone.
 func TestWorkerWatchdog(t *testing.T) {

@@ -14,7 +14,10 @@ import (
 
 func TestCrashedWorkerIsReplacedAfterABackoffThatGrowsAndResets(t *testing.T) {
 	serving(t, options(gen(2)), func(t *testing.T, tb *testbed) {
+		// Each replacement gets ready before it crashes: readiness is no
+		// reason to start the backoff afresh, a life of backoffReset is.
 		crash := func() int {
+			tb.ready(tb.workers(1, "starting")...)
 			pid := tb.workers(1, "")[0]
 			tb.exit(pid, 1, "boom")
 			return pid
