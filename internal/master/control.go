@@ -77,7 +77,7 @@ func (m *Master) status() control.Status {
 		Uptime:       time.Since(m.started).Seconds(),
 		ConfigFile:   m.opts.ConfigFile,
 		Containment:  m.containment,
-		Reloading:    m.reload != nil,
+		Reloading:    m.reloading(),
 		ShuttingDown: m.shutdown != running,
 		LastReload:   toControlResult(m.lastReload),
 	}
@@ -128,8 +128,8 @@ func (h controlHandler) Reload(ctx context.Context, progress func(control.Progre
 	}
 	w := newReloadWaiter(report)
 	err := m.call(ctx, func() {
-		if m.reload != nil && progress != nil {
-			progress(control.Progress{Generation: m.reload.next.num, Phase: "queued"})
+		if m.reloading() && progress != nil {
+			progress(control.Progress{Generation: m.lastGen + 1, Phase: "queued"})
 		}
 		m.requestReload(w)
 	})

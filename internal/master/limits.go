@@ -75,7 +75,7 @@ func (m *Master) scheduleAgeLimit(w *worker) {
 // the successor is ready.
 func (m *Master) replaceWorker(w *worker, reason string, attrs ...any) {
 	s := w.gen.slots[w.slot]
-	if !m.alive(w) || w.state != ready || m.shutdown != running || m.reload != nil ||
+	if !m.alive(w) || w.state != ready || m.shutdown != running || m.reloading() ||
 		w.gen != m.current || s == nil || s.worker != w || s.outgoing != nil {
 		return
 	}

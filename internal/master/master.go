@@ -62,6 +62,9 @@ type Master struct {
 
 	current *generation
 	reload  *reload // the reload in progress, if any
+	// loadingConfig: a reload's configuration is being read (off the
+	// loop); the reload starts when it is.
+	loadingConfig bool
 	queued  bool    // a HUP arrived during a reload: reload again after it
 	// queuedWaiters wait for the queued reload.
 	queuedWaiters []*reloadWaiter

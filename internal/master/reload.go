@@ -61,16 +61,22 @@ func (m *Master) requestReload(w *reloadWaiter) {
 		deliver([]*reloadWaiter{w}, ReloadResult{Reason: "a binary upgrade is in progress; reload when it has finished", Started: time.Now()})
 		return
 	}
-	if m.reload != nil {
+	if m.reloading() {
 		m.queued = true
 		if w != nil {
 			m.queuedWaiters = append(m.queuedWaiters, w)
 		}
 		m.log.Info("reload requested during a reload; it will start when this one ends",
-			"generation", m.reload.next.num)
+			"generation", m.lastGen+1)
 		return
 	}
 	m.startReload([]*reloadWaiter{w})
+}
+
+// reloading reports whether a reload is under way: its configuration
+// being read, or its generation being brought up.
+func (m *Master) reloading() bool {
+	return m.reload != nil || m.loadingConfig
 }
 
 // deliver hands res to every waiter; nil waiters (HUPs) are skipped.
@@ -82,10 +88,46 @@ func deliver(waiters []*reloadWaiter, res ReloadResult) {
 	}
 }
 
+// configLoadTimeout bounds the reading of the configuration for a
+// reload. Reading a regular file of at most 1 MiB takes milliseconds;
+// this is for the file that is not one.
+const configLoadTimeout = 10 * time.Second
+
+// startReload reads the configuration off the master's goroutine, with
+// a deadline: a configuration file that blocks (a FIFO, a hung network
+// mount) must not stop the master from reaping and answering.
 func (m *Master) startReload(waiters []*reloadWaiter) {
 	started := time.Now()
 	m.notifyReloading(m.lastGen + 1)
-	opts, err := m.load()
+	m.loadingConfig = true
+	type loaded struct {
+		opts Options
+		err  error
+	}
+	result := make(chan loaded, 1)
+	go func() {
+		opts, err := m.load()
+		result <- loaded{opts, err}
+	}()
+	offLoop(m, func() loaded {
+		select {
+		case l := <-result:
+			return l
+		case <-time.After(configLoadTimeout):
+			return loaded{err: fmt.Errorf("reading it took longer than %v", configLoadTimeout)}
+		}
+	}, func(l loaded) {
+		m.loadingConfig = false
+		if m.shutdown != running {
+			deliver(waiters, ReloadResult{Generation: m.lastGen + 1, Reason: "abandoned: the master is shutting down", Started: started})
+			return
+		}
+		m.applyConfig(waiters, started, l.opts, l.err)
+	})
+}
+
+// applyConfig starts the reload of a configuration that was read.
+func (m *Master) applyConfig(waiters []*reloadWaiter, started time.Time, opts Options, err error) {
 	if err != nil {
 		m.rejectConfig(waiters, started, "the configuration is invalid: "+err.Error(), "problems", strings.Split(err.Error(), "\n"))
 		return

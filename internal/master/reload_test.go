@@ -315,3 +315,34 @@ func TestShutdownDuringAReloadAbandonsItAndStopsBothGenerations(t *testing.T) {
 		}
 	})
 }
+
+// A configuration that cannot be read (a FIFO nobody writes, a hung
+// mount) fails the reload after a deadline, and meanwhile the master
+// answers, reaps and replaces workers as ever.
+func TestAConfigThatBlocksFailsTheReloadAndNeverStopsTheMaster(t *testing.T) {
+	serving(t, options(gen(2)), func(t *testing.T, tb *testbed) {
+		block := make(chan struct{})
+		defer close(block)
+		tb.mu.Lock()
+		tb.block = block
+		tb.mu.Unlock()
+		res := tb.reloadAsync()
+		if !tb.status().Reloading {
+			t.Error("status does not say reloading while the config is read")
+		}
+		tb.signal(syscall.SIGHUP) // queued, not a second reader
+		tb.exit(tb.workers(1, "ready")[0], 1)
+		tb.wait(backoffFirst)
+		if n := tb.count(1, "starting"); n != 1 {
+			t.Fatalf("a crashed worker was not replaced while the config was read: %d starting", n)
+		}
+		tb.wait(configLoadTimeout)
+		r := tb.result(res)
+		if r.OK || !strings.Contains(r.Reason, "reading it took longer than 10s") {
+			t.Fatalf("reload result %+v, want a failure after the deadline", r)
+		}
+		if n := tb.count(2, ""); n != 0 {
+			t.Errorf("%d workers of a generation whose config was never read", n)
+		}
+	})
+}

@@ -8,7 +8,7 @@ func (m *Master) scale(delta int) {
 	if m.shutdown != running {
 		return
 	}
-	if m.reload != nil {
+	if m.reloading() {
 		m.log.Warn("cannot scale during a reload; send the signal again once it has finished")
 		return
 	}
@@ -37,7 +37,7 @@ func (m *Master) scaleTo(n int) error {
 		return fmt.Errorf("scale: %d workers: one worker is the minimum", n)
 	case m.shutdown != running:
 		return fmt.Errorf("scale: the master is shutting down")
-	case m.reload != nil:
+	case m.reloading():
 		return fmt.Errorf("scale: a reload is in progress; try again when it has finished")
 	}
 	for m.current.size < n {
@@ -53,7 +53,7 @@ func (m *Master) scaleTo(n int) error {
 // replaced, while the listeners stay open (the old master's step in a
 // manual upgrade).
 func (m *Master) stopAllWorkers() {
-	if m.shutdown != running || m.reload != nil {
+	if m.shutdown != running || m.reloading() {
 		m.log.Warn("WINCH ignored: shutting down or reloading")
 		return
 	}

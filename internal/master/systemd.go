@@ -51,7 +51,7 @@ func (m *Master) notifyProgress() {
 		m.tellSystemd("READY=1", m.readyStatus())
 		return
 	}
-	if m.reload == nil {
+	if !m.reloading() {
 		m.tellSystemd(m.readyStatus())
 	}
 }

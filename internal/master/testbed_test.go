@@ -299,8 +299,9 @@ type testbed struct {
 	w     *fakeWorld
 	done  chan struct{}
 	mu    sync.Mutex
-	next  Options // what the next reload loads
-	lderr error   // or the error it gets
+	next  Options       // what the next reload loads
+	lderr error         // or the error it gets
+	block chan struct{} // if set, loading waits until it is closed
 }
 
 // gen is a generation's options as the tests start from: n workers,
@@ -354,6 +355,12 @@ func (tb *testbed) finish() {
 }
 
 func (tb *testbed) load() (Options, error) {
+	tb.mu.Lock()
+	block := tb.block
+	tb.mu.Unlock()
+	if block != nil {
+		<-block // a configuration file that blocks: a FIFO, a hung mount
+	}
 	tb.mu.Lock()
 	defer tb.mu.Unlock()
 	return tb.next, tb.lderr

@@ -46,7 +46,7 @@ func (m *Master) requestUpgrade(w *reloadWaiter) {
 			m.upgrade.waiters = append(m.upgrade.waiters, w)
 		}
 		return
-	case m.reload != nil:
+	case m.reloading():
 		fail("a reload is in progress; upgrade when it has finished")
 		return
 	}
