@@ -256,6 +256,11 @@ func Shim(args []string) int {
 		fmt.Fprintf(os.Stderr, "baton: cannot keep the master's file descriptors from %s: %v\n", path, err)
 		return 126
 	}
+	// Not fatal: the master checks its listeners after every worker exit
+	// and re-arms one a worker shut down.
+	if err := guardListeners(n); err != nil {
+		fmt.Fprintf(os.Stderr, "baton: %s runs without the listener guard (a shutdown(2) of its listener would reach every worker): %v\n", path, err)
+	}
 	if os.Getenv("LISTEN_FDS") != "" {
 		os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
 	}
