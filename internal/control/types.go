@@ -97,6 +97,9 @@ type Status struct {
 type Listener struct {
 	Name string `json:"name"`
 	Addr string `json:"addr"`
+	// Down says why the listener accepts no connection (a worker shut
+	// it down and it could not be re-armed); "" while it listens.
+	Down string `json:"down,omitempty"`
 }
 
 // Worker is one worker process.

@@ -85,7 +85,7 @@ func (m *Master) status() control.Status {
 		st.Generation, st.Workers = m.current.num, m.current.size
 	}
 	for _, l := range m.listeners {
-		st.Listeners = append(st.Listeners, control.Listener{Name: l.Name, Addr: l.Addr})
+		st.Listeners = append(st.Listeners, control.Listener{Name: l.Name, Addr: l.Addr, Down: m.listenersDown[l.Name]})
 	}
 	st.Degraded = m.crashLooping()
 	for pid, w := range m.workers {

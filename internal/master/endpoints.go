@@ -217,6 +217,11 @@ func (s metricsSource) Health(ctx context.Context) (metrics.Snapshot, error) {
 
 func toSnapshot(st control.Status) metrics.Snapshot {
 	snap := metrics.Snapshot{ShuttingDown: st.ShuttingDown, Generation: st.Generation, Degraded: st.Degraded}
+	for _, l := range st.Listeners {
+		if l.Down != "" {
+			snap.ListenersDown = append(snap.ListenersDown, l.Name+" ("+l.Addr+"): "+l.Down)
+		}
+	}
 	for _, w := range st.WorkerList {
 		snap.Workers = append(snap.Workers, metrics.Worker{Generation: w.Generation, State: w.State, RSS: w.RSS})
 	}

@@ -59,13 +59,16 @@ type Master struct {
 
 	listeners      []*listener.Listener
 	listenerInodes []uint64 // socket inode of each listener
+	// listenersDown are the listeners a worker shut down for good, by
+	// name, with what is wrong (health.go).
+	listenersDown map[string]string
 
 	current *generation
 	reload  *reload // the reload in progress, if any
 	// loadingConfig: a reload's configuration is being read (off the
 	// loop); the reload starts when it is.
 	loadingConfig bool
-	queued  bool    // a HUP arrived during a reload: reload again after it
+	queued        bool // a HUP arrived during a reload: reload again after it
 	// queuedWaiters wait for the queued reload.
 	queuedWaiters []*reloadWaiter
 	// lastReload is how the last reload ended, nil before the first.
@@ -130,9 +133,11 @@ func newMaster(opts Options, load Loader, log *slog.Logger, logOut *logging.Outp
 		world:   w,
 		workers: map[int]*worker{},
 		pid:     os.Getpid(),
-		helpers: map[int]func(proc.Exit){},
-		events:  make(chan func(), 64),
-		quit:    make(chan struct{}),
+		// listenersDown is filled by checkListeners.
+		listenersDown: map[string]string{},
+		helpers:       map[int]func(proc.Exit){},
+		events:        make(chan func(), 64),
+		quit:          make(chan struct{}),
 	}
 }
 
@@ -185,6 +190,7 @@ func (m *Master) supervise(sigs <-chan os.Signal) {
 	m.current.fill(m)
 	m.startWatchdog()
 	m.armMemoryChecks()
+	m.startListenerChecks()
 	for !m.finished() {
 		select {
 		case sig := <-sigs:

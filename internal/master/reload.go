@@ -128,6 +128,10 @@ func (m *Master) startReload(waiters []*reloadWaiter) {
 
 // applyConfig starts the reload of a configuration that was read.
 func (m *Master) applyConfig(waiters []*reloadWaiter, started time.Time, opts Options, err error) {
+	if down := m.downListeners(); down != "" {
+		m.rejectConfig(waiters, started, "a listener is down ("+down+"); restart baton to open it again")
+		return
+	}
 	if err != nil {
 		m.rejectConfig(waiters, started, "the configuration is invalid: "+err.Error(), "problems", strings.Split(err.Error(), "\n"))
 		return
@@ -226,7 +230,21 @@ func (m *Master) completeReload() {
 	m.current, m.reload = r.next, nil
 	m.commitMasterChange(r.settings)
 	m.armMemoryChecks()
+	m.checkListeners(nil)
 	d := time.Since(r.started)
+	if down := m.downListeners(); down != "" {
+		// The new generation serves what it can; the reload did not
+		// bring the service back.
+		reason := fmt.Sprintf("generation %d started, but a listener is down (%s); restart baton to open it again", r.next.num, down)
+		m.log.Error("reload failed", "generation", r.next.num, "reason", reason)
+		res := m.endReload(ReloadResult{Generation: r.next.num, OK: false, Reason: reason, Started: r.started})
+		if m.metrics != nil {
+			m.metrics.ReloadFinished(false, res.Duration)
+		}
+		deliver(r.waiters, res)
+		m.startQueued()
+		return
+	}
 	m.log.Info("reload succeeded", "generation", r.next.num, "workers", r.next.size,
 		"duration", d.Round(time.Millisecond).String())
 	res := m.endReload(ReloadResult{Generation: r.next.num, OK: true, Started: r.started})

@@ -319,6 +319,13 @@ func gen(n int) GenerationOptions {
 // bubble's own *testing.T: only it may fail the test from there.
 func inBubble(t *testing.T, opts Options, f func(t *testing.T, tb *testbed)) {
 	t.Helper()
+	inBubbleWith(t, opts, nil, f)
+}
+
+// inBubbleWith is inBubble with setup run on the master before its loop
+// starts (what Run's open would have done: listeners, say).
+func inBubbleWith(t *testing.T, opts Options, setup func(m *Master), f func(t *testing.T, tb *testbed)) {
+	t.Helper()
 	synctest.Test(t, func(t *testing.T) {
 		tb := &testbed{t: t, w: newFakeWorld(), done: make(chan struct{}), next: opts}
 		if opts.Master.Version == "" {
@@ -326,6 +333,9 @@ func inBubble(t *testing.T, opts Options, f func(t *testing.T, tb *testbed)) {
 		}
 		log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 		tb.m = newMaster(opts, tb.load, log, nil, tb.w.world())
+		if setup != nil {
+			setup(tb.m)
+		}
 		go func() {
 			defer close(tb.done)
 			tb.m.supervise(tb.w.sigs)

@@ -300,6 +300,7 @@ func (m *Master) onWorkerExit(w *worker, e proc.Exit) {
 		m.log.Error("the worker command could not be executed; check that it exists and is executable",
 			"path", w.gen.opts.CommandPath)
 	}
+	m.checkListeners(w)
 	if !expected {
 		m.onCrash(w, lived, status)
 	}

@@ -14,6 +14,9 @@ type Snapshot struct {
 	Generation   int // current generation
 	// Degraded describes crash-looping slots; the host still serves.
 	Degraded []string
+	// ListenersDown describes listeners that accept no connection: the
+	// host does not serve them.
+	ListenersDown []string
 }
 
 // Worker is one live worker process as seen by the master.

@@ -90,6 +90,9 @@ func notReady(s Snapshot) string {
 	if s.ShuttingDown {
 		return "shutting down"
 	}
+	if len(s.ListenersDown) > 0 {
+		return "listener down: " + strings.Join(s.ListenersDown, "; ")
+	}
 	for _, wk := range s.Workers {
 		if wk.State == StateReady {
 			return ""
