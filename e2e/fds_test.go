@@ -17,7 +17,15 @@ import (
 // master keeps the file but marks it close-on-exec, so no other child of
 // it (helpers, a new master) gets it either.
 func TestWorkersInheritOnlyTheListeners(t *testing.T) {
-	t.Parallel()
+	for _, mode := range containmentModes {
+		t.Run("cgroup="+mode, func(t *testing.T) {
+			t.Parallel()
+			workersInheritOnlyTheListeners(t, mode)
+		})
+	}
+}
+
+func workersInheritOnlyTheListeners(t *testing.T, mode string) {
 	if os.Geteuid() != 0 {
 		t.Fatal("this test needs root to start workers as nobody")
 	}
@@ -39,7 +47,7 @@ func TestWorkersInheritOnlyTheListeners(t *testing.T) {
 	// The worker is sleep, which opens no fd of its own: its fd table is
 	// exactly what it inherited.
 	b := launch(t, batonSpec{
-		args: []string{"run", "-w", "2", "--user", "nobody", "--unix-owner", "nobody", "--ready", "delay:0s",
+		args: []string{"run", "-w", "2", "--cgroup", mode, "--user", "nobody", "--unix-owner", "nobody", "--ready", "delay:0s",
 			"-b", "127.0.0.1:0", "-b", "unix:" + sock, "--", "sleep", "60"},
 		// nil entries are closed in baton: the secret is its fd 7.
 		extraFiles: []*os.File{nil, nil, nil, nil, secret},
