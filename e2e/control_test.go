@@ -448,7 +448,7 @@ func TestCrashLoopingSlotIsReportedDegraded(t *testing.T) {
 
 // Without --control, baton and its client commands agree on where the
 // control socket is: beside the pidfile, else in $XDG_RUNTIME_DIR (both
-// in temp dirs here; root's last resort, /run/baton.sock, is the
+// in temp dirs here; root's last resort, /run/baton/baton.sock, is the
 // machine's and no test may use it).
 func TestControlSocketDefaultPath(t *testing.T) {
 	t.Parallel()

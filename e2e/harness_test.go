@@ -99,13 +99,23 @@ func runTests(m *testing.M) int {
 
 // sharedControlSocket is where a baton with no control socket configured,
 // no pidfile and no $XDG_RUNTIME_DIR puts it (control.DefaultPath): for
-// root /run/baton.sock, shared by every baton on the machine, so two tests,
-// or a test and a real baton, would collide there.
+// root /run/baton/baton.sock, shared by every baton on the machine, so two
+// tests, or a test and a real baton, would collide there.
 func sharedControlSocket() string {
-	if os.Getuid() == 0 {
-		return "/run/baton.sock"
+	return privateControlSocket(os.Getuid(), "")
+}
+
+// privateControlSocket is control.DefaultPath's last resort for uid, with
+// tmpdir as $TMPDIR ("": the test's own): /run/baton/baton.sock for root,
+// $TMPDIR/baton-UID/baton.sock for anyone else.
+func privateControlSocket(uid int, tmpdir string) string {
+	if uid == 0 {
+		return "/run/baton/baton.sock"
 	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("baton-%d.sock", os.Getuid()))
+	if tmpdir == "" {
+		tmpdir = os.TempDir()
+	}
+	return filepath.Join(tmpdir, fmt.Sprintf("baton-%d", uid), "baton.sock")
 }
 
 // watchSharedControlSocket watches the shared control socket's directory
@@ -119,8 +129,10 @@ func sharedControlSocket() string {
 func watchSharedControlSocket() (check func() error, err error) {
 	path := sharedControlSocket()
 	dir, name := filepath.Dir(path), filepath.Base(path)
-	if _, err := os.Stat(dir); os.IsNotExist(err) {
-		return func() error { return nil }, nil // nothing can be created there
+	// Baton creates its private directory when it is missing; create it
+	// as baton would (mode 0700), so that there is something to watch.
+	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
+		return nil, fmt.Errorf("creating %s to watch it: %w", dir, err)
 	}
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC)
 	if err != nil {
@@ -405,6 +417,10 @@ type batonSpec struct {
 	extraFiles []*os.File // become fds 3, 4, ... of baton
 	env        []string   // added to baton's environment
 	bin        string     // the baton binary; default: the one TestMain built
+	// cred runs baton as another user (nil: as the test); bin must then
+	// be a copy that user can execute (executableByAll). The test's temp
+	// dir, baton's working directory, is made reachable by that user.
+	cred *syscall.Credential
 	// defaultControl: do not give baton a control socket of its own; the
 	// test checks where baton puts it by itself, and points the pidfile or
 	// $XDG_RUNTIME_DIR (in env) into a temp dir for that.
@@ -474,6 +490,14 @@ func launch(t testing.TB, spec batonSpec) *Baton {
 	// Its own process group, so signals meant for baton never reach the
 	// test binary; and it dies with the test binary (a test timeout).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if spec.cred != nil {
+		cmd.SysProcAttr.Credential = spec.cred
+		for _, d := range []string{filepath.Dir(b.Dir), b.Dir} {
+			if err := os.Chmod(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -513,7 +537,7 @@ func launch(t testing.TB, spec batonSpec) *Baton {
 // withTestFlags adds what every test wants to run and demo: JSON logs
 // (which the harness parses), port 0 (no two tests share a port) and a
 // control socket in dir (no two batons share one; root's default,
-// /run/baton.sock, is the machine's), unless the test chose otherwise. It
+// /run/baton/baton.sock, is the machine's), unless the test chose otherwise. It
 // returns the arguments and the control socket baton will listen on.
 func withTestFlags(spec batonSpec, dir string) (args []string, ctl string, err error) {
 	args = spec.args
@@ -538,9 +562,14 @@ func withTestFlags(spec batonSpec, dir string) (args []string, ctl string, err e
 		return nil, "", fmt.Errorf("the test gives baton the machine's shared control socket %s", ctl)
 	case chosen:
 	case spec.defaultControl:
-		ctl = defaultControlIn(spec.env)
-		if ctl == sharedControlSocket() {
-			return nil, "", fmt.Errorf("defaultControl without a pidfile or XDG_RUNTIME_DIR: baton would use the machine's %s", ctl)
+		uid := os.Getuid()
+		if spec.cred != nil {
+			uid = int(spec.cred.Uid)
+		}
+		var shared bool
+		ctl, shared = defaultControlIn(spec.env, uid)
+		if shared {
+			return nil, "", fmt.Errorf("defaultControl without a pidfile, XDG_RUNTIME_DIR or (not as root) TMPDIR: baton would use the machine's %s", ctl)
 		}
 	default:
 		ctl = filepath.Join(dir, "baton.sock")
@@ -601,15 +630,28 @@ func configStrings(toml string) map[string]string {
 	return keys
 }
 
-// defaultControlIn is where baton puts its control socket with nothing
-// configured and env (on top of cleanEnv's) as its environment.
-func defaultControlIn(env []string) string {
+// defaultControlIn is where baton running as uid puts its control socket
+// with nothing configured and env (on top of cleanEnv's) as its
+// environment; shared is true when that is the machine's socket for uid,
+// which no test may use.
+func defaultControlIn(env []string, uid int) (path string, shared bool) {
+	if dir := envValue(env, "XDG_RUNTIME_DIR"); dir != "" {
+		return filepath.Join(dir, "baton.sock"), false
+	}
+	if tmp := envValue(env, "TMPDIR"); tmp != "" && uid != 0 {
+		return privateControlSocket(uid, tmp), false
+	}
+	return privateControlSocket(uid, ""), true
+}
+
+// envValue is the value of the last name=... in env.
+func envValue(env []string, name string) string {
 	for i := len(env) - 1; i >= 0; i-- {
-		if dir, ok := strings.CutPrefix(env[i], "XDG_RUNTIME_DIR="); ok && dir != "" {
-			return filepath.Join(dir, "baton.sock")
+		if v, ok := strings.CutPrefix(env[i], name+"="); ok {
+			return v
 		}
 	}
-	return sharedControlSocket()
+	return ""
 }
 
 // flagValue is the value of the last of the flags called names in args:

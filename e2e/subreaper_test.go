@@ -32,7 +32,7 @@ func TestOrphansOfWorkersAreReaped(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			// Started without the harness, so given its own control
-			// socket here (else root's would be /run/baton.sock).
+			// socket here (else root's would be /run/baton/baton.sock).
 			ctl := filepath.Join(t.TempDir(), "baton.sock")
 			args := append(append([]string{"run", "-b", "127.0.0.1:0", "-w", "1", "--control", ctl}, tc.args...), worker...)
 			cmd := exec.Command(batonBin, args...)

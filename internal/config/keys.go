@@ -227,7 +227,7 @@ var keys = []key{
 	},
 	{
 		name:     "control",
-		usage:    "control socket `PATH` for baton reload/status/scale/stop (default: beside the pidfile, else $XDG_RUNTIME_DIR/baton.sock or /run/baton.sock)",
+		usage:    "control socket `PATH` for baton reload/status/scale/stop (default: beside the pidfile, else $XDG_RUNTIME_DIR/baton.sock, else /run/baton/baton.sock for root and $TMPDIR/baton-UID/baton.sock for others)",
 		lifetime: Reapplied,
 		setting:  func(c *Config) setting { return textSetting(&c.Control) },
 		check:    func(c *Config) error { return checkParentDir(c.Control) },

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"syscall"
 	"time"
 )
@@ -30,7 +31,11 @@ type Client struct {
 	r    *bufio.Reader
 }
 
-// Dial connects to the control socket at path.
+// Dial connects to the control socket at path, and checks who answers
+// there before it sends anything: the process serving the socket must run
+// as the caller's own uid or as root. Anyone else may have bound the path
+// first (a default path in a shared directory, a stale path in /tmp) and
+// would answer whatever it likes; that is an *UntrustedServerError.
 func Dial(path string) (*Client, error) {
 	if err := checkSocketPath(path); err != nil {
 		return nil, err
@@ -40,7 +45,44 @@ func Dial(path string) (*Client, error) {
 	if err != nil {
 		return nil, dialError(path, err)
 	}
-	return &Client{conn: conn.(*net.UnixConn), r: bufio.NewReader(conn)}, nil
+	uc := conn.(*net.UnixConn)
+	if err := checkServer(path, uc); err != nil {
+		uc.Close()
+		return nil, err
+	}
+	return &Client{conn: uc, r: bufio.NewReader(conn)}, nil
+}
+
+// checkServer reads the credentials the kernel recorded for the process
+// that created the listening socket (SO_PEERCRED on a connected unix
+// socket), and refuses a server that is neither us nor root.
+func checkServer(path string, conn *net.UnixConn) error {
+	cred, err := peerCred(conn)
+	if err != nil {
+		return fmt.Errorf("cannot tell who serves the control socket %s (%v): refusing to talk to it", path, err)
+	}
+	if me := os.Getuid(); int(cred.Uid) != me && cred.Uid != 0 {
+		return &UntrustedServerError{Path: path, Server: int(cred.Uid), Pid: int(cred.Pid), Self: me}
+	}
+	return nil
+}
+
+// UntrustedServerError is Dial's error when the control socket is served
+// by a process of another user than the caller and root.
+type UntrustedServerError struct {
+	Path   string
+	Server int // the uid serving the socket
+	Pid    int // the pid that created the listening socket, as the kernel recorded it
+	Self   int // the caller's uid
+}
+
+func (e *UntrustedServerError) Error() string {
+	you := fmt.Sprintf("you (uid %d) or root", e.Self)
+	if e.Self == 0 {
+		you = "you (root)"
+	}
+	return fmt.Sprintf("the control socket %s is served by %s, not by %s: refusing to talk to it",
+		e.Path, describeUID(e.Server), you)
 }
 
 // dialError says what a failed connect means for the user, and still

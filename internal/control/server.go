@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -64,6 +65,15 @@ type Server struct {
 // Listen creates the control socket at path, mode 0600, replacing a stale
 // socket file left by a master that died. A live socket, or a path that
 // exists and is not a socket, is an error and is left alone. log may be nil.
+//
+// When path is in the private directory of DefaultPath's last case, Listen
+// creates that directory (0700) if need be and checks it first.
+//
+// The error matches ErrTakenByAnotherUser (errors.Is) when the path, or
+// that directory, belongs to another user, and ErrUnsafeDirectory when
+// that directory is ours but not private: a master should not start then,
+// even on a default path, since its clients would find either nothing or
+// someone else there.
 func Listen(path string, h Handler, log *slog.Logger) (*Server, error) {
 	return listen(path, h, log, defaultOptions())
 }
@@ -77,6 +87,12 @@ func listen(path string, h Handler, log *slog.Logger, opts options) (*Server, er
 	}
 	if err := checkSocketPath(path); err != nil {
 		return nil, err
+	}
+	// The default path's private directory is baton's to create and check.
+	if dir := privateDir(os.Getuid()); filepath.Clean(filepath.Dir(path)) == filepath.Clean(dir) {
+		if err := ensurePrivateDir(dir, os.Getuid()); err != nil {
+			return nil, err
+		}
 	}
 	if err := removeStaleSocket(path); err != nil {
 		return nil, err

@@ -54,10 +54,14 @@ func checkSocketPath(path string) error {
 }
 
 // removeStaleSocket makes way for a new socket at path. Nothing there is
-// fine; a socket nobody accepts on (left by a master that died) is removed;
-// a live socket or anything that is not a socket is an error and is left
-// alone. Two masters starting at once on one path could both find the same
-// stale socket; the pidfile, not this check, is what keeps them apart.
+// fine; a socket of our own uid that nobody accepts on (left by a master
+// that died) is removed; a live socket, or anything that is not a socket,
+// is an error and is left alone. Anything that belongs to another user is
+// a *ForeignOwnerError and is never touched, not even by root: it may be
+// another user's attempt to take the control socket's place, and their
+// live socket would answer our clients. Two masters starting at once on one
+// path could both find the same stale socket; the pidfile, not this check,
+// is what keeps them apart.
 func removeStaleSocket(path string) error {
 	fi, err := os.Lstat(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -66,33 +70,75 @@ func removeStaleSocket(path string) error {
 	if err != nil {
 		return fmt.Errorf("control socket %s: %w", path, err)
 	}
+	uid := os.Getuid()
+	if owner, ok := fileOwner(fi); !ok || owner != uid {
+		kind := describeType(fi.Mode())
+		if fi.Mode().Type() == fs.ModeSocket {
+			if _, err := probeSocket(path); err == nil {
+				kind = "live socket" // for the message only
+			}
+		}
+		return &ForeignOwnerError{Path: path, Kind: kind, UID: owner, Self: uid}
+	}
 	if fi.Mode().Type() != fs.ModeSocket {
 		return fmt.Errorf("control socket path %s exists and is not a socket (it is a %s); not replacing it", path, describeType(fi.Mode()))
 	}
-	err = probeSocket(path)
+	server, err := probeSocket(path)
 	switch {
+	case err == nil && server != uid:
+		// Our file, served by another user: they hold a socket that
+		// was bound here (by root, say, and given to them).
+		return &ForeignOwnerError{Path: path, Kind: "live socket", UID: server, Self: uid}
 	case err == nil:
 		return fmt.Errorf("control socket %s is in use by another process (a running baton master?)", path)
 	case errors.Is(err, syscall.ENOENT):
 		return nil // removed since the Lstat
 	case errors.Is(err, syscall.ECONNREFUSED):
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("remove stale control socket: %w", err)
-		}
-		return nil
+		return removeStale(path, fi)
 	default:
 		return fmt.Errorf("control socket %s exists and cannot be checked (%v); not replacing it", path, err)
 	}
 }
 
-// probeSocket connects to path and hangs up at once: nil means something
-// is accepting there; ECONNREFUSED means nothing is.
-func probeSocket(path string) error {
+// removeStale removes the stale socket file found at path as fi, unless
+// another file has taken its place since.
+func removeStale(path string, fi fs.FileInfo) error {
+	now, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil || !os.SameFile(fi, now) {
+		return fmt.Errorf("control socket %s changed while baton was checking it; not replacing it", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove stale control socket: %w", err)
+	}
+	return nil
+}
+
+// fileOwner is the uid that owns the file fi describes.
+func fileOwner(fi fs.FileInfo) (int, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return -1, false
+	}
+	return int(st.Uid), true
+}
+
+// probeSocket connects to path and hangs up at once: no error means
+// something is accepting there, and server is the uid of the process
+// that created the listening socket; ECONNREFUSED means nothing is.
+func probeSocket(path string) (server int, err error) {
 	conn, err := net.DialTimeout("unix", sockaddrName(path), probeTimeout)
 	if err != nil {
-		return err
+		return -1, err
 	}
-	return conn.Close()
+	defer conn.Close()
+	cred, err := peerCred(conn.(*net.UnixConn))
+	if err != nil {
+		return -1, fmt.Errorf("reading the credentials of the process listening there: %w", err)
+	}
+	return int(cred.Uid), nil
 }
 
 func describeType(m fs.FileMode) string {
@@ -105,6 +151,8 @@ func describeType(m fs.FileMode) string {
 		return "symbolic link"
 	case fs.ModeNamedPipe:
 		return "named pipe"
+	case fs.ModeSocket:
+		return "socket"
 	case fs.ModeDevice, fs.ModeDevice | fs.ModeCharDevice:
 		return "device"
 	default:
