@@ -3,6 +3,7 @@ package master
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"time"
 
@@ -79,7 +80,10 @@ func (m *Master) openEndpoints() error {
 	if path := m.opts.ControlPath; path != "" {
 		err := m.openAtStart("control socket", func() (io.Closer, error) { return m.serveControl(path) },
 			func(c io.Closer) { m.endpoints.control = c })
-		if err != nil && m.opts.ControlRequired {
+		// A default path taken by another user, or a private directory
+		// that is not private, is an attack or a mistake to fix: fatal too.
+		if err != nil && (m.opts.ControlRequired || errors.Is(err, control.ErrTakenByAnotherUser) ||
+			errors.Is(err, control.ErrUnsafeDirectory)) {
 			return err
 		}
 		if err != nil {
@@ -100,7 +104,7 @@ func (m *Master) openAtStart(what string, open func() (io.Closer, error), keep f
 		keep(c)
 		return nil
 	}
-	if m.upgradePipe == nil {
+	if m.upgradePipe == nil || errors.Is(err, control.ErrTakenByAnotherUser) || errors.Is(err, control.ErrUnsafeDirectory) {
 		return err
 	}
 	m.log.Info(what+" still held by the old master; taking it over at the hand-over", "err", err)
