@@ -215,8 +215,12 @@ func (s metricsSource) Snapshot(ctx context.Context) (metrics.Snapshot, error) {
 // few seconds: the state alone, without reading /proc.
 func (s metricsSource) Health(ctx context.Context) (metrics.Snapshot, error) {
 	var st control.Status
-	err := s.m.call(ctx, func() { st = s.m.status() })
-	return toSnapshot(st), err
+	// On an error the loop may still run the closure later: st is not
+	// to be read then.
+	if err := s.m.call(ctx, func() { st = s.m.status() }); err != nil {
+		return metrics.Snapshot{}, err
+	}
+	return toSnapshot(st), nil
 }
 
 func toSnapshot(st control.Status) metrics.Snapshot {
