@@ -44,6 +44,8 @@ func TestMain(m *testing.M) {
 			os.Exit(proc.Shim(os.Args[2:]))
 		case listFDsArg:
 			os.Exit(listFDs())
+		case startShellArg:
+			os.Exit(startShell(os.Args[2]))
 		}
 	}
 	code := m.Run()
