@@ -76,11 +76,16 @@ func checkFileLimit(cfg *config.Config, soft, hard uint64) error {
 	if uint64(need.total()) <= soft {
 		return nil
 	}
+	fewer := "no number of workers fits"
+	perWorker := need.workers / cfg.Workers
+	if room := int(soft) - need.endpoints - need.fixed; room >= perWorker {
+		fewer = fmt.Sprintf("or run at most %d workers", room/perWorker)
+	}
 	return fmt.Errorf("the open-file limit (RLIMIT_NOFILE: soft %d, hard %d) is too low for %d workers: "+
 		"the master may need %d file descriptors (%d for the workers of three generations at once, "+
 		"%d for the control socket's and metrics endpoint's connections, %d for itself, its listeners and a margin); "+
-		"raise the hard limit (ulimit -Hn, LimitNOFILE= in a systemd unit, docker run --ulimit nofile=N:N) or run fewer workers",
-		soft, hard, cfg.Workers, need.total(), need.workers, need.endpoints, need.fixed)
+		"raise the hard limit (ulimit -Hn, LimitNOFILE= in a systemd unit, docker run --ulimit nofile=N:N), %s",
+		soft, hard, cfg.Workers, need.total(), need.workers, need.endpoints, need.fixed, fewer)
 }
 
 // fileLimit is RLIMIT_NOFILE. baton does not raise it itself: the Go

@@ -57,11 +57,19 @@ func TestCheckFileLimit(t *testing.T) {
 	msg := err.Error()
 	for _, want := range []string{
 		"RLIMIT_NOFILE", "soft " + strconv.FormatUint(need-1, 10), "hard " + strconv.FormatUint(need, 10),
-		"4 workers", strconv.FormatUint(need, 10) + " file descriptors", "ulimit -Hn", "LimitNOFILE=", "fewer workers",
+		"4 workers", strconv.FormatUint(need, 10) + " file descriptors", "ulimit -Hn", "LimitNOFILE=", "or run at most 3 workers",
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("the error lacks %q: %s", want, msg)
 		}
+	}
+	// When the endpoints and the master alone exceed the limit, no number
+	// of workers is suggested.
+	if err := checkFileLimit(cfg, 128, 128); err == nil || !strings.Contains(err.Error(), "no number of workers fits") {
+		t.Errorf("soft limit 128: %v", err)
+	}
+	if err := checkFileLimit(fdConfig(1, 1, "127.0.0.1:9100"), 128, 128); err == nil {
+		t.Error("soft limit 128 accepted for one worker with the metrics endpoint")
 	}
 	// Without the metrics endpoint less is needed: the same limit fits.
 	if err := checkFileLimit(fdConfig(4, 1, ""), need-1, need); err != nil {
