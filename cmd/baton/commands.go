@@ -47,6 +47,9 @@ func newRunCommand() *cobra.Command {
 			if err != nil {
 				return usageError(err)
 			}
+			if err := checkFileLimitNow(cfg); err != nil {
+				return usageError(err)
+			}
 			return runMaster(cfg, reloadLoader(cmd.Flags(), args))
 		},
 	}
@@ -107,6 +110,9 @@ sharing one port. Every run flag works here too.`,
 			command := []string{self, demoWorkerArg}
 			cfg, err := config.Load(fs, command)
 			if err != nil {
+				return usageError(err)
+			}
+			if err := checkFileLimitNow(cfg); err != nil {
 				return usageError(err)
 			}
 			printDemoHints(cfg)

@@ -73,11 +73,16 @@ func masterOptions(cfg *config.Config) master.Options {
 }
 
 // reloadLoader re-reads the configuration exactly as at start: the same
-// file and flags (flags still override the file) and the same command.
+// file and flags (flags still override the file) and the same command. A
+// config whose workers would not fit in the open-file limit is refused like
+// an invalid one, as it would be at start.
 func reloadLoader(fs *pflag.FlagSet, command []string) master.Loader {
 	return func() (master.Options, error) {
 		cfg, err := config.Load(fs, command)
 		if err != nil {
+			return master.Options{}, err
+		}
+		if err := checkFileLimitNow(cfg); err != nil {
 			return master.Options{}, err
 		}
 		return masterOptions(cfg), nil

@@ -25,12 +25,16 @@ type options struct {
 	closeGrace   time.Duration // Close waits this long for connections to finish
 }
 
+// MaxConns is how many control connections the server holds at once; more
+// are told "busy". Each is one of the master's file descriptors.
+const MaxConns = 64
+
 func defaultOptions() options {
 	return options{
 		readTimeout:  10 * time.Second,
 		writeTimeout: 10 * time.Second,
 		maxRequest:   maxRequestLine,
-		maxConns:     64,
+		maxConns:     MaxConns,
 		socketMode:   0o600,
 		closeGrace:   2 * time.Second,
 	}

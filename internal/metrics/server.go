@@ -11,20 +11,37 @@ import (
 	"time"
 )
 
-// Server timeouts. The endpoints answer small bodies, so generous limits
-// only serve to stop slow or idle clients from holding connections forever.
-const (
-	readHeaderTimeout = 5 * time.Second
-	readTimeout       = 10 * time.Second
-	writeTimeout      = 30 * time.Second // above probeTimeout, so a slow master still gets its 503 out
-	idleTimeout       = 60 * time.Second
-	maxHeaderBytes    = 64 << 10
-)
+// options are the server's limits. Serve uses defaultOptions; tests
+// shorten them.
+type options struct {
+	// readHeaderTimeout also closes a connection that never sends a byte:
+	// http.Server sets it as the read deadline as soon as it accepts.
+	readHeaderTimeout time.Duration
+	readTimeout       time.Duration
+	writeTimeout      time.Duration // above probeTimeout, so a slow master still gets its 503 out
+	idleTimeout       time.Duration // between two requests of a keep-alive connection
+	maxConns          int
+}
+
+// defaultOptions: the endpoints answer small bodies, so generous timeouts
+// only serve to stop slow or idle clients from holding connections
+// forever; the connection cap bounds what they hold meanwhile.
+func defaultOptions() options {
+	return options{
+		readHeaderTimeout: 5 * time.Second,
+		readTimeout:       10 * time.Second,
+		writeTimeout:      30 * time.Second,
+		idleTimeout:       60 * time.Second,
+		maxConns:          MaxConns,
+	}
+}
+
+const maxHeaderBytes = 64 << 10
 
 // Server is the running metrics HTTP server.
 type Server struct {
 	srv  *http.Server
-	ln   net.Listener
+	ln   *limitListener
 	done chan struct{} // closed when the serve goroutine has returned
 	once sync.Once
 	err  error
@@ -32,23 +49,30 @@ type Server struct {
 
 // Serve binds addr synchronously, so a busy port is reported to the caller
 // (at startup or reload) rather than only logged, then serves h in a
-// goroutine. A nil log discards server errors.
+// goroutine. It holds at most MaxConns connections at once (see
+// limitListener). A nil log discards server errors.
 func Serve(addr string, h http.Handler, log *slog.Logger) (*Server, error) {
+	return serve(addr, h, log, defaultOptions())
+}
+
+func serve(addr string, h http.Handler, log *slog.Logger, opts options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	ln, err := net.Listen("tcp", addr)
+	tcp, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, listenError(addr, err)
 	}
+	ln := newLimitListener(tcp, opts.maxConns, log)
 	s := &Server{
 		srv: &http.Server{
 			Handler:           h,
-			ReadHeaderTimeout: readHeaderTimeout,
-			ReadTimeout:       readTimeout,
-			WriteTimeout:      writeTimeout,
-			IdleTimeout:       idleTimeout,
+			ReadHeaderTimeout: opts.readHeaderTimeout,
+			ReadTimeout:       opts.readTimeout,
+			WriteTimeout:      opts.writeTimeout,
+			IdleTimeout:       opts.idleTimeout,
 			MaxHeaderBytes:    maxHeaderBytes,
+			ConnState:         ln.connState,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		},
 		ln:   ln,

@@ -46,6 +46,8 @@ func TestMain(m *testing.M) {
 			os.Exit(listFDs())
 		case guardChildArg:
 			os.Exit(guardChild())
+		case startShellArg:
+			os.Exit(startShell(os.Args[2]))
 		}
 	}
 	code := m.Run()

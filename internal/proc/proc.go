@@ -225,6 +225,12 @@ const MasterPidEnv = "BATON_MASTER_PID"
 // master might hold; sets LISTEN_PID to its own pid, which execve keeps; and
 // replaces itself with the command. It returns only on failure, with the
 // exit code a shell would use (127 not found, 126 not executable).
+//
+// The command gets the soft RLIMIT_NOFILE the master was started with, not
+// the one the Go runtime raised it to: the runtime gives it back to every
+// process the master starts, and this process's own runtime restores it in
+// the exec below. Neither the master nor the shim may call setrlimit for
+// RLIMIT_NOFILE, which would stop that (golang/go#46279).
 func Shim(args []string) int {
 	n := -1
 	if len(args) >= 3 {

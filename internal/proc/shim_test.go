@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -197,5 +198,85 @@ func TestShimUsage(t *testing.T) {
 		if code := proc.Shim(args); code != 2 {
 			t.Errorf("Shim(%q) = %d, want 2 (usage)", args, code)
 		}
+	}
+}
+
+// startShellArg makes the test binary a stand-in master: it prints its own
+// soft RLIMIT_NOFILE, starts `sh -c SCRIPT` as a worker through the shim
+// (the test binary again) and waits for it.
+const startShellArg = "_start-shell"
+
+func startShell(script string) int {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Printf("master soft=%d hard=%d\n", lim.Cur, lim.Max)
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	runtime.LockOSThread()
+	p, err := proc.Start(proc.Spec{
+		Shim:   self,
+		Path:   "/bin/sh",
+		Args:   []string{"sh", "-c", script},
+		Env:    append(os.Environ(), proc.MasterPidEnv+"="+strconv.Itoa(os.Getpid())),
+		Stdout: 1,
+		Stderr: os.Stderr,
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	var ws unix.WaitStatus
+	if _, err := unix.Wait4(p.Pid, &ws, 0, nil); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	<-p.StderrClosed()
+	if !ws.Exited() || ws.ExitStatus() != 0 {
+		fmt.Fprintf(os.Stderr, "worker: %s\n", proc.Describe(ws))
+		return 1
+	}
+	return 0
+}
+
+// TestWorkerGetsTheOriginalFileLimit: the Go runtime raises a master's soft
+// RLIMIT_NOFILE to its hard limit (less one) at start; a worker started
+// through the shim gets the soft limit the master was started with, not the
+// raised one (a program that uses select(2) relies on 1024). The shim is a
+// Go program too, and restores it before its exec (golang/go#46279); a
+// setrlimit of RLIMIT_NOFILE in the master or the shim would break this.
+func TestWorkerGetsTheOriginalFileLimit(t *testing.T) {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	const soft = 512
+	if lim.Max < soft+2 {
+		t.Skipf("the hard limit %d leaves no room below it", lim.Max)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// GORACE: a -race helper would otherwise sleep a second at exit.
+	cmd := exec.Command("/bin/sh", "-c", `ulimit -Sn `+strconv.Itoa(soft)+` && exec "$0" "$1" "$2"`,
+		self, startShellArg, `echo "worker soft=$(ulimit -Sn) hard=$(ulimit -Hn)"`)
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+	out, err := cmd.CombinedOutput()
+	t.Logf("%s", out)
+	if err != nil {
+		t.Fatalf("the stand-in master: %v", err)
+	}
+	hard := strconv.FormatUint(lim.Max, 10)
+	if want := "master soft=" + strconv.FormatUint(lim.Max-1, 10) + " hard=" + hard + "\n"; !strings.Contains(string(out), want) {
+		t.Errorf("the master was not raised by the Go runtime as expected: want %q", want)
+	}
+	if want := "worker soft=" + strconv.Itoa(soft) + " hard=" + hard + "\n"; !strings.Contains(string(out), want) {
+		t.Errorf("the worker's limit: want %q", want)
 	}
 }
