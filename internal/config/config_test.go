@@ -204,7 +204,7 @@ func TestDurationForms(t *testing.T) {
 		{file: `"250ms"`, want: 250 * time.Millisecond},
 		{file: `30`, want: 30 * time.Second},
 		{file: `1.5`, want: 1500 * time.Millisecond},
-		{file: `0`, want: 0},
+		{file: `0.001`, want: time.Millisecond},
 		{file: `"45"`, want: 45 * time.Second},
 		{flag: "1m", want: time.Minute},
 		{flag: "30", want: 30 * time.Second},
