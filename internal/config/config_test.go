@@ -950,6 +950,7 @@ func TestRunAsResolvesNamesAndIDs(t *testing.T) {
 		}
 		return
 	}
+	d.openToAll() // the workers' user must reach the app
 	c := d.mustLoad([]string{"--user", "nobody", "--unix-owner", "nobody:0"}, d.app())
 	if c.RunAsUID != 65534 || c.RunAsGID != 65534 || c.UnixUID != 65534 || c.UnixGID != 0 {
 		t.Errorf("nobody: run as %d:%d, unix owner %d:%d", c.RunAsUID, c.RunAsGID, c.UnixUID, c.UnixGID)

@@ -80,7 +80,7 @@ var keys = []key{
 		name: commandKey, flag: flagNone,
 		lifetime: PerGeneration,
 		setting:  func(c *Config) setting { return commandSetting{&c.Command} },
-		check:    resolveCommand,
+		check:    resolveCommand, // as the workers' user: reads user and group too
 		needs:    []string{"chdir", "env"},
 	},
 	{
@@ -88,7 +88,7 @@ var keys = []key{
 		usage:    "run workers in `DIR` (default: baton's working directory)",
 		lifetime: PerGeneration,
 		setting:  func(c *Config) setting { return textSetting(&c.Chdir) },
-		check:    func(c *Config) error { return checkDir(c.Chdir) },
+		check:    checkChdir, // as the workers' user: reads user and group too
 	},
 	{
 		name: "env", short: "e", flag: flagRepeat,
