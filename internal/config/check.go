@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/baton-pm/baton/internal/logging"
 )
 
 // These checks look at the system, not at the text: they run on the merged
@@ -174,6 +176,19 @@ func checkParentDir(path string) error {
 		return fmt.Errorf("cannot create %q: %v", path, err)
 	}
 	return nil
+}
+
+// checkLogFile checks log_file: a file baton can create, and that no other
+// user chose for it (a symlink, or a file planted in a directory such as
+// /tmp: logging.CheckFile). Opening it at start checks again.
+func checkLogFile(c *Config) error {
+	if c.LogFile == "" {
+		return nil
+	}
+	if err := checkParentDir(c.LogFile); err != nil {
+		return err
+	}
+	return logging.CheckFile(c.LogFile)
 }
 
 // unwrapPath drops the path from an *fs.PathError: messages name it already.

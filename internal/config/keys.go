@@ -262,7 +262,7 @@ var keys = []key{
 		usage:    "write logs to `FILE` instead of stderr",
 		lifetime: StartOnly,
 		setting:  func(c *Config) setting { return textSetting(&c.LogFile) },
-		check:    func(c *Config) error { return checkParentDir(c.LogFile) },
+		check:    checkLogFile,
 	},
 }
 

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -75,5 +76,21 @@ func TestWorkerCountsAndTimeoutsAreBounded(t *testing.T) {
 	c := d.mustLoad([]string{"-w", "1024", "--max-surge", "1024", "--timeout", "0", "--boot-timeout", "1ms"}, d.app())
 	if c.Workers != 1024 || c.MaxSurge != 1024 || c.Timeout != 0 || c.BootTimeout != time.Millisecond {
 		t.Errorf("workers %d, max_surge %d, timeout %v, boot_timeout %v", c.Workers, c.MaxSurge, c.Timeout, c.BootTimeout)
+	}
+}
+
+// TestSymlinkedLogFileIsAProblem: baton check reports what the start
+// would refuse (logging.CheckFile).
+func TestSymlinkedLogFileIsAProblem(t *testing.T) {
+	t.Parallel()
+	d := newTestDir(t)
+	target := d.write("elsewhere", "", 0o600)
+	link := d.path + "/baton.log"
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	want := "--log-file: log file " + link + ": refused: it is a symbolic link (to " + target + "), which baton does not follow; name the file itself"
+	if got := strings.Join(d.problems([]string{"--log-file", link}, d.app()), "\n"); got != strings.ReplaceAll(want, d.path+"/", "") {
+		t.Errorf("problems:\n got %s\nwant %s", got, want)
 	}
 }
