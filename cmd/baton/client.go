@@ -198,9 +198,11 @@ func newScaleCommand() *cobra.Command {
 		Short: "Set the number of workers of the running master",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// The master refuses the same (control.MaxWorkers); saying it
+			// here spares the round trip and makes it bad input, exit 2.
 			n, err := strconv.Atoi(args[0])
-			if err != nil || n < 1 {
-				return usageError(fmt.Errorf("scale: %q: expected a number of workers ≥ 1", args[0]))
+			if err != nil || n < 1 || n > control.MaxWorkers {
+				return usageError(fmt.Errorf("scale: %q: expected a number of workers from 1 to %d (baton's ceiling)", args[0], control.MaxWorkers))
 			}
 			c, ctx, done, err := mf.connect(30 * time.Second)
 			if err != nil {

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/baton-pm/baton/internal/logging"
 )
 
 // These checks look at the system, not at the text: they run on the merged
@@ -30,21 +32,23 @@ func resolveCommand(c *Config) error {
 		return nil // chdir's own check reports it; nothing to resolve against
 	}
 	program := c.Command[0]
+	as := workerIdentity(c)
 	if strings.Contains(program, "/") {
-		c.CommandPath, err = resolvePath(program, workdir)
+		c.CommandPath, err = resolvePath(program, workdir, as)
 	} else {
-		c.CommandPath, err = searchPath(program, workdir, c.Env)
+		c.CommandPath, err = searchPath(program, workdir, c.Env, as)
 	}
 	return err
 }
 
-// resolvePath checks a program given with a slash.
-func resolvePath(program, workdir string) (string, error) {
+// resolvePath checks a program given with a slash, as the workers' user
+// as would execute it (nil: baton's own).
+func resolvePath(program, workdir string, as *workerID) (string, error) {
 	path := program
 	if !filepath.IsAbs(path) {
 		path = filepath.Join(workdir, path)
 	}
-	if err := checkExecutable(path); err != nil {
+	if err := checkExecutableAs(path, as); err != nil {
 		if path != program {
 			return "", fmt.Errorf("%q (%s) %v", program, path, err)
 		}
@@ -54,10 +58,11 @@ func resolvePath(program, workdir string) (string, error) {
 }
 
 // searchPath looks for program in each directory of the workers' PATH. As
-// with execvp, a file that is there but not executable is passed over, and
-// reported only if no directory has an executable one; an empty entry is
-// the current directory, and relative ones are relative to workdir.
-func searchPath(program, workdir string, env map[string]string) (string, error) {
+// with execvp, a file that is there but not executable (by as, if not nil)
+// is passed over, and reported only if no directory has an executable one;
+// an empty entry is the current directory, and relative ones are relative
+// to workdir.
+func searchPath(program, workdir string, env map[string]string, as *workerID) (string, error) {
 	pathList, fromEnv := env["PATH"]
 	if !fromEnv {
 		pathList = os.Getenv("PATH")
@@ -68,7 +73,7 @@ func searchPath(program, workdir string, env map[string]string) (string, error) 
 			dir = filepath.Join(workdir, dir)
 		}
 		path := filepath.Join(dir, program)
-		err := checkExecutable(path)
+		err := checkExecutableAs(path, as)
 		if err == nil {
 			return path, nil
 		}
@@ -113,6 +118,34 @@ func checkExecutable(path string) error {
 	return nil
 }
 
+// checkExecutableAs is checkExecutable, and then, if as is not nil, says
+// why the workers' user as cannot execute path: a directory on the way it
+// cannot search, or the file's own bits. baton checks as root, but the
+// workers would fail with exit 126.
+func checkExecutableAs(path string, as *workerID) error {
+	if err := checkExecutable(path); err != nil || as == nil {
+		return err
+	}
+	if err := as.canExecute(path); err != nil {
+		return fmt.Errorf("cannot be executed by %s, as workers run: %w", as, err)
+	}
+	return nil
+}
+
+// checkChdir checks chdir: a directory, which the workers' user (if not
+// baton's own) can enter.
+func checkChdir(c *Config) error {
+	if err := checkDir(c.Chdir); err != nil || c.Chdir == "" {
+		return err
+	}
+	if as := workerIdentity(c); as != nil {
+		if err := as.canEnter(c.Chdir); err != nil {
+			return fmt.Errorf("%q cannot be entered by %s, as workers run: %w", c.Chdir, as, err)
+		}
+	}
+	return nil
+}
+
 // checkDir checks that dir, if set, is a directory.
 func checkDir(dir string) error {
 	if dir == "" {
@@ -145,6 +178,19 @@ func checkParentDir(path string) error {
 	return nil
 }
 
+// checkLogFile checks log_file: a file baton can create, and that no other
+// user chose for it (a symlink, or a file planted in a directory such as
+// /tmp: logging.CheckFile). Opening it at start checks again.
+func checkLogFile(c *Config) error {
+	if c.LogFile == "" {
+		return nil
+	}
+	if err := checkParentDir(c.LogFile); err != nil {
+		return err
+	}
+	return logging.CheckFile(c.LogFile)
+}
+
 // unwrapPath drops the path from an *fs.PathError: messages name it already.
 func unwrapPath(err error) error {
 	var pathErr *fs.PathError
@@ -175,32 +221,45 @@ func checkHostPort(addr string) error {
 // starts the workers as the user.
 func resolveRunAs(c *Config) error {
 	c.RunAsUID, c.RunAsGID = -1, -1
-	if c.User == "" && c.Group == "" {
-		return nil
+	uid, gid, err := runAsIDs(c)
+	if err != nil || uid < 0 {
+		return err
 	}
-	if c.User != "" {
-		u, err := lookupUser(c.User)
-		if err != nil {
-			return err
-		}
-		c.RunAsUID, _ = strconv.Atoi(u.Uid)
-		c.RunAsGID, _ = strconv.Atoi(u.Gid)
-	}
-	if c.Group != "" {
-		gid, err := lookupGroup(c.Group)
-		if err != nil {
-			return fmt.Errorf("group: %w", err)
-		}
-		c.RunAsGID = gid
-		if c.RunAsUID < 0 {
-			c.RunAsUID = os.Geteuid()
-		}
-	}
+	c.RunAsUID, c.RunAsGID = uid, gid
 	if os.Geteuid() != 0 && (c.RunAsUID != os.Geteuid() || c.RunAsGID != os.Getegid()) {
 		return fmt.Errorf("running workers as uid %d, gid %d needs baton to run as root (it runs as uid %d)",
 			c.RunAsUID, c.RunAsGID, os.Geteuid())
 	}
 	return nil
+}
+
+// runAsIDs resolves user and group as resolveRunAs does, without setting
+// anything: -1, -1 when neither is set. Checks of other keys that depend
+// on the workers' identity (command, chdir) run before user's own.
+func runAsIDs(c *Config) (uid, gid int, err error) {
+	uid, gid = -1, -1
+	if c.User == "" && c.Group == "" {
+		return uid, gid, nil
+	}
+	if c.User != "" {
+		u, err := lookupUser(c.User)
+		if err != nil {
+			return -1, -1, err
+		}
+		uid, _ = strconv.Atoi(u.Uid)
+		gid, _ = strconv.Atoi(u.Gid)
+	}
+	if c.Group != "" {
+		g, err := lookupGroup(c.Group)
+		if err != nil {
+			return -1, -1, fmt.Errorf("group: %w", err)
+		}
+		gid = g
+		if uid < 0 {
+			uid = os.Geteuid()
+		}
+	}
+	return uid, gid, nil
 }
 
 // resolveUnixOwner turns unix_owner ("USER" or "USER:GROUP") into the ids

@@ -204,7 +204,7 @@ func TestDurationForms(t *testing.T) {
 		{file: `"250ms"`, want: 250 * time.Millisecond},
 		{file: `30`, want: 30 * time.Second},
 		{file: `1.5`, want: 1500 * time.Millisecond},
-		{file: `0`, want: 0},
+		{file: `0.001`, want: time.Millisecond},
 		{file: `"45"`, want: 45 * time.Second},
 		{flag: "1m", want: time.Minute},
 		{flag: "30", want: 30 * time.Second},
@@ -950,6 +950,7 @@ func TestRunAsResolvesNamesAndIDs(t *testing.T) {
 		}
 		return
 	}
+	d.openToAll() // the workers' user must reach the app
 	c := d.mustLoad([]string{"--user", "nobody", "--unix-owner", "nobody:0"}, d.app())
 	if c.RunAsUID != 65534 || c.RunAsGID != 65534 || c.UnixUID != 65534 || c.UnixGID != 0 {
 		t.Errorf("nobody: run as %d:%d, unix owner %d:%d", c.RunAsUID, c.RunAsGID, c.UnixUID, c.UnixGID)

@@ -24,6 +24,18 @@ func newTestDir(t *testing.T) *testDir {
 	return d
 }
 
+// openToAll lets every user search the test directory and its parent
+// (t.TempDir makes both 0700), so that workers run as another user can
+// reach the app.
+func (d *testDir) openToAll() {
+	d.t.Helper()
+	for _, dir := range []string{d.path, filepath.Dir(d.path)} {
+		if err := os.Chmod(dir, 0o755); err != nil {
+			d.t.Fatal(err)
+		}
+	}
+}
+
 // app is the absolute path of the executable "app".
 func (d *testDir) app() string { return filepath.Join(d.path, "app") }
 

@@ -1,8 +1,14 @@
 package config
 
 import (
+	"strconv"
 	"strings"
+
+	"github.com/baton-pm/baton/internal/control"
 )
+
+// maxWorkers is control.MaxWorkers for the flags' help.
+var maxWorkers = strconv.Itoa(control.MaxWorkers)
 
 // A key is one setting as the user writes it: in the file, as a flag, or
 // both. The keys table drives RegisterFlags, Load, TOML and the lifetimes
@@ -66,15 +72,15 @@ var keys = []key{
 	},
 	{
 		name: "workers", short: "w", def: "1",
-		usage:    "run `N` worker processes",
+		usage:    "run `N` worker processes (at most " + maxWorkers + ")",
 		lifetime: PerGeneration,
-		setting:  func(c *Config) setting { return intSetting(&c.Workers, 1) },
+		setting:  func(c *Config) setting { return workerCountSetting(&c.Workers, 1) },
 	},
 	{
 		name: commandKey, flag: flagNone,
 		lifetime: PerGeneration,
 		setting:  func(c *Config) setting { return commandSetting{&c.Command} },
-		check:    resolveCommand,
+		check:    resolveCommand, // as the workers' user: reads user and group too
 		needs:    []string{"chdir", "env"},
 	},
 	{
@@ -82,7 +88,7 @@ var keys = []key{
 		usage:    "run workers in `DIR` (default: baton's working directory)",
 		lifetime: PerGeneration,
 		setting:  func(c *Config) setting { return textSetting(&c.Chdir) },
-		check:    func(c *Config) error { return checkDir(c.Chdir) },
+		check:    checkChdir, // as the workers' user: reads user and group too
 	},
 	{
 		name: "env", short: "e", flag: flagRepeat,
@@ -104,9 +110,9 @@ var keys = []key{
 	},
 	{
 		name: "graceful_timeout", def: "30s",
-		usage:    "how long a stopping worker may take before it is killed: a `DURATION` (1m30s) or seconds",
+		usage:    "how long a stopping worker may take before it is killed: a `DURATION` (1m30s) or seconds, > 0",
 		lifetime: PerGeneration,
-		setting:  func(c *Config) setting { return durationSetting(&c.GracefulTimeout) },
+		setting:  func(c *Config) setting { return positiveDurationSetting(&c.GracefulTimeout) },
 	},
 	{
 		name: "timeout", def: "30s",
@@ -122,9 +128,9 @@ var keys = []key{
 	},
 	{
 		name: "boot_timeout", def: "60s",
-		usage:    "a reload fails if a new worker is not ready within `DURATION`",
+		usage:    "a reload fails if a new worker is not ready within `DURATION` (> 0)",
 		lifetime: PerGeneration,
-		setting:  func(c *Config) setting { return durationSetting(&c.BootTimeout) },
+		setting:  func(c *Config) setting { return positiveDurationSetting(&c.BootTimeout) },
 	},
 	{
 		name: "reload_strategy", def: "surge",
@@ -134,9 +140,9 @@ var keys = []key{
 	},
 	{
 		name: "max_surge", def: "1",
-		usage:    "rolling reloads keep at most workers + `N` worker processes alive",
+		usage:    "rolling reloads keep at most workers + `N` worker processes alive (N at most " + maxWorkers + ")",
 		lifetime: PerGeneration,
-		setting:  func(c *Config) setting { return intSetting(&c.MaxSurge, 1) },
+		setting:  func(c *Config) setting { return workerCountSetting(&c.MaxSurge, 1) },
 	},
 	{
 		name: "drain_unlisten", def: "true", boolean: true,
@@ -256,7 +262,7 @@ var keys = []key{
 		usage:    "write logs to `FILE` instead of stderr",
 		lifetime: StartOnly,
 		setting:  func(c *Config) setting { return textSetting(&c.LogFile) },
-		check:    func(c *Config) error { return checkParentDir(c.LogFile) },
+		check:    checkLogFile,
 	},
 }
 

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/baton-pm/baton/internal/control"
 )
 
 // A setting is one Config field as the outside sees it: set from a TOML
@@ -102,27 +104,42 @@ func formatFloat(f float64) string {
 
 // intSetting is an integer of at least min.
 func intSetting(p *int, min int) setting {
-	atLeast := func(n int64) (int, error) {
-		if n < int64(min) {
+	return boundedInt(p, min, 0, "")
+}
+
+// workerCountSetting is an integer from min to control.MaxWorkers, the
+// ceiling on the number of worker processes (workers, max_surge).
+func workerCountSetting(p *int, min int) setting {
+	return boundedInt(p, min, control.MaxWorkers, "baton's ceiling on worker processes")
+}
+
+// boundedInt is an integer of at least min and, if max > 0, at most max;
+// why says where max comes from.
+func boundedInt(p *int, min, max int, why string) setting {
+	inRange := func(n int64) (int, error) {
+		switch {
+		case n < int64(min):
 			return 0, fmt.Errorf("expected an integer ≥ %d, got %d", min, n)
+		case max > 0 && n > int64(max):
+			return 0, fmt.Errorf("expected an integer ≤ %d (%s), got %d", max, why, n)
 		}
 		return int(n), nil
 	}
 	return scalar[int]{
 		field: p,
 		parse: func(s string) (int, error) {
-			n, err := strconv.ParseInt(s, 10, 0)
+			n, err := strconv.ParseInt(s, 10, 64)
 			if err != nil {
 				return 0, fmt.Errorf("expected an integer, got %q", s)
 			}
-			return atLeast(n)
+			return inRange(n)
 		},
 		decode: func(v any) (int, error) {
 			n, ok := v.(int64)
 			if !ok {
 				return 0, expected("an integer", v)
 			}
-			return atLeast(n)
+			return inRange(n)
 		},
 		format: strconv.Itoa,
 	}
@@ -214,6 +231,41 @@ func durationSetting(p *time.Duration) setting {
 			return 0, expected(`a duration ("30s", "1m30s") or a number of seconds`, v)
 		},
 		format: func(d time.Duration) string { return quote(d.String()) },
+	}
+}
+
+// positiveDurationSetting is durationSetting without 0: a timeout that
+// must leave some time (boot_timeout, graceful_timeout).
+func positiveDurationSetting(p *time.Duration) setting {
+	s := durationSetting(p).(scalar[time.Duration])
+	parse, decode := s.parse, s.decode
+	s.parse = func(str string) (time.Duration, error) {
+		return positive(parse(str))(fmt.Sprintf("%q", str))
+	}
+	s.decode = func(v any) (time.Duration, error) {
+		given := fmt.Sprint(v)
+		switch v := v.(type) {
+		case string:
+			given = fmt.Sprintf("%q", v)
+		case float64:
+			given = formatFloat(v)
+		}
+		return positive(decode(v))(given)
+	}
+	return s
+}
+
+// positive refuses a duration of 0 (a problem found already is kept),
+// naming the value as given.
+func positive(d time.Duration, err error) func(given string) (time.Duration, error) {
+	return func(given string) (time.Duration, error) {
+		switch {
+		case err != nil:
+			return 0, err
+		case d <= 0:
+			return 0, fmt.Errorf("expected a duration > 0, got %s", given)
+		}
+		return d, nil
 	}
 }
 

@@ -24,6 +24,8 @@ func TestBadRequestsGetOneErrorLineAndTheServerCarriesOn(t *testing.T) {
 		{"no command", `{"v":1}`, []string{"no cmd", "status, reload, upgrade, scale, stop"}},
 		{"scale to zero", `{"v":1,"cmd":"scale","workers":0}`, []string{"workers >= 1", "got 0"}},
 		{"scale negative", `{"v":1,"cmd":"scale","workers":-3}`, []string{"workers >= 1", "got -3"}},
+		{"scale above the ceiling", `{"v":1,"cmd":"scale","workers":1025}`, []string{"workers >= 1 and <= 1024", "got 1025"}},
+		{"scale far above the ceiling", `{"v":1,"cmd":"scale","workers":9223372036854775807}`, []string{"<= 1024", "got 9223372036854775807"}},
 		{"trailing garbage", `{"v":1,"cmd":"status"} x`, []string{"malformed request"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

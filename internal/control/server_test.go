@@ -134,6 +134,22 @@ func TestScale(t *testing.T) {
 	}
 }
 
+// TestScaleToTheCeilingIsPassedOn: MaxWorkers itself is allowed; one more
+// is refused before the handler sees it (robustness_test.go).
+func TestScaleToTheCeilingIsPassedOn(t *testing.T) {
+	h := &fakeHandler{}
+	ts := startServer(t, h)
+	resp, err := call(t, ts.path, Request{Cmd: CmdScale, Workers: MaxWorkers}, nil)
+	if err != nil || resp.Type != TypeDone {
+		t.Fatalf("scale %d = %+v, %v; want done", MaxWorkers, resp, err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.workers != MaxWorkers {
+		t.Errorf("Scale got %d workers, want %d", h.workers, MaxWorkers)
+	}
+}
+
 func TestStopAnswersThenHoldsTheConnectionUntilClose(t *testing.T) {
 	h := &fakeHandler{}
 	ts := startServer(t, h)

@@ -117,8 +117,8 @@ func parseRequest(line []byte) (Request, error) {
 	switch req.Cmd {
 	case CmdStatus, CmdReload, CmdUpgrade, CmdStop:
 	case CmdScale:
-		if req.Workers < 1 {
-			return req, fmt.Errorf("scale needs workers >= 1, got %d", req.Workers)
+		if req.Workers < 1 || req.Workers > MaxWorkers {
+			return req, fmt.Errorf("scale needs workers >= 1 and <= %d (baton's ceiling), got %d", MaxWorkers, req.Workers)
 		}
 	case "":
 		return req, fmt.Errorf("the request has no cmd (valid commands: %s)", validCommands)

@@ -12,6 +12,16 @@ import (
 // Version is the protocol version; a request with another is refused.
 const Version = 1
 
+// MaxWorkers is the most workers a master runs: the ceiling of the workers
+// setting, of max_surge and of a scale request. It is here, in a leaf that
+// the config, the master and the CLI all import, so that every one of them
+// enforces the same number. Each worker costs the master a few file
+// descriptors (notify socket, pidfd, stderr pipe) and, with cgroups, a
+// cgroup; far more workers than a pre-fork server ever needs on one host
+// (Gunicorn suggests 2-4 per core), it still stops a typo such as 100000
+// from forking the machine to a halt.
+const MaxWorkers = 1024
+
 // Commands.
 const (
 	CmdStatus  = "status"

@@ -1,9 +1,14 @@
 package master
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/baton-pm/baton/internal/control"
+)
 
 // scale adds or retires one worker of the current generation (TTIN, TTOU);
-// never below one, and not while a reload is bringing up a generation.
+// never below one nor above control.MaxWorkers, and not while a reload is
+// bringing up a generation.
 func (m *Master) scale(delta int) {
 	if m.shutdown != running {
 		return
@@ -15,6 +20,10 @@ func (m *Master) scale(delta int) {
 	g := m.current
 	if delta < 0 && g.size <= 1 {
 		m.log.Warn("not scaling down: one worker is the minimum", "workers", g.size)
+		return
+	}
+	if delta > 0 && g.size >= control.MaxWorkers {
+		m.log.Warn("not scaling up: baton's ceiling is reached", "workers", g.size, "max", control.MaxWorkers)
 		return
 	}
 	if delta > 0 {
@@ -35,6 +44,9 @@ func (m *Master) scaleTo(n int) error {
 	switch {
 	case n < 1:
 		return fmt.Errorf("scale: %d workers: one worker is the minimum", n)
+	case n > control.MaxWorkers:
+		// The control server refuses it already; this is the second line.
+		return fmt.Errorf("scale: %d workers: %d is baton's ceiling", n, control.MaxWorkers)
 	case m.shutdown != running:
 		return fmt.Errorf("scale: the master is shutting down")
 	case m.reloading():
