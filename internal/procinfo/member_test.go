@@ -75,6 +75,8 @@ func TestInWorker(t *testing.T) {
 			}
 		}
 	}
+	// It left the worker's process group: killed on its own.
+	t.Cleanup(func() { unix.Kill(-setsidShell, unix.SIGKILL) })
 	grandchild := waitChildren(t, setsidShell, 1)[0]
 	otherKid := waitChildren(t, other.Process.Pid, 1)[0]
 
