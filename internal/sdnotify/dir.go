@@ -28,10 +28,13 @@ import (
 //
 // <dir> is the first usable of $RUNTIME_DIRECTORY/baton-<pid> (systemd's
 // RuntimeDirectory=), $XDG_RUNTIME_DIR/baton-<pid>, /run/baton/<pid> and a
-// new private directory under $TMPDIR or /tmp. When a worker of another
-// user cannot reach <dir> (its parent is 0700, as /run/user/0 is), its
-// socket goes to a second directory, created the same way (0711) where
-// that user can reach it. Close removes them all.
+// new private directory under $TMPDIR or /tmp (baton-notify-<pid>-*).
+// When a worker of another user cannot reach <dir> (its parent is 0700,
+// as /run/user/0 is), its socket goes to a second directory, created the
+// same way (0711) where that user can reach it. Close removes them all;
+// what a master killed with SIGKILL left is removed by the next NewDir
+// that uses the same place (the directories of baton's user whose pid is
+// not running).
 
 // Owner is the user a worker runs as, when baton starts it as another one.
 type Owner struct {
@@ -68,6 +71,7 @@ func NewDir() (*Dir, error) {
 			reasons = append(reasons, err.Error())
 			return nil
 		}
+		sweepAll()
 		return &Dir{path: p}
 	}
 	if base, _, _ := strings.Cut(os.Getenv("RUNTIME_DIRECTORY"), ":"); base != "" {
@@ -198,13 +202,58 @@ func inBase(base, name string) (string, error) {
 // inRunBaton makes /run/baton/name private, creating /run/baton (0711)
 // when it is missing.
 func inRunBaton(name string) (string, error) {
-	const base = "/run/baton"
-	if err := os.Mkdir(base, 0o711); err == nil {
-		os.Chmod(base, 0o711) // whatever the umask
+	if err := os.Mkdir(runBaton, 0o711); err == nil {
+		os.Chmod(runBaton, 0o711) // whatever the umask
 	} else if !errors.Is(err, fs.ErrExist) {
 		return "", err
 	}
-	return inBase(base, name)
+	return inBase(runBaton, name)
+}
+
+const (
+	runBaton   = "/run/baton"
+	tempPrefix = "baton-notify-"
+)
+
+// sweepAll sweeps every place NewDir and Dir.Listen use: those that
+// NewDir would accept as a base, and the temporary directories (sticky:
+// no one else can rename or replace baton's entries there).
+func sweepAll() {
+	runtime, _, _ := strings.Cut(os.Getenv("RUNTIME_DIRECTORY"), ":")
+	for base, prefix := range map[string]string{runtime: "baton-", os.Getenv("XDG_RUNTIME_DIR"): "baton-", runBaton: ""} {
+		if filepath.IsAbs(base) && checkBase(base) == nil {
+			sweep(base, prefix)
+		}
+	}
+	for _, tmp := range tempBases() {
+		sweep(tmp, tempPrefix)
+	}
+}
+
+// sweep removes the directories in base that dead masters left: named
+// prefix+<pid> (with anything after a "-"), baton's user's, real
+// directories, whose pid is not running (a master killed with SIGKILL
+// cannot clean up).
+func sweep(base, prefix string) {
+	entries, err := os.ReadDir(base)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok || !e.IsDir() {
+			continue
+		}
+		digits, _, _ := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(digits)
+		if err != nil || pid <= 0 || pid == os.Getpid() || unix.Kill(pid, 0) != unix.ESRCH {
+			continue
+		}
+		p := filepath.Join(base, e.Name())
+		if checkOwn(p) == nil {
+			os.RemoveAll(p)
+		}
+	}
 }
 
 // tempBases are the places for a temporary directory: $TMPDIR, and /tmp
@@ -220,10 +269,11 @@ func tempBases() []string {
 // makeTemp creates a new directory with a random name in base (which may
 // be world-writable, as /tmp is: mkdir is exclusive) and checks it.
 func makeTemp(base string, mode os.FileMode) (string, error) {
-	if len(base)+len("/baton-notify-")+10+1+nameLen > maxPath {
+	prefix := tempPrefix + strconv.Itoa(os.Getpid()) + "-"
+	if len(base)+1+len(prefix)+10+1+nameLen > maxPath {
 		return "", fmt.Errorf("%s is too long a directory for socket paths", base)
 	}
-	p, err := os.MkdirTemp(base, "baton-notify-")
+	p, err := os.MkdirTemp(base, prefix)
 	if err != nil {
 		return "", err
 	}

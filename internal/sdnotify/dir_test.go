@@ -384,3 +384,42 @@ func TestReceiveOnlyFromTheWorkersTree(t *testing.T) {
 		break
 	}
 }
+
+// What a master killed with SIGKILL left (its pid no longer runs) is
+// removed by the next NewDir; the directories of live masters, of other
+// users and anything else are not.
+func TestDirSweepsWhatDeadMastersLeft(t *testing.T) {
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	base := t.TempDir()
+	t.Setenv("RUNTIME_DIRECTORY", base)
+	mk := func(name string) string {
+		p := filepath.Join(base, name)
+		if err := os.Mkdir(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(p, "0123456789abcdef"), nil, 0o600)
+		return p
+	}
+	left := mk(fmt.Sprintf("baton-%d", dead.Process.Pid))
+	live := mk(fmt.Sprintf("baton-%d", os.Getppid()))
+	other := mk("baton-notapid")
+	var foreign string
+	if os.Geteuid() == 0 {
+		foreign = mk(fmt.Sprintf("baton-%d-x", dead.Process.Pid))
+		os.Chown(foreign, 65534, 65534)
+	}
+	d, err := NewDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	gone(t, left)
+	for _, p := range []string{live, other, foreign} {
+		if _, err := os.Lstat(p); p != "" && err != nil {
+			t.Errorf("%s was removed: %v", p, err)
+		}
+	}
+}
