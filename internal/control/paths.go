@@ -92,7 +92,7 @@ func (e *unsafeDirError) Error() string {
 
 func (e *unsafeDirError) Is(target error) bool { return target == ErrUnsafeDirectory }
 
-// ensurePrivateDir creates dir (mode 0700) if it does not exist, and checks
+// ensurePrivateDir creates dir (mode 0700, 0711 for root) if it does not exist, and checks
 // that what is there is a directory, not a symbolic link, owned by uid (the
 // process's own) and private: mode 0700 exactly. Root's /run/baton may also
 // be 0711 or 0755, as long as only root can write to it: nobody else can
@@ -101,13 +101,21 @@ func (e *unsafeDirError) Is(target error) bool { return target == ErrUnsafeDirec
 // with the wrong owner is another user's attempt to take over the control
 // socket, and one of ours with the wrong mode is for its owner to fix.
 func ensurePrivateDir(dir string, uid int) error {
-	err := os.Mkdir(dir, 0o700)
+	// Root's is 0711: the masters' notify sockets live below it too
+	// (/run/baton/<pid>, package sdnotify), and a worker running as
+	// another user must be able to pass through to its own socket;
+	// nobody may list it.
+	mode := os.FileMode(0o700)
+	if uid == 0 {
+		mode = 0o711
+	}
+	err := os.Mkdir(dir, mode)
 	switch {
 	case err == nil:
-		// Exactly 0700 whatever the umask. Nobody else can have replaced
+		// Exactly that whatever the umask. Nobody else can have replaced
 		// it since: it is in a directory only root can write (/run), or a
 		// sticky one where only its owner, us, may rename or remove it.
-		if err := os.Chmod(dir, 0o700); err != nil {
+		if err := os.Chmod(dir, mode); err != nil {
 			return fmt.Errorf("control socket directory: %w", err)
 		}
 	case !errors.Is(err, fs.ErrExist):

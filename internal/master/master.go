@@ -36,6 +36,7 @@ type Observer interface {
 	ReloadRejected() // a reload whose configuration was invalid
 	WorkerRestarted(reason string)
 	WorkerBooted(d time.Duration)
+	NotifyRejected(n int) // notify messages from outside the worker's processes
 }
 
 // Loader re-reads the configuration for a reload.
@@ -268,6 +269,7 @@ func (m *Master) cleanup() {
 		w.proc.KillTree(m.otherChildren(w), false)
 		w.closeNotify()
 	}
+	m.world.notify.Close()
 	if m.watcher != nil {
 		m.watcher.Close()
 	}

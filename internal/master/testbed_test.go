@@ -89,7 +89,7 @@ func newFakeWorld() *fakeWorld {
 }
 
 func (f *fakeWorld) world() world {
-	return world{procs: f, inspect: f, notify: f.openNotify, systemd: f}
+	return world{procs: f, inspect: f, notify: fakeNotifier{f}, systemd: f}
 }
 
 func (f *fakeWorld) newProc(kind string) *fakeProc {
@@ -244,6 +244,9 @@ func (p *fakeProc) StderrLines(n int) []string {
 
 func (p *fakeProc) StderrClosed() <-chan struct{} { return p.closed }
 
+// Belongs: a worker's only process is itself.
+func (p *fakeProc) Belongs(pid int) bool { return pid == p.pid }
+
 // env returns the value of name in p's environment.
 func (p *fakeProc) env(name string) string {
 	for _, kv := range p.spec.Env {
@@ -262,17 +265,22 @@ type fakeNotify struct {
 	once   sync.Once
 }
 
-func (f *fakeWorld) openNotify() (notifySocket, error) {
+// fakeNotifier opens fake notify sockets.
+type fakeNotifier struct{ f *fakeWorld }
+
+func (n fakeNotifier) Open(*sdnotify.Owner) (notifySocket, error) {
+	f := n.f
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	n := &fakeNotify{addr: fmt.Sprintf("@fake-notify-%d", len(f.notify)), msgs: make(chan sdnotify.Message, 16), closed: make(chan struct{})}
-	f.notify[n.addr] = n
-	return n, nil
+	s := &fakeNotify{addr: fmt.Sprintf("/run/baton/fake/%d", len(f.notify)), msgs: make(chan sdnotify.Message, 16), closed: make(chan struct{})}
+	f.notify[s.addr] = s
+	return s, nil
 }
 
-func (n *fakeNotify) Addr() string    { return n.addr }
-func (n *fakeNotify) TrustUID(uint32) {}
-func (n *fakeNotify) Close() error    { n.once.Do(func() { close(n.closed) }); return nil }
+func (fakeNotifier) Close() {}
+
+func (n *fakeNotify) Addr() string { return n.addr }
+func (n *fakeNotify) Close() error { n.once.Do(func() { close(n.closed) }); return nil }
 func (n *fakeNotify) isClosed() bool {
 	select {
 	case <-n.closed:
@@ -281,11 +289,15 @@ func (n *fakeNotify) isClosed() bool {
 		return false
 	}
 }
-func (n *fakeNotify) Receive(handle, reject func(sdnotify.Message)) {
+func (n *fakeNotify) Receive(belongs func(pid int) bool, handle, reject func(sdnotify.Message)) {
 	for {
 		select {
 		case msg := <-n.msgs:
-			handle(msg)
+			if belongs(int(msg.Pid)) {
+				handle(msg)
+			} else {
+				reject(msg)
+			}
 		case <-n.closed:
 			return
 		}

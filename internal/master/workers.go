@@ -95,14 +95,11 @@ func (m *Master) workerAfter(w *worker, name string, d time.Duration, f func()) 
 // fork is treated like a crash, so the slot's backoff applies.
 func (m *Master) spawn(s *slot) {
 	s.pending = false
-	notify, err := m.world.notify()
+	notify, err := m.world.notify.Open(notifyOwner(s.gen.opts.RunAs))
 	if err != nil {
 		m.log.Error("cannot open a notify socket for a worker", "slot", s.id, "err", err)
 		m.scheduleRestart(s, "crash")
 		return
-	}
-	if c := s.gen.opts.RunAs; c != nil {
-		notify.TrustUID(c.Uid)
 	}
 	pid, p, err := m.world.procs.StartWorker(m.workerSpec(s, notify.Addr()))
 	if err != nil {
@@ -182,13 +179,13 @@ func (m *Master) workerEnv(s *slot, notifyAddr string) []string {
 // notify socket, the /proc probe or the delay, by mode (the socket is read
 // in every mode, for STATUS=); and the boot timeout.
 func (m *Master) watchReadiness(w *worker) {
-	go w.notify.Receive(
-		func(msg sdnotify.Message) { m.post(func() { m.onNotify(w, msg) }) },
-		func(msg sdnotify.Message) {
-			m.post(func() {
-				m.log.Warn("ignored a notify message from a foreign uid", "slot", w.slot, "sender_pid", msg.Pid, "uid", msg.Uid)
-			})
-		})
+	rejects := m.newRejectLog(w)
+	go func() {
+		w.notify.Receive(w.proc.Belongs,
+			func(msg sdnotify.Message) { m.post(func() { m.onNotify(w, msg) }) },
+			rejects.add)
+		rejects.flush()
+	}()
 	switch mode := w.gen.opts.Ready; mode.Kind {
 	case ReadyAuto:
 		go m.probeUntilReady(w)

@@ -29,7 +29,7 @@ import (
 type world struct {
 	procs   processes
 	inspect inspector
-	notify  notifyOpener
+	notify  notifier
 	systemd systemdLink
 }
 
@@ -78,6 +78,11 @@ type process interface {
 	// StderrClosed is closed once every process of the worker closed its
 	// stderr.
 	StderrClosed() <-chan struct{}
+	// Belongs reports whether pid is one of the worker's processes: with
+	// cgroups, one in its cgroup; without, the worker, a process of its
+	// process group, a descendant of either, or of an orphan of it the
+	// master adopted. It reads /proc: call it off the master's goroutine.
+	Belongs(pid int) bool
 }
 
 // usage is what a worker uses: memory (its cgroup's memory.current, or
@@ -108,17 +113,25 @@ type inspector interface {
 	Registrations(pid int) []readiness.Registration
 }
 
-// notifyOpener opens a notify socket for one worker.
-type notifyOpener func() (notifySocket, error)
+// notifier opens the workers' notify sockets, as files in a directory of
+// the master's own (see package sdnotify).
+type notifier interface {
+	// Open opens a socket for a worker that runs as owner, or as baton's
+	// own user when owner is nil.
+	Open(owner *sdnotify.Owner) (notifySocket, error)
+	// Close removes the directory and what is left in it, when the
+	// master exits.
+	Close()
+}
 
 // notifySocket is one worker's NOTIFY_SOCKET (see package sdnotify).
 type notifySocket interface {
 	Addr() string
-	// TrustUID accepts messages from uid too (workers run as another user).
-	TrustUID(uid uint32)
-	// Receive calls handle for each message from the worker, reject for
-	// each from anyone else, until the socket is closed.
-	Receive(handle, reject func(sdnotify.Message))
+	// Receive calls handle for each message from a process of the worker
+	// (belongs(sender pid)), reject for each from anyone else, until the
+	// socket is closed. It runs, and calls belongs, on a goroutine of its
+	// own.
+	Receive(belongs func(pid int) bool, handle, reject func(sdnotify.Message))
 	Close() error
 }
 
@@ -135,9 +148,43 @@ type systemdLink interface {
 func osWorld() world {
 	return world{
 		procs:   &osProcesses{},
-		notify:  func() (notifySocket, error) { return sdnotify.Listen("baton-notify") },
+		notify:  &osNotifier{},
 		systemd: sdnotify.Systemd{},
 	}
+}
+
+// osNotifier makes its directory when the first worker starts; it is
+// used on the master's goroutine only.
+type osNotifier struct{ dir *sdnotify.Dir }
+
+func (n *osNotifier) Open(owner *sdnotify.Owner) (notifySocket, error) {
+	if n.dir == nil {
+		d, err := sdnotify.NewDir()
+		if err != nil {
+			return nil, err
+		}
+		n.dir = d
+	}
+	s, err := n.dir.Listen(owner)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (n *osNotifier) Close() {
+	if n.dir != nil {
+		n.dir.Close()
+		n.dir = nil
+	}
+}
+
+// notifyOwner is the owner of the notify socket of a worker run as c.
+func notifyOwner(c *syscall.Credential) *sdnotify.Owner {
+	if c == nil {
+		return nil
+	}
+	return &sdnotify.Owner{Uid: c.Uid, Gid: c.Gid, Groups: c.Groups}
 }
 
 // osProcesses is processes for real: fork, exec, kill and wait4, with
@@ -211,6 +258,19 @@ func (w *osWorker) KillTree(skip map[int]bool, reaped bool) int {
 		found += procinfo.Kill(tree)
 	}
 	return found
+}
+
+func (w *osWorker) Belongs(pid int) bool {
+	switch {
+	case pid <= 0:
+		return false
+	case pid == w.Pid:
+		return true
+	case w.group != nil:
+		return procinfo.InCgroup(pid, w.group.Path())
+	default:
+		return procinfo.InWorker(pid, w.Pid, w.id)
+	}
 }
 
 func (w *osWorker) Usage() usage {

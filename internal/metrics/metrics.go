@@ -42,6 +42,7 @@ type Metrics struct {
 	reloadDuration prometheus.Histogram
 	restarts       *prometheus.CounterVec
 	bootDuration   prometheus.Histogram
+	notifyRejected prometheus.Counter
 
 	// probeTimeout is a field rather than the constant so tests can shorten it.
 	probeTimeout time.Duration
@@ -57,15 +58,18 @@ func New() *Metrics {
 		reloadDuration: newHistogram("baton_reload_duration_seconds", "Duration of reloads that started a new generation: until it was ready (success) or given up with the old generation still serving (failure). Rejected configs are not observed.", reloadBuckets),
 		restarts:       newRestarts(),
 		bootDuration:   newHistogram("baton_worker_boot_seconds", "Time from forking a worker until it reported ready.", bootBuckets),
+		notifyRejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "baton_notify_rejected_total", Help: notifyRejectedHelp}),
 		probeTimeout:   probeTimeout,
 	}
 	m.reg.MustRegister(
-		m.reloads, m.reloadDuration, m.restarts, m.bootDuration,
+		m.reloads, m.reloadDuration, m.restarts, m.bootDuration, m.notifyRejected,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
 }
+
+const notifyRejectedHelp = "Messages to workers' notify sockets that were refused because their sender was not a process of the worker (or sent no credentials)."
 
 func newReloads() *prometheus.CounterVec {
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -120,4 +124,9 @@ func (m *Metrics) WorkerRestarted(reason string) {
 // WorkerBooted records how long a worker took from fork to ready.
 func (m *Metrics) WorkerBooted(d time.Duration) {
 	m.bootDuration.Observe(d.Seconds())
+}
+
+// NotifyRejected records n messages refused on workers' notify sockets.
+func (m *Metrics) NotifyRejected(n int) {
+	m.notifyRejected.Add(float64(n))
 }

@@ -94,8 +94,14 @@ func TestEventMetrics(t *testing.T) {
 	m.WorkerRestarted("memory")
 	m.WorkerBooted(40 * time.Millisecond)
 	m.WorkerBooted(1500 * time.Millisecond)
+	m.NotifyRejected(1)
+	m.NotifyRejected(41)
 
 	fams := scrape(t, base)
+
+	if got := family(t, fams, "baton_notify_rejected_total", dto.MetricType_COUNTER).GetMetric()[0].GetCounter().GetValue(); got != 42 {
+		t.Errorf("baton_notify_rejected_total = %v, want 42", got)
+	}
 
 	reloads := byLabels(family(t, fams, "baton_reloads_total", dto.MetricType_COUNTER), "result")
 	checkCounters(t, "baton_reloads_total", reloads, map[string]float64{"success": 2, "failure": 2})

@@ -8,9 +8,21 @@ package sdnotify
 
 import (
 	"net"
+	"os"
 	"testing"
 	"time"
 )
+
+// benchDir is a Dir in the benchmark's temp dir.
+func benchDir(b *testing.B) *Dir {
+	b.Setenv("RUNTIME_DIRECTORY", b.TempDir())
+	d, err := NewDir()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { d.Close() })
+	return d
+}
 
 // benchMessages are what workers send most: the READY=1 of a boot (with the
 // STATUS= many servers add), a gunicorn-like status line, and the worker
@@ -39,8 +51,8 @@ func BenchmarkParse(b *testing.B) {
 
 // BenchmarkReceive measures a notification's round trip: a worker's
 // datagram written to its notify socket (a real abstract unix datagram
-// socket with SO_PASSCRED), read with the sender's credentials, parsed,
-// checked and handed to the handler, up to the moment the sender learns it
+// socket with SO_PASSCRED in a Dir), read with the sender's credentials,
+// parsed, checked (the sender is this process) and handed to the handler, up to the moment the sender learns it
 // was handled. One message is in flight at a time, as from one worker.
 // The master's own handler, through its event loop, is measured by
 // internal/master's BenchmarkNotify.
@@ -48,15 +60,16 @@ func BenchmarkReceive(b *testing.B) {
 	for _, msg := range benchMessages {
 		b.Run("msg="+msg.name, func(b *testing.B) {
 			b.ReportAllocs()
-			s, err := Listen("baton-bench")
+			s, err := benchDir(b).Listen(nil)
 			if err != nil {
 				b.Fatal(err)
 			}
 			handled := make(chan Message, 1)
 			received := make(chan struct{})
+			self := os.Getpid()
 			go func() {
 				defer close(received)
-				s.Receive(func(m Message) { handled <- m },
+				s.Receive(func(pid int) bool { return pid == self }, func(m Message) { handled <- m },
 					func(m Message) { b.Errorf("rejected a message from pid %d uid %d", m.Pid, m.Uid) })
 			}()
 			// Close ends Receive; wait for it so no goroutine outlives
@@ -100,8 +113,9 @@ func BenchmarkReceive(b *testing.B) {
 // socket, which the master does for every worker it starts.
 func BenchmarkListenClose(b *testing.B) {
 	b.ReportAllocs()
+	d := benchDir(b)
 	for b.Loop() {
-		s, err := Listen("baton-bench")
+		s, err := d.Listen(nil)
 		if err != nil {
 			b.Fatal(err)
 		}

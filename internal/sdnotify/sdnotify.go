@@ -1,7 +1,8 @@
 // Package sdnotify speaks systemd's notify protocol on the receiving side:
 // one datagram socket per worker, so any process of that worker (even
 // `systemd-notify --ready` run from a wrapper script) is attributed to it by
-// the socket it writes to, not by its pid.
+// the socket it writes to; and a message counts only when its sender, by
+// the pid the kernel vouches for, is a process of that worker.
 package sdnotify
 
 import (
@@ -11,7 +12,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -52,60 +55,79 @@ func Parse(data []byte) map[string]string {
 	return fields
 }
 
-// Socket receives one worker's notifications on an abstract unix datagram
-// socket: it needs no file, so nothing is left behind when the master dies,
-// and sender credentials are checked instead of file permissions.
+// Socket receives one worker's notifications on a unix datagram socket
+// bound to a path (see Dir for where, and who may connect).
 type Socket struct {
 	conn *net.UnixConn
-	addr string
-	// workerUID is also trusted: the worker may run as another user.
-	workerUID uint32
+	path string
+	once sync.Once
 }
 
-// Listen opens a new socket whose name starts with prefix.
-func Listen(prefix string) (*Socket, error) {
-	var r [6]byte
+// Listen opens a new socket in dir, a directory of the master's own (see
+// Dir). Its file is 0600, owned by baton's user, or by owner's user when
+// owner runs as another one: the mode is set on the socket before bind
+// creates the file, and the owner changed after, so no one else can
+// connect in between.
+func Listen(dir string, owner *Owner) (*Socket, error) {
+	var r [nameLen / 2]byte
 	if _, err := rand.Read(r[:]); err != nil {
 		return nil, err
 	}
-	addr := fmt.Sprintf("@%s-%d-%s", prefix, os.Getpid(), hex.EncodeToString(r[:]))
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
+	path := filepath.Join(dir, hex.EncodeToString(r[:]))
+	if len(path) > maxPath {
+		return nil, fmt.Errorf("notify socket: %s is longer than a unix socket path can be (%d bytes)", path, maxPath)
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("notify socket: %w", err)
 	}
-	if err := passCredentials(conn); err != nil {
-		conn.Close()
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	// bind(2) creates the file with the socket's own mode, less the umask.
+	if err := unix.Fchmod(fd, 0o600); err != nil {
+		return nil, fmt.Errorf("notify socket: fchmod: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
 		return nil, fmt.Errorf("notify socket: SO_PASSCRED: %w", err)
 	}
-	return &Socket{conn: conn, addr: addr, workerUID: uint32(os.Getuid())}, nil
-}
-
-func passCredentials(conn *net.UnixConn) error {
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		return err
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		return nil, fmt.Errorf("notify socket: bind %s: %w", path, err)
 	}
-	var sockErr error
-	err = raw.Control(func(fd uintptr) {
-		sockErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
-	})
-	return errors.Join(err, sockErr)
+	if o := foreign(owner); o != nil {
+		if err := unix.Lchown(path, int(o.Uid), int(o.Gid)); err != nil {
+			os.Remove(path)
+			return nil, fmt.Errorf("notify socket: chown %s: %w", path, err)
+		}
+	}
+	c, err := net.FileConn(f)
+	if err != nil {
+		os.Remove(path)
+		return nil, fmt.Errorf("notify socket: %w", err)
+	}
+	return &Socket{conn: c.(*net.UnixConn), path: path}, nil
 }
-
-// TrustUID accepts messages from uid too (a worker run as another user).
-// Call it before Receive.
-func (s *Socket) TrustUID(uid uint32) { s.workerUID = uid }
 
 // Addr is the value for the worker's NOTIFY_SOCKET.
-func (s *Socket) Addr() string { return s.addr }
+func (s *Socket) Addr() string { return s.path }
 
-// Close stops Receive.
-func (s *Socket) Close() error { return s.conn.Close() }
+// Close stops Receive and removes the socket's file.
+func (s *Socket) Close() error {
+	var err error
+	s.once.Do(func() {
+		err = errors.Join(s.conn.Close(), os.Remove(s.path))
+	})
+	return err
+}
 
 // Receive calls handle for every message until the socket is closed.
-// Messages from a uid that is neither ours nor root are dropped and passed
-// to reject, so a stranger on the host cannot mark a worker ready.
-func (s *Socket) Receive(handle func(Message), reject func(Message)) {
+// Only processes of the worker may notify: belongs is asked about each
+// sender's pid (from SCM_CREDENTIALS, on Receive's goroutine) and a
+// message it refuses, or one that came without credentials, is passed to
+// reject instead, so that a stranger on the host cannot mark a worker
+// ready even when it can write to the socket (root can, and so can
+// processes of the worker's own user). A nil belongs accepts every sender
+// with credentials.
+func (s *Socket) Receive(belongs func(pid int) bool, handle func(Message), reject func(Message)) {
 	buf := make([]byte, maxDatagram)
 	// Room for credentials and a few passed fds: sd_notify_barrier() (used
 	// by systemd-notify) sends a pipe and waits until we close it.
@@ -120,10 +142,17 @@ func (s *Socket) Receive(handle func(Message), reject func(Message)) {
 		}
 		// Without credentials the sender is nobody we trust.
 		msg := Message{Fields: Parse(buf[:n]), Pid: -1, Uid: ^uint32(0)}
-		if cred, ok := readControl(oob[:oobn]); ok {
+		cred, fds := readControl(oob[:oobn])
+		if cred != nil {
 			msg.Pid, msg.Uid = cred.Pid, cred.Uid
 		}
-		if msg.Uid != uint32(os.Getuid()) && msg.Uid != 0 && msg.Uid != s.workerUID {
+		// The sender is asked about before its barrier fds are closed:
+		// systemd-notify waits for that, and /proc still shows it then.
+		ok := cred != nil && cred.Pid > 0 && (belongs == nil || belongs(int(cred.Pid)))
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		if !ok {
 			reject(msg)
 			continue
 		}
@@ -131,13 +160,13 @@ func (s *Socket) Receive(handle func(Message), reject func(Message)) {
 	}
 }
 
-// readControl returns the sender's credentials and closes every fd that
-// came with the message: baton keeps none (closing one is how a barrier is
-// answered).
-func readControl(oob []byte) (cred *unix.Ucred, ok bool) {
+// readControl returns the sender's credentials and every fd that came
+// with the message, which the caller closes: baton keeps none (closing
+// one is how a barrier is answered).
+func readControl(oob []byte) (cred *unix.Ucred, fds []int) {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
-		return nil, false
+		return nil, nil
 	}
 	for _, m := range msgs {
 		if m.Header.Level != syscall.SOL_SOCKET {
@@ -146,14 +175,12 @@ func readControl(oob []byte) (cred *unix.Ucred, ok bool) {
 		switch m.Header.Type {
 		case syscall.SCM_CREDENTIALS:
 			if c, err := unix.ParseUnixCredentials(&m); err == nil {
-				cred, ok = c, true
+				cred = c
 			}
 		case syscall.SCM_RIGHTS:
-			fds, _ := unix.ParseUnixRights(&m)
-			for _, fd := range fds {
-				unix.Close(fd)
-			}
+			got, _ := unix.ParseUnixRights(&m)
+			fds = append(fds, got...)
 		}
 	}
-	return cred, ok
+	return cred, fds
 }

@@ -21,10 +21,35 @@ func TestParse(t *testing.T) {
 	}
 }
 
-// startReceiving runs s.Receive in the background and returns its messages.
+// newDir is a Dir under a RUNTIME_DIRECTORY of the test's, removed when
+// the test ends.
+func newDir(t *testing.T) *Dir {
+	t.Helper()
+	t.Setenv("RUNTIME_DIRECTORY", t.TempDir())
+	d, err := NewDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// listen opens a socket in a new Dir, for baton's own user.
+func listen(t *testing.T) *Socket {
+	t.Helper()
+	s, err := newDir(t).Listen(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// startReceiving runs s.Receive in the background, accepting every sender,
+// and returns its messages.
 func startReceiving(t *testing.T, s *Socket) <-chan Message {
 	got := make(chan Message, 16)
-	go s.Receive(func(m Message) {
+	go s.Receive(nil, func(m Message) {
 		select {
 		case got <- m:
 		default:
@@ -45,11 +70,7 @@ func receiveOne(t *testing.T, got <-chan Message) Message {
 }
 
 func TestReceiveFromGoClientWithCredentials(t *testing.T) {
-	s, err := Listen("baton-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := listen(t)
 	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: s.Addr(), Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
@@ -69,17 +90,10 @@ func TestReceiveFromGoClientWithCredentials(t *testing.T) {
 }
 
 // systemd-notify is the real client wrapper scripts use; it must be able to
-// reach the abstract socket.
+// reach the socket.
 func TestReceiveFromSystemdNotify(t *testing.T) {
-	path, err := exec.LookPath("systemd-notify")
-	if err != nil {
-		t.Fatal("systemd-notify not installed: run scripts/install-test-deps")
-	}
-	s, err := Listen("baton-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	path := systemdNotify(t)
+	s := listen(t)
 	got := startReceiving(t, s)
 	// systemd-notify waits until the receiver closes the fd of its
 	// BARRIER=1 message, so this also checks that baton answers barriers.
@@ -92,4 +106,13 @@ func TestReceiveFromSystemdNotify(t *testing.T) {
 	if !m.Ready() {
 		t.Fatalf("message = %+v, want READY=1", m)
 	}
+}
+
+func systemdNotify(t *testing.T) string {
+	t.Helper()
+	path, err := exec.LookPath("systemd-notify")
+	if err != nil {
+		t.Fatal("systemd-notify not installed: run scripts/install-test-deps")
+	}
+	return path
 }
