@@ -117,7 +117,7 @@ func controlled(t *testing.T, d *deployment, extra ...string) *Baton {
 
 func TestBatonReloadReportsEachOutcome(t *testing.T) {
 	t.Parallel()
-	d := newDeployment(t, workerConfig(2, `boot_timeout = "1s"`))
+	d := newDeployment(t, workerConfig(2, `boot_timeout = "5s"`))
 	b := controlled(t, d)
 	servingGenerations(t, b.Addr(), 2)
 
@@ -132,7 +132,7 @@ func TestBatonReloadReportsEachOutcome(t *testing.T) {
 		}
 	})
 	t.Run("crash at boot", func(t *testing.T) {
-		d.write(workerConfig(2, `boot_timeout = "1s"`, "-exit-at-start", "3"))
+		d.write(workerConfig(2, `boot_timeout = "5s"`, "-exit-at-start", "3"))
 		r := b.cli(t, "reload")
 		want := []string{"reload failed (generation 3)", "exited during boot: exit status 3",
 			"the old generation keeps serving", "| testworker: failing at boot as asked"}
@@ -141,9 +141,9 @@ func TestBatonReloadReportsEachOutcome(t *testing.T) {
 		}
 	})
 	t.Run("never ready", func(t *testing.T) {
-		d.write(workerConfig(2, `boot_timeout = "1s"`, "-boot-delay", "1h"))
+		d.write(workerConfig(2, `boot_timeout = "5s"`, "-boot-delay", "1h"))
 		r := b.cli(t, "reload")
-		if r.code != 1 || !strings.Contains(r.stderr, "not ready within boot_timeout (1s)") {
+		if r.code != 1 || !strings.Contains(r.stderr, "not ready within boot_timeout (5s)") {
 			t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 		}
 	})

@@ -42,7 +42,7 @@ const (
 
 // holderScanBudget bounds the whole /proc scan: a failed start must not
 // hang on a host with very many processes or sockets.
-const holderScanBudget = time.Second
+const holderScanBudget = 5 * time.Second
 
 // holderListLimit is how many holders of one kind the message describes
 // one by one; the rest are counted.
