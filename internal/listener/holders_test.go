@@ -308,7 +308,7 @@ func TestDescribeHolders(t *testing.T) {
 			}},
 			want: ": held by pid 7 (python3 srv.py), a leftover baton worker (BATON_WORKER_ID=2); " +
 				"pid 8 (python3 srv.py) and pid 9 (python3 srv.py), leftover baton workers (BATON_WORKER_ID=1 and 2, generations 3 and 5, started by master 6, which is gone); " +
-				"pid 10 (nc -l 8000), not a baton worker, and perhaps others (the /proc scan stopped after 1s); stop them (kill 7 8 9) or wait for them to exit",
+				"pid 10 (nc -l 8000), not a baton worker, and perhaps others (the /proc scan stopped after 5s); stop them (kill 7 8 9) or wait for them to exit",
 		},
 		{
 			name: "this process",
@@ -323,7 +323,7 @@ func TestDescribeHolders(t *testing.T) {
 		{
 			name: "the scan ran out of time",
 			scan: holderScan{sockets: 1, cut: true},
-			want: " (another process is listening there; the /proc scan stopped after 1s before finding it)",
+			want: " (another process is listening there; the /proc scan stopped after 5s before finding it)",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
