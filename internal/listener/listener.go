@@ -42,6 +42,12 @@ type Listener struct {
 	Addr string
 	fd   int
 	path string // unix socket file this process created, removed on Close
+
+	// For Rearm: the socket's family (AF_INET, AF_INET6, AF_UNIX), the
+	// address it is bound to and its listen(2) backlog.
+	family  int
+	bound   unix.Sockaddr
+	backlog int
 }
 
 // FD is the listening socket's file descriptor (close-on-exec; the worker
@@ -139,7 +145,7 @@ func openTCP(s Spec) (*Listener, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("bind %s: getsockname: %w", s.Address, err)
 	}
-	return &Listener{Name: s.Name, Addr: formatSockaddr(bound), fd: fd}, nil
+	return &Listener{Name: s.Name, Addr: formatSockaddr(bound), fd: fd, family: family, bound: bound, backlog: s.Backlog}, nil
 }
 
 func bindAndListen(fd int, sa unix.Sockaddr, backlog int) error {
@@ -231,7 +237,8 @@ func openUnix(s Spec) (*Listener, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("bind unix:%s: %w", path, explainBindError(err))
 	}
-	l := &Listener{Name: s.Name, Addr: "unix:" + path, fd: fd, path: path}
+	l := &Listener{Name: s.Name, Addr: "unix:" + path, fd: fd, path: path,
+		family: unix.AF_UNIX, bound: &unix.SockaddrUnix{Name: path}, backlog: s.Backlog}
 	// chmod before listen, so no client connects through looser bits.
 	if err := os.Chmod(path, s.UnixMode.Perm()); err != nil {
 		l.Close()
@@ -309,5 +316,7 @@ func adoptFD(s Spec) (*Listener, error) {
 	if sa, err := unix.Getsockname(fd); err == nil {
 		addr = formatSockaddr(sa)
 	}
-	return &Listener{Name: s.Name, Addr: addr, fd: fd}, nil
+	l := &Listener{Name: s.Name, Addr: addr, fd: fd}
+	l.describe()
+	return l, nil
 }
