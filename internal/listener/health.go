@@ -3,6 +3,8 @@ package listener
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -111,8 +113,11 @@ func pollNow(fd int, events int16) (int16, error) {
 // For TCP it binds the socket's address again when the shutdown released
 // the port (a listener bound to port 0; the error then says so if another
 // socket took the port meanwhile), calls listen(2) with the listener's
-// backlog, and checks that the socket listens on its old address. Rearm
-// cannot save the connections the shutdown reset, nor workers whose accept
+// backlog, and checks that the socket listens on its old address; when
+// it finds the socket shut down again at once (the other workers of a
+// generation stop at the same moment) it tries again, three times in all.
+// An error that does not wrap ErrCannotRearm may pass: try again later (the
+// Watcher calls back at the next shutdown anyway). Rearm cannot save the connections the shutdown reset, nor workers whose accept
 // failed and that gave up. For a unix listener it returns an error wrapping
 // ErrCannotRearm: Linux keeps a unix socket's shutdown for good.
 func (l *Listener) Rearm() error {
@@ -134,6 +139,21 @@ func (l *Listener) Rearm() error {
 	if l.bound == nil {
 		return fmt.Errorf("listener %s (%s): %w: its address is unknown", l.Name, l.Addr, ErrCannotRearm)
 	}
+	// Another worker may shut the socket down again at once (every worker
+	// of a generation stops at the same moment): try a few times.
+	for try := 1; ; try++ {
+		err := l.listenAgain()
+		if err == nil || !errors.Is(err, ErrNotListening) || try == rearmTries {
+			return err
+		}
+	}
+}
+
+// rearmTries bounds Rearm's attempts when the socket is shut down again
+// right after it listened again.
+const rearmTries = 3
+
+func (l *Listener) listenAgain() error {
 	// EINVAL: the socket still holds its port (it was bound explicitly).
 	if err := unix.Bind(l.fd, l.bound); err != nil && !errors.Is(err, unix.EINVAL) {
 		if errors.Is(err, unix.EADDRINUSE) {
@@ -145,7 +165,7 @@ func (l *Listener) Rearm() error {
 		return fmt.Errorf("listener %s (%s): re-arm: listen: %w", l.Name, l.Addr, err)
 	}
 	if err := l.Check(); err != nil {
-		return fmt.Errorf("re-arm: still not listening: %w", err)
+		return fmt.Errorf("re-arm: shut down again at once: %w", err)
 	}
 	if sa, err := unix.Getsockname(l.fd); err != nil || formatSockaddr(sa) != formatSockaddr(l.bound) {
 		// Cannot happen after the bind above; never serve on a wrong port.
@@ -169,4 +189,97 @@ func (l *Listener) describe() {
 			l.backlog = int(info.Sacked)
 		}
 	}
+}
+
+// Watcher learns the moment a process sharing a listener shuts it down, so
+// that the master can re-arm it before clients notice: a check after the
+// next worker exit can come a whole drain later, since the worker that shut
+// the socket down usually is one that was asked to stop.
+type Watcher struct {
+	epfd, wakefd int
+	done         chan struct{}
+	closeOnce    sync.Once
+}
+
+// Watch starts a goroutine that calls found(l) whenever listener l changes
+// state, which for a listening socket means that a process sharing it shut
+// it down. found runs on the watcher's goroutine and must not block (post
+// an event to the master's loop, which then calls Check and Rearm); it may
+// be called when nothing is wrong, so it must not conclude anything itself.
+//
+// The watcher costs nothing per connection: it waits in epoll for
+// EPOLLRDHUP only (EPOLLHUP and EPOLLERR come unasked), edge-triggered, on
+// the master's own descriptors. The kernel wakes a socket's waiters for a
+// new connection with the EPOLLIN key, which epoll filters out for this
+// registration, and with no key (a state change) for a shutdown, which
+// passes: the shutdown of a TCP listener then polls POLLHUP, that of a unix
+// one POLLRDHUP. Each new shutdown wakes it again, also after a Rearm.
+//
+// Close the watcher before closing the listeners: an epoll registration
+// lives as long as the socket's open file, which the workers share.
+func Watch(ls []*Listener, found func(*Listener)) (*Watcher, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("watch listeners: epoll_create1: %w", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("watch listeners: eventfd: %w", err)
+	}
+	w := &Watcher{epfd: epfd, wakefd: wakefd, done: make(chan struct{})}
+	add := func(fd int, events uint32, tag int32) error {
+		ev := unix.EpollEvent{Events: events, Fd: tag}
+		return unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+	}
+	// Tags: -1 for the wake-up, i for ls[i].
+	err = add(wakefd, unix.EPOLLIN, -1)
+	for i, l := range ls {
+		if err == nil {
+			if err = add(l.fd, unix.EPOLLRDHUP|unix.EPOLLET, int32(i)); err != nil {
+				err = fmt.Errorf("listener %s (%s): %w", l.Name, l.Addr, err)
+			}
+		}
+	}
+	if err != nil {
+		unix.Close(wakefd)
+		unix.Close(epfd)
+		return nil, fmt.Errorf("watch listeners: epoll_ctl: %w", err)
+	}
+	ls = slices.Clone(ls)
+	go w.run(ls, found)
+	return w, nil
+}
+
+func (w *Watcher) run(ls []*Listener, found func(*Listener)) {
+	defer close(w.done)
+	events := make([]unix.EpollEvent, len(ls)+1)
+	for {
+		n, err := unix.EpollWait(w.epfd, events, -1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return // EBADF and the like: nothing sensible is left to do
+		}
+		for _, ev := range events[:n] {
+			if ev.Fd < 0 {
+				return
+			}
+			found(ls[ev.Fd])
+		}
+	}
+}
+
+// Close stops the watcher and waits until found is not running any more.
+func (w *Watcher) Close() error {
+	w.closeOnce.Do(func() {
+		var one [8]byte
+		one[0] = 1 // eventfd counters are host-endian; any non-zero value wakes
+		unix.Write(w.wakefd, one[:])
+		<-w.done
+		unix.Close(w.wakefd)
+		unix.Close(w.epfd)
+	})
+	return nil
 }

@@ -415,3 +415,61 @@ func TestRearmOfAnAdoptedSocketKeepsItsBacklog(t *testing.T) {
 	}
 	assertServes(t, l)
 }
+
+// The watcher is told of each shutdown at once, also after a Rearm, and
+// not of the connections a listener receives.
+func TestWatcherSeesEveryShutdownAndNoConnection(t *testing.T) {
+	tcp := openOne(t, Spec{Name: "web", Network: "tcp", Address: "127.0.0.1:0"})
+	sock := openOne(t, Spec{Name: "app", Network: "unix", Address: filepath.Join(t.TempDir(), "app.sock"), UnixMode: 0o600})
+	found := make(chan *Listener, 100)
+	w, err := Watch([]*Listener{tcp, sock}, func(l *Listener) { found <- l })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	expect := func(want *Listener, what string) {
+		t.Helper()
+		select {
+		case l := <-found:
+			if l != want {
+				t.Fatalf("%s: the watcher reported %s, want %s", what, l.Name, want.Name)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: the watcher reported nothing", what)
+		}
+	}
+	expectNothing := func(what string) {
+		t.Helper()
+		select {
+		case l := <-found:
+			t.Fatalf("%s: the watcher reported %s", what, l.Name)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+
+	for range 50 {
+		assertServes(t, tcp)
+		assertServes(t, sock)
+	}
+	expectNothing("after 100 connections")
+
+	for i := range 2 {
+		shutDownFromChild(t, tcp, "RDWR")
+		expect(tcp, fmt.Sprintf("TCP shutdown %d", i+1))
+		if err := tcp.Rearm(); err != nil {
+			t.Fatal(err)
+		}
+		assertServes(t, tcp)
+	}
+	shutDownFromChild(t, sock, "RD")
+	expect(sock, "unix shutdown")
+	expectNothing("after the shutdowns")
+
+	done := make(chan struct{})
+	go func() { w.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return")
+	}
+}
