@@ -37,6 +37,14 @@ import (
 //     socket that kept its port fails with EINVAL.
 //   - SHUT_WR alone does nothing visible: the listener keeps accepting and
 //     the connections it accepts can be written to.
+//   - A shutdown of a socket that is already shut down (two workers stopping
+//     at the same moment) fails with ENOTCONN but still sets the socket's
+//     shutdown flags, and a bare listen(2) keeps them: the socket listens
+//     (SO_ACCEPTCONN 1, POLLHUP gone, in `ss -lt`), yet every connection it
+//     accepts is born shut down (the server reads EOF or an error, and its
+//     write fails with EPIPE; clients see EOF). Only sock_diag shows it
+//     (INET_DIAG_SHUTDOWN; `ss -ltne` prints "---" or "<--" instead of
+//     "<->"). connect(2) with AF_UNSPEC clears the flags (tcp_disconnect).
 //
 // Unix stream sockets:
 //   - shutdown(2) with SHUT_RD or SHUT_RDWR sets the socket's shutdown flags
@@ -67,13 +75,17 @@ var ErrCannotRearm = errors.New("cannot be re-armed")
 
 // Check reports whether the listener still accepts connections: nil, or an
 // error wrapping ErrNotListening that says what is wrong (or the error of
-// the system call that failed). It costs one getsockopt(2) and one poll(2)
-// with a zero timeout, never blocks and reads nothing from /proc, so it can
-// run after every worker exit.
+// the system call that failed). It never blocks and reads nothing from
+// /proc, so it can run after every worker exit: a getsockopt(2) and a
+// poll(2) with a zero timeout, and for a listening TCP socket one sock_diag
+// netlink round trip (tens of microseconds).
 //
 // A TCP listener that a process sharing it shut down reads SO_ACCEPTCONN 0;
-// a unix one still reads 1 but polls POLLRDHUP. A shutdown(SHUT_WR) alone
-// leaves a listener working, and Check returns nil for it.
+// a unix one still reads 1 but polls POLLRDHUP; a TCP listener that was
+// made to listen again with its shutdown flags still set (see above) is
+// seen through sock_diag only (if the kernel has no inet_diag, Check skips
+// that part). A shutdown(SHUT_WR) alone leaves a listener working, and
+// Check returns nil for it.
 func (l *Listener) Check() error {
 	accepting, err := unix.GetsockoptInt(l.fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
 	if err != nil {
@@ -91,7 +103,23 @@ func (l *Listener) Check() error {
 		return fmt.Errorf("listener %s (%s): %w: the socket was shut down for reading by a process that shares it (shutdown(2)); it refuses connections",
 			l.Name, l.Addr, ErrNotListening)
 	}
+	if l.family == unix.AF_INET || l.family == unix.AF_INET6 {
+		if flags, err := inetShutdownFlags(l.fd, l.family); err == nil && flags != 0 {
+			return fmt.Errorf("listener %s (%s): %w: the socket listens with its shutdown flags set (%s): every connection it accepts is shut down",
+				l.Name, l.Addr, ErrNotListening, describeShutdown(flags))
+		}
+	}
 	return nil
+}
+
+func describeShutdown(flags uint8) string {
+	switch flags & (rcvShutdown | sendShutdown) {
+	case rcvShutdown:
+		return "SHUT_RD"
+	case sendShutdown:
+		return "SHUT_WR"
+	}
+	return "SHUT_RDWR"
 }
 
 // pollNow polls fd once without waiting and returns its revents.
@@ -110,7 +138,8 @@ func pollNow(fd int, events int16) (int16, error) {
 // again, on the same socket, so that every worker holding it serves again
 // without a restart. It returns nil at once when Check finds nothing wrong.
 //
-// For TCP it binds the socket's address again when the shutdown released
+// For TCP it clears the socket's shutdown flags (connect(2) with
+// AF_UNSPEC), binds the socket's address again when the shutdown released
 // the port (a listener bound to port 0; the error then says so if another
 // socket took the port meanwhile), calls listen(2) with the listener's
 // backlog, and checks that the socket listens on its old address; when
@@ -154,6 +183,12 @@ func (l *Listener) Rearm() error {
 const rearmTries = 3
 
 func (l *Listener) listenAgain() error {
+	// Clears the shutdown flags that a shutdown of the already shut-down
+	// socket set; without this, listen(2) would make a listener whose
+	// connections are all born shut down.
+	if err := disconnect(l.fd); err != nil {
+		return fmt.Errorf("listener %s (%s): re-arm: connect(AF_UNSPEC): %w", l.Name, l.Addr, err)
+	}
 	// EINVAL: the socket still holds its port (it was bound explicitly).
 	if err := unix.Bind(l.fd, l.bound); err != nil && !errors.Is(err, unix.EINVAL) {
 		if errors.Is(err, unix.EADDRINUSE) {
@@ -205,7 +240,8 @@ type Watcher struct {
 // state, which for a listening socket means that a process sharing it shut
 // it down. found runs on the watcher's goroutine and must not block (post
 // an event to the master's loop, which then calls Check and Rearm); it may
-// be called when nothing is wrong, so it must not conclude anything itself.
+// be called when nothing is wrong (Rearm's own connect(AF_UNSPEC) is a state
+// change too), so it must not conclude anything itself.
 //
 // The watcher costs nothing per connection: it waits in epoll for
 // EPOLLRDHUP only (EPOLLHUP and EPOLLERR come unasked), edge-triggered, on
