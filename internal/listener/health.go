@@ -149,7 +149,14 @@ func pollNow(fd int, events int16) (int16, error) {
 // Watcher calls back at the next shutdown anyway). Rearm cannot save the connections the shutdown reset, nor workers whose accept
 // failed and that gave up. For a unix listener it returns an error wrapping
 // ErrCannotRearm: Linux keeps a unix socket's shutdown for good.
+//
+// Rearm may be called from several goroutines at once (they take turns,
+// and the later ones find nothing to do): a Watch callback can re-arm at
+// once, without waiting for the master's loop, and post only the outcome.
+// Check may meanwhile see the socket closed for the moment a re-arm takes.
 func (l *Listener) Rearm() error {
+	l.rearm.Lock()
+	defer l.rearm.Unlock()
 	problem := l.Check()
 	if problem == nil {
 		return nil
@@ -238,8 +245,10 @@ type Watcher struct {
 
 // Watch starts a goroutine that calls found(l) whenever listener l changes
 // state, which for a listening socket means that a process sharing it shut
-// it down. found runs on the watcher's goroutine and must not block (post
-// an event to the master's loop, which then calls Check and Rearm); it may
+// it down. found runs on the watcher's goroutine and must not block: it
+// may call Rearm, which takes microseconds, and post the outcome to the
+// master's loop (on a busy 2-core machine that loop answered 50 to 400 ms
+// late several times a run, and a re-arm should not wait for it). It may
 // be called when nothing is wrong (Rearm's own connect(AF_UNSPEC) is a state
 // change too), so it must not conclude anything itself.
 //

@@ -558,3 +558,21 @@ func BenchmarkCheck(b *testing.B) {
 		CloseAll(ls)
 	}
 }
+
+// A Watch callback and the master's loop may re-arm at the same moment.
+func TestConcurrentRearmsTakeTurns(t *testing.T) {
+	l := openOne(t, Spec{Name: "web", Network: "tcp", Address: "127.0.0.1:0"})
+	for range 5 {
+		shutDownFromChild(t, l, "RDWR")
+		errs := make(chan error, 4)
+		for range 4 {
+			go func() { errs <- l.Rearm() }()
+		}
+		for range 4 {
+			if err := <-errs; err != nil {
+				t.Fatalf("Rearm: %v", err)
+			}
+		}
+		assertServes(t, l)
+	}
+}
