@@ -107,9 +107,10 @@ type Status struct {
 type Listener struct {
 	Name string `json:"name"`
 	Addr string `json:"addr"`
-	// Down says why the listener accepts no connection (a worker shut
-	// it down and it could not be re-armed); "" while it listens.
-	Down string `json:"down,omitempty"`
+	// State is "listening", or "down" when a worker shut it down and it
+	// could not be re-armed; Error then says what is wrong.
+	State string `json:"state"`
+	Error string `json:"error,omitempty"`
 }
 
 // Worker is one worker process.

@@ -3,6 +3,8 @@ package listener
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -35,6 +37,14 @@ import (
 //     socket that kept its port fails with EINVAL.
 //   - SHUT_WR alone does nothing visible: the listener keeps accepting and
 //     the connections it accepts can be written to.
+//   - A shutdown of a socket that is already shut down (two workers stopping
+//     at the same moment) fails with ENOTCONN but still sets the socket's
+//     shutdown flags, and a bare listen(2) keeps them: the socket listens
+//     (SO_ACCEPTCONN 1, POLLHUP gone, in `ss -lt`), yet every connection it
+//     accepts is born shut down (the server reads EOF or an error, and its
+//     write fails with EPIPE; clients see EOF). Only sock_diag shows it
+//     (INET_DIAG_SHUTDOWN; `ss -ltne` prints "---" or "<--" instead of
+//     "<->"). connect(2) with AF_UNSPEC clears the flags (tcp_disconnect).
 //
 // Unix stream sockets:
 //   - shutdown(2) with SHUT_RD or SHUT_RDWR sets the socket's shutdown flags
@@ -65,13 +75,17 @@ var ErrCannotRearm = errors.New("cannot be re-armed")
 
 // Check reports whether the listener still accepts connections: nil, or an
 // error wrapping ErrNotListening that says what is wrong (or the error of
-// the system call that failed). It costs one getsockopt(2) and one poll(2)
-// with a zero timeout, never blocks and reads nothing from /proc, so it can
-// run after every worker exit.
+// the system call that failed). It never blocks and reads nothing from
+// /proc, so it can run after every worker exit: a getsockopt(2) and a
+// poll(2) with a zero timeout, and for a listening TCP socket one sock_diag
+// netlink round trip (tens of microseconds).
 //
 // A TCP listener that a process sharing it shut down reads SO_ACCEPTCONN 0;
-// a unix one still reads 1 but polls POLLRDHUP. A shutdown(SHUT_WR) alone
-// leaves a listener working, and Check returns nil for it.
+// a unix one still reads 1 but polls POLLRDHUP; a TCP listener that was
+// made to listen again with its shutdown flags still set (see above) is
+// seen through sock_diag only (if the kernel has no inet_diag, Check skips
+// that part). A shutdown(SHUT_WR) alone leaves a listener working, and
+// Check returns nil for it.
 func (l *Listener) Check() error {
 	accepting, err := unix.GetsockoptInt(l.fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
 	if err != nil {
@@ -89,7 +103,23 @@ func (l *Listener) Check() error {
 		return fmt.Errorf("listener %s (%s): %w: the socket was shut down for reading by a process that shares it (shutdown(2)); it refuses connections",
 			l.Name, l.Addr, ErrNotListening)
 	}
+	if l.family == unix.AF_INET || l.family == unix.AF_INET6 {
+		if flags, err := inetShutdownFlags(l.fd, l.family); err == nil && flags != 0 {
+			return fmt.Errorf("listener %s (%s): %w: the socket listens with its shutdown flags set (%s): every connection it accepts is shut down",
+				l.Name, l.Addr, ErrNotListening, describeShutdown(flags))
+		}
+	}
 	return nil
+}
+
+func describeShutdown(flags uint8) string {
+	switch flags & (rcvShutdown | sendShutdown) {
+	case rcvShutdown:
+		return "SHUT_RD"
+	case sendShutdown:
+		return "SHUT_WR"
+	}
+	return "SHUT_RDWR"
 }
 
 // pollNow polls fd once without waiting and returns its revents.
@@ -108,14 +138,25 @@ func pollNow(fd int, events int16) (int16, error) {
 // again, on the same socket, so that every worker holding it serves again
 // without a restart. It returns nil at once when Check finds nothing wrong.
 //
-// For TCP it binds the socket's address again when the shutdown released
+// For TCP it clears the socket's shutdown flags (connect(2) with
+// AF_UNSPEC), binds the socket's address again when the shutdown released
 // the port (a listener bound to port 0; the error then says so if another
 // socket took the port meanwhile), calls listen(2) with the listener's
-// backlog, and checks that the socket listens on its old address. Rearm
-// cannot save the connections the shutdown reset, nor workers whose accept
+// backlog, and checks that the socket listens on its old address; when
+// it finds the socket shut down again at once (the other workers of a
+// generation stop at the same moment) it tries again, three times in all.
+// An error that does not wrap ErrCannotRearm may pass: try again later (the
+// Watcher calls back at the next shutdown anyway). Rearm cannot save the connections the shutdown reset, nor workers whose accept
 // failed and that gave up. For a unix listener it returns an error wrapping
 // ErrCannotRearm: Linux keeps a unix socket's shutdown for good.
+//
+// Rearm may be called from several goroutines at once (they take turns,
+// and the later ones find nothing to do): a Watch callback can re-arm at
+// once, without waiting for the master's loop, and post only the outcome.
+// Check may meanwhile see the socket closed for the moment a re-arm takes.
 func (l *Listener) Rearm() error {
+	l.rearm.Lock()
+	defer l.rearm.Unlock()
 	problem := l.Check()
 	if problem == nil {
 		return nil
@@ -134,6 +175,27 @@ func (l *Listener) Rearm() error {
 	if l.bound == nil {
 		return fmt.Errorf("listener %s (%s): %w: its address is unknown", l.Name, l.Addr, ErrCannotRearm)
 	}
+	// Another worker may shut the socket down again at once (every worker
+	// of a generation stops at the same moment): try a few times.
+	for try := 1; ; try++ {
+		err := l.listenAgain()
+		if err == nil || !errors.Is(err, ErrNotListening) || try == rearmTries {
+			return err
+		}
+	}
+}
+
+// rearmTries bounds Rearm's attempts when the socket is shut down again
+// right after it listened again.
+const rearmTries = 3
+
+func (l *Listener) listenAgain() error {
+	// Clears the shutdown flags that a shutdown of the already shut-down
+	// socket set; without this, listen(2) would make a listener whose
+	// connections are all born shut down.
+	if err := disconnect(l.fd); err != nil {
+		return fmt.Errorf("listener %s (%s): re-arm: connect(AF_UNSPEC): %w", l.Name, l.Addr, err)
+	}
 	// EINVAL: the socket still holds its port (it was bound explicitly).
 	if err := unix.Bind(l.fd, l.bound); err != nil && !errors.Is(err, unix.EINVAL) {
 		if errors.Is(err, unix.EADDRINUSE) {
@@ -145,7 +207,7 @@ func (l *Listener) Rearm() error {
 		return fmt.Errorf("listener %s (%s): re-arm: listen: %w", l.Name, l.Addr, err)
 	}
 	if err := l.Check(); err != nil {
-		return fmt.Errorf("re-arm: still not listening: %w", err)
+		return fmt.Errorf("re-arm: shut down again at once: %w", err)
 	}
 	if sa, err := unix.Getsockname(l.fd); err != nil || formatSockaddr(sa) != formatSockaddr(l.bound) {
 		// Cannot happen after the bind above; never serve on a wrong port.
@@ -169,4 +231,100 @@ func (l *Listener) describe() {
 			l.backlog = int(info.Sacked)
 		}
 	}
+}
+
+// Watcher learns the moment a process sharing a listener shuts it down, so
+// that the master can re-arm it before clients notice: a check after the
+// next worker exit can come a whole drain later, since the worker that shut
+// the socket down usually is one that was asked to stop.
+type Watcher struct {
+	epfd, wakefd int
+	done         chan struct{}
+	closeOnce    sync.Once
+}
+
+// Watch starts a goroutine that calls found(l) whenever listener l changes
+// state, which for a listening socket means that a process sharing it shut
+// it down. found runs on the watcher's goroutine and must not block: it
+// may call Rearm, which takes microseconds, and post the outcome to the
+// master's loop (on a busy 2-core machine that loop answered 50 to 400 ms
+// late several times a run, and a re-arm should not wait for it). It may
+// be called when nothing is wrong (Rearm's own connect(AF_UNSPEC) is a state
+// change too), so it must not conclude anything itself.
+//
+// The watcher costs nothing per connection: it waits in epoll for
+// EPOLLRDHUP only (EPOLLHUP and EPOLLERR come unasked), edge-triggered, on
+// the master's own descriptors. The kernel wakes a socket's waiters for a
+// new connection with the EPOLLIN key, which epoll filters out for this
+// registration, and with no key (a state change) for a shutdown, which
+// passes: the shutdown of a TCP listener then polls POLLHUP, that of a unix
+// one POLLRDHUP. Each new shutdown wakes it again, also after a Rearm.
+//
+// Close the watcher before closing the listeners: an epoll registration
+// lives as long as the socket's open file, which the workers share.
+func Watch(ls []*Listener, found func(*Listener)) (*Watcher, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("watch listeners: epoll_create1: %w", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("watch listeners: eventfd: %w", err)
+	}
+	w := &Watcher{epfd: epfd, wakefd: wakefd, done: make(chan struct{})}
+	add := func(fd int, events uint32, tag int32) error {
+		ev := unix.EpollEvent{Events: events, Fd: tag}
+		return unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+	}
+	// Tags: -1 for the wake-up, i for ls[i].
+	err = add(wakefd, unix.EPOLLIN, -1)
+	for i, l := range ls {
+		if err == nil {
+			if err = add(l.fd, unix.EPOLLRDHUP|unix.EPOLLET, int32(i)); err != nil {
+				err = fmt.Errorf("listener %s (%s): %w", l.Name, l.Addr, err)
+			}
+		}
+	}
+	if err != nil {
+		unix.Close(wakefd)
+		unix.Close(epfd)
+		return nil, fmt.Errorf("watch listeners: epoll_ctl: %w", err)
+	}
+	ls = slices.Clone(ls)
+	go w.run(ls, found)
+	return w, nil
+}
+
+func (w *Watcher) run(ls []*Listener, found func(*Listener)) {
+	defer close(w.done)
+	events := make([]unix.EpollEvent, len(ls)+1)
+	for {
+		n, err := unix.EpollWait(w.epfd, events, -1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return // EBADF and the like: nothing sensible is left to do
+		}
+		for _, ev := range events[:n] {
+			if ev.Fd < 0 {
+				return
+			}
+			found(ls[ev.Fd])
+		}
+	}
+}
+
+// Close stops the watcher and waits until found is not running any more.
+func (w *Watcher) Close() error {
+	w.closeOnce.Do(func() {
+		var one [8]byte
+		one[0] = 1 // eventfd counters are host-endian; any non-zero value wakes
+		unix.Write(w.wakefd, one[:])
+		<-w.done
+		unix.Close(w.wakefd)
+		unix.Close(w.epfd)
+	})
+	return nil
 }

@@ -34,7 +34,9 @@ func runHelper(mode string) int {
 	switch {
 	case strings.HasPrefix(mode, "shutdown "):
 		how := map[string]int{"RD": unix.SHUT_RD, "WR": unix.SHUT_WR, "RDWR": unix.SHUT_RDWR}[strings.TrimPrefix(mode, "shutdown ")]
-		if err := unix.Shutdown(fd, how); err != nil {
+		// ENOTCONN: the socket was shut down already; the call still
+		// sets its shutdown flags, which is what some tests want.
+		if err := unix.Shutdown(fd, how); err != nil && !errors.Is(err, unix.ENOTCONN) {
 			fmt.Fprintln(os.Stderr, "helper: shutdown:", err)
 			return 2
 		}
@@ -414,4 +416,163 @@ func TestRearmOfAnAdoptedSocketKeepsItsBacklog(t *testing.T) {
 		t.Errorf("backlog after Rearm = %d, want 7", info.Sacked)
 	}
 	assertServes(t, l)
+}
+
+// drain empties ch after a moment.
+func drain(ch chan *Listener) {
+	time.Sleep(50 * time.Millisecond)
+	for {
+		select {
+		case <-ch:
+		default:
+			return
+		}
+	}
+}
+
+// The watcher is told of each shutdown at once, also after a Rearm, and
+// not of the connections a listener receives.
+func TestWatcherSeesEveryShutdownAndNoConnection(t *testing.T) {
+	tcp := openOne(t, Spec{Name: "web", Network: "tcp", Address: "127.0.0.1:0"})
+	sock := openOne(t, Spec{Name: "app", Network: "unix", Address: filepath.Join(t.TempDir(), "app.sock"), UnixMode: 0o600})
+	found := make(chan *Listener, 100)
+	w, err := Watch([]*Listener{tcp, sock}, func(l *Listener) { found <- l })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	expect := func(want *Listener, what string) {
+		t.Helper()
+		select {
+		case l := <-found:
+			if l != want {
+				t.Fatalf("%s: the watcher reported %s, want %s", what, l.Name, want.Name)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: the watcher reported nothing", what)
+		}
+	}
+	expectNothing := func(what string) {
+		t.Helper()
+		select {
+		case l := <-found:
+			t.Fatalf("%s: the watcher reported %s", what, l.Name)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+
+	for range 50 {
+		assertServes(t, tcp)
+		assertServes(t, sock)
+	}
+	expectNothing("after 100 connections")
+
+	for i := range 2 {
+		shutDownFromChild(t, tcp, "RDWR")
+		expect(tcp, fmt.Sprintf("TCP shutdown %d", i+1))
+		if err := tcp.Rearm(); err != nil {
+			t.Fatal(err)
+		}
+		assertServes(t, tcp)
+		// Rearm's own connect(AF_UNSPEC) changes the state too: the
+		// watcher may report that, which is allowed.
+		drain(found)
+	}
+	shutDownFromChild(t, sock, "RD")
+	expect(sock, "unix shutdown")
+	expectNothing("after the shutdowns")
+
+	done := make(chan struct{})
+	go func() { w.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return")
+	}
+}
+
+// Check's sock_diag lookup must find healthy listeners, or it would skip
+// the one check that sees stale shutdown flags.
+func TestSockDiagFindsTheListener(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0", "0.0.0.0:0", freeTCPAddr(t)} {
+		l := openOne(t, Spec{Name: "web", Network: "tcp", Address: addr})
+		flags, err := inetShutdownFlags(l.fd, l.family)
+		if err != nil || flags != 0 {
+			t.Errorf("%s: sock_diag shutdown flags = %d, %v; want 0, nil", addr, flags, err)
+		}
+	}
+}
+
+// Two workers stop at once: the second shutdown finds the socket shut down
+// already (ENOTCONN) but still sets its flags. A bare listen(2) then makes
+// a listener whose connections are all born shut down; Check sees it, and
+// Rearm clears the flags.
+func TestStaleShutdownFlagsAreFoundAndCleared(t *testing.T) {
+	for _, second := range []string{"RDWR", "WR"} {
+		t.Run("second SHUT_"+second, func(t *testing.T) {
+			l := openOne(t, Spec{Name: "web", Network: "tcp", Address: "127.0.0.1:0"})
+			shutDownFromChild(t, l, "RDWR")
+			shutDownFromChild(t, l, second)
+			// A naive re-arm, or a worker that calls listen itself.
+			if err := unix.Bind(l.FD(), l.bound); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Listen(l.FD(), 16); err != nil {
+				t.Fatal(err)
+			}
+			if !acceptConn(t, l) {
+				t.Fatal("SO_ACCEPTCONN reads 0 after listen")
+			}
+			err := l.Check()
+			if !errors.Is(err, ErrNotListening) || !strings.Contains(err.Error(), "shutdown flags") {
+				t.Fatalf("Check = %v, want ErrNotListening about the shutdown flags", err)
+			}
+			t.Logf("Check: %v", err)
+			if err := l.Rearm(); err != nil {
+				t.Fatalf("Rearm: %v", err)
+			}
+			if err := l.Check(); err != nil {
+				t.Fatalf("Check after Rearm: %v", err)
+			}
+			assertServes(t, l) // writes to the accepted connection
+		})
+	}
+}
+
+func BenchmarkCheck(b *testing.B) {
+	for _, spec := range []Spec{
+		{Name: "tcp", Network: "tcp", Address: "127.0.0.1:0", Backlog: 16},
+		{Name: "unix", Network: "unix", Address: filepath.Join(b.TempDir(), "u.sock"), Backlog: 16, UnixMode: 0o600},
+	} {
+		ls, err := Open([]Spec{spec})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(spec.Name, func(b *testing.B) {
+			for b.Loop() {
+				if err := ls[0].Check(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		CloseAll(ls)
+	}
+}
+
+// A Watch callback and the master's loop may re-arm at the same moment.
+func TestConcurrentRearmsTakeTurns(t *testing.T) {
+	l := openOne(t, Spec{Name: "web", Network: "tcp", Address: "127.0.0.1:0"})
+	for range 5 {
+		shutDownFromChild(t, l, "RDWR")
+		errs := make(chan error, 4)
+		for range 4 {
+			go func() { errs <- l.Rearm() }()
+		}
+		for range 4 {
+			if err := <-errs; err != nil {
+				t.Fatalf("Rearm: %v", err)
+			}
+		}
+		assertServes(t, l)
+	}
 }

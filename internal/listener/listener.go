@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -48,6 +49,7 @@ type Listener struct {
 	family  int
 	bound   unix.Sockaddr
 	backlog int
+	rearm   sync.Mutex // one Rearm at a time
 }
 
 // FD is the listening socket's file descriptor (close-on-exec; the worker

@@ -85,7 +85,11 @@ func (m *Master) status() control.Status {
 		st.Generation, st.Workers = m.current.num, m.current.size
 	}
 	for _, l := range m.listeners {
-		st.Listeners = append(st.Listeners, control.Listener{Name: l.Name, Addr: l.Addr, Down: m.listenersDown[l.Name]})
+		cl := control.Listener{Name: l.Name, Addr: l.Addr, State: "listening"}
+		if why, down := m.listenersDown[l.Name]; down {
+			cl.State, cl.Error = "down", why
+		}
+		st.Listeners = append(st.Listeners, cl)
 	}
 	st.Degraded = m.crashLooping()
 	for pid, w := range m.workers {

@@ -226,8 +226,8 @@ func (s metricsSource) Health(ctx context.Context) (metrics.Snapshot, error) {
 func toSnapshot(st control.Status) metrics.Snapshot {
 	snap := metrics.Snapshot{ShuttingDown: st.ShuttingDown, Generation: st.Generation, Degraded: st.Degraded}
 	for _, l := range st.Listeners {
-		if l.Down != "" {
-			snap.ListenersDown = append(snap.ListenersDown, l.Name+" ("+l.Addr+"): "+l.Down)
+		if l.State == "down" {
+			snap.ListenersDown = append(snap.ListenersDown, "listener "+l.Name+" ("+l.Addr+") is down: "+l.Error)
 		}
 	}
 	for _, w := range st.WorkerList {

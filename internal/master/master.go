@@ -61,8 +61,12 @@ type Master struct {
 	listeners      []*listener.Listener
 	listenerInodes []uint64 // socket inode of each listener
 	// listenersDown are the listeners a worker shut down for good, by
-	// name, with what is wrong (health.go).
-	listenersDown map[string]string
+	// name, with what is wrong; listenerWatch re-arms a listener the
+	// moment it is shut down; recentlyStopped are workers that exited
+	// after their stop signal, with when (health.go).
+	listenersDown   map[string]string
+	listenerWatch   io.Closer
+	recentlyStopped map[int]time.Time
 
 	current *generation
 	reload  *reload // the reload in progress, if any
@@ -134,8 +138,8 @@ func newMaster(opts Options, load Loader, log *slog.Logger, logOut *logging.Outp
 		world:   w,
 		workers: map[int]*worker{},
 		pid:     os.Getpid(),
-		// listenersDown is filled by checkListeners.
-		listenersDown: map[string]string{},
+		listenersDown:   map[string]string{},
+		recentlyStopped: map[int]time.Time{},
 		helpers:       map[int]func(proc.Exit){},
 		events:        make(chan func(), 64),
 		quit:          make(chan struct{}),
@@ -169,6 +173,7 @@ func (m *Master) Run() error {
 		close(m.quit)
 		return &StartError{Err: err}
 	}
+	m.watchListeners()
 	// The endpoints close last: `baton stop` waits for the control socket
 	// to close, and a load balancer polls /readyz while the workers drain.
 	defer m.closing.Wait()
@@ -272,6 +277,10 @@ func (m *Master) cleanup() {
 	m.world.notify.Close()
 	if m.watcher != nil {
 		m.watcher.Close()
+	}
+	// Before the listeners close, as listener.Watch asks.
+	if m.listenerWatch != nil {
+		m.listenerWatch.Close()
 	}
 	if m.cgroups != nil {
 		m.cgroups.Close()

@@ -128,8 +128,9 @@ func (m *Master) startReload(waiters []*reloadWaiter) {
 
 // applyConfig starts the reload of a configuration that was read.
 func (m *Master) applyConfig(waiters []*reloadWaiter, started time.Time, opts Options, err error) {
+	m.checkListeners("reload", nil)
 	if down := m.downListeners(); down != "" {
-		m.rejectConfig(waiters, started, "a listener is down ("+down+"); restart baton to open it again")
+		m.rejectConfig(waiters, started, down+"; restart baton to open it again")
 		return
 	}
 	if err != nil {
@@ -230,12 +231,12 @@ func (m *Master) completeReload() {
 	m.current, m.reload = r.next, nil
 	m.commitMasterChange(r.settings)
 	m.armMemoryChecks()
-	m.checkListeners(nil)
+	m.checkListeners("reload", nil)
 	d := time.Since(r.started)
 	if down := m.downListeners(); down != "" {
 		// The new generation serves what it can; the reload did not
 		// bring the service back.
-		reason := fmt.Sprintf("generation %d started, but a listener is down (%s); restart baton to open it again", r.next.num, down)
+		reason := fmt.Sprintf("generation %d started, but %s; restart baton to open it again", r.next.num, down)
 		m.log.Error("reload failed", "generation", r.next.num, "reason", reason)
 		res := m.endReload(ReloadResult{Generation: r.next.num, OK: false, Reason: reason, Started: r.started})
 		if m.metrics != nil {

@@ -297,7 +297,10 @@ func (m *Master) onWorkerExit(w *worker, e proc.Exit) {
 		m.log.Error("the worker command could not be executed; check that it exists and is executable",
 			"path", w.gen.opts.CommandPath)
 	}
-	m.checkListeners(w)
+	if expected {
+		m.recentlyStopped[w.pid] = time.Now()
+	}
+	m.checkListeners("worker exit", w)
 	if !expected {
 		m.onCrash(w, lived, status)
 	}

@@ -91,7 +91,7 @@ func notReady(s Snapshot) string {
 		return "shutting down"
 	}
 	if len(s.ListenersDown) > 0 {
-		return "listener down: " + strings.Join(s.ListenersDown, "; ")
+		return strings.Join(s.ListenersDown, "; ")
 	}
 	for _, wk := range s.Workers {
 		if wk.State == StateReady {

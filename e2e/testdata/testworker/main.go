@@ -16,6 +16,11 @@
 // exits 0 at once. -epoll-sets N makes N idle epoll sets that each watch
 // fd 3, as an app with many event loops would: with the one of Go's poller,
 // the worker has N+1 registrations of the listener for drain_unlisten.
+// With -shutdown-listener-on-term, SIGTERM first calls shutdown(SHUT_RDWR)
+// on the listener inherited as fd 3 (through its duplicate: fd 3 itself is
+// closed by then), as servers do to wake their threads blocked in accept:
+// that shuts the socket down for every process sharing it (issue 11,
+// point 5).
 package main
 
 import (
@@ -46,6 +51,7 @@ type options struct {
 	watchdogFor time.Duration
 	graceful    time.Duration
 	epollSets   int
+	shutdownFD3 bool
 }
 
 func parseFlags() options {
@@ -58,6 +64,7 @@ func parseFlags() options {
 	flag.DurationVar(&o.watchdogFor, "watchdog-for", 0, "send WATCHDOG=1 every 100 ms for this long, then fall silent while still serving (a hang)")
 	flag.DurationVar(&o.graceful, "graceful", 30*time.Second, "how long SIGTERM waits for in-flight requests")
 	flag.IntVar(&o.epollSets, "epoll-sets", 0, "make this many epoll sets that each watch fd 3 for input")
+	flag.BoolVar(&o.shutdownFD3, "shutdown-listener-on-term", false, "on SIGTERM, shutdown(SHUT_RDWR) the listener inherited as fd 3 before the graceful stop")
 	flag.Parse()
 	return o
 }
@@ -127,6 +134,9 @@ func main() {
 	case sig := <-signals:
 		if sig == syscall.SIGINT {
 			os.Exit(0)
+		}
+		if opts.shutdownFD3 {
+			shutdownListener(w.fd3)
 		}
 	}
 	stopServing() // ServeHTTP sends STOPPING=1
@@ -311,6 +321,22 @@ func listenerNonblocking(l net.Listener) (bool, error) {
 		return false, err
 	}
 	return nonblocking, fdErr
+}
+
+// shutdownListener calls shutdown(SHUT_RDWR) on l's socket. fd 3 itself is
+// closed by now (worker.Listeners works on a duplicate), but shutdown acts
+// on the socket, which the duplicate, fd 3 and every other process share.
+func shutdownListener(l net.Listener) {
+	var shutErr error
+	raw, err := l.(syscall.Conn).SyscallConn()
+	if err == nil {
+		err = raw.Control(func(fd uintptr) { shutErr = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
+	}
+	if err = errors.Join(err, shutErr); err != nil {
+		fmt.Fprintf(os.Stderr, "testworker: shutdown of the fd 3 listener: %v\n", err)
+		return
+	}
+	fmt.Fprintf(os.Stderr, "testworker: pid=%d shut the fd 3 listener down (SHUT_RDWR)\n", os.Getpid())
 }
 
 func fdNonblocking(fd uintptr) (bool, error) {
