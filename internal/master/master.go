@@ -130,19 +130,19 @@ func New(opts Options, load Loader, log *slog.Logger, logOut *logging.Output) *M
 
 func newMaster(opts Options, load Loader, log *slog.Logger, logOut *logging.Output, w world) *Master {
 	return &Master{
-		opts:    opts.Master,
-		initial: opts.Generation,
-		load:    load,
-		log:     log,
-		logOut:  logOut,
-		world:   w,
-		workers: map[int]*worker{},
-		pid:     os.Getpid(),
+		opts:            opts.Master,
+		initial:         opts.Generation,
+		load:            load,
+		log:             log,
+		logOut:          logOut,
+		world:           w,
+		workers:         map[int]*worker{},
+		pid:             os.Getpid(),
 		listenersDown:   map[string]string{},
 		recentlyStopped: map[int]time.Time{},
-		helpers:       map[int]func(proc.Exit){},
-		events:        make(chan func(), 64),
-		quit:          make(chan struct{}),
+		helpers:         map[int]func(proc.Exit){},
+		events:          make(chan func(), 64),
+		quit:            make(chan struct{}),
 	}
 }
 
