@@ -289,3 +289,63 @@ func TestExplicitCgroupThatCannotBeUsedIsBadInput(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q; want exit 2 naming the cgroup", res.code, res.stderr)
 	}
 }
+
+// gunicorn's arbiter forks its own workers: a reload and a stop must end
+// them all, in both modes, and status counts the arbiter's tree.
+func TestGunicornArbiterTreeEndsWithItsBatonWorker(t *testing.T) {
+	gunicorn, err := exec.LookPath("gunicorn")
+	if err != nil {
+		t.Fatal("gunicorn is not installed: scripts/install-test-deps installs it")
+	}
+	for _, mode := range containmentModes {
+		t.Run("cgroup="+mode, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			app := filepath.Join(dir, "app.py")
+			if err := os.WriteFile(app, []byte("def app(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			sock := filepath.Join(dir, "baton.sock")
+			b := startBaton(t, "run", "-w", "1", "--cgroup", mode, "--control", sock, "--chdir", dir,
+				"--", gunicorn, "--workers", "2", "app:app")
+			checkContainment(t, sock, mode)
+			arbiterTree := func(gen int) func() bool {
+				return func() bool {
+					var st struct {
+						Workers []struct {
+							Generation int `json:"generation"`
+							State      string
+							Procs      int `json:"processes"`
+						} `json:"worker_list"`
+					}
+					raw, _ := json.Marshal(statusOf(t, sock))
+					json.Unmarshal(raw, &st)
+					return len(st.Workers) == 1 && st.Workers[0].Generation == gen && st.Workers[0].Procs == 3
+				}
+			}
+			waitFor(t, waitTimeout, "gunicorn's arbiter and its two workers", arbiterTree(1))
+			first := withIdentity(b.Pid)
+			if r := cli(t, nil, "reload", "--control", sock); r.code != 0 {
+				t.Fatalf("reload: exit %d: %s", r.code, r.stdout)
+			}
+			waitFor(t, waitTimeout, "generation 2's arbiter and workers, alone", arbiterTree(2))
+			waitFor(t, waitTimeout, "generation 1's gunicorn processes to be gone", func() bool {
+				for _, pid := range first {
+					if syscall.Kill(pid, 0) == nil {
+						if stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); !strings.Contains(string(stat), ") Z ") {
+							return false
+						}
+					}
+				}
+				return true
+			})
+			if r := cli(t, nil, "stop", "--control", sock); r.code != 0 {
+				t.Fatalf("stop: exit %d", r.code)
+			}
+			b.waitExit(t, exitTimeout)
+			if left := withIdentity(b.Pid); len(left) > 0 {
+				t.Fatalf("gunicorn processes left after baton stop: %v", left)
+			}
+		})
+	}
+}
