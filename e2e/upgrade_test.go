@@ -316,3 +316,45 @@ func TestUpgradeTellsSystemdTheNewMainPid(t *testing.T) {
 	}
 	stopNewMaster(t, pidfile)
 }
+
+// Under systemd's watchdog the old master's WATCHDOG_PID names it; the
+// new master must not inherit it, or it never pings and systemd kills
+// the service WatchdogSec after the upgrade (issue 13).
+func TestUpgradedMasterPingsSystemdsWatchdog(t *testing.T) {
+	t.Parallel()
+	v2 := secondBuild(t)
+	sd := newFakeSystemd(t)
+	d := newDeployment(t, workerConfig(1, ""))
+	dir := t.TempDir()
+	bin, pidfile := filepath.Join(dir, "baton"), filepath.Join(dir, "baton.pid")
+	install(t, batonBin, bin)
+	// As systemd starts it: WATCHDOG_PID is the master's own pid.
+	wrapper := filepath.Join(dir, "as-systemd")
+	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\nexport WATCHDOG_PID=$$\nexec "+bin+" \"$@\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := launch(t, batonSpec{bin: wrapper, args: []string{"run", "-c", d.path, "--pid", pidfile},
+		env: []string{"NOTIFY_SOCKET=" + sd.path, "WATCHDOG_USEC=1000000"}})
+	b.waitStarted(t)
+	sd.next(t, "WATCHDOG", b.Pid)
+
+	install(t, v2, bin)
+	b.signal(t, syscall.SIGUSR2)
+	newPid := 0
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case m := <-sd.got:
+			if v, ok := m.fields["MAINPID"]; ok {
+				newPid, _ = strconv.Atoi(v)
+				continue
+			}
+			if newPid != 0 && int(m.pid) == newPid && m.fields["WATCHDOG"] == "1" {
+				stopNewMaster(t, pidfile)
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no WATCHDOG=1 from the new master (pid %d) within 30 s of the upgrade", newPid)
+		}
+	}
+}

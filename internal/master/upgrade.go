@@ -73,7 +73,10 @@ func (m *Master) startNewMaster() (*upgrade, error) {
 	for i, l := range m.listeners {
 		fds[i] = l.FD()
 	}
-	env := append(environWithout(listener.HandoverEnv, upgradePipeEnv, "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"),
+	// WATCHDOG_PID names this master: inherited, it would make the new
+	// one think systemd's watchdog is not for it, and systemd would kill
+	// the service once the new master is its main pid.
+	env := append(environWithout(listener.HandoverEnv, upgradePipeEnv, "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_PID"),
 		listener.HandoverEnv+"="+listener.HandoverValue(m.listeners))
 	if err := m.movePidfile(m.opts.PidFile, m.oldbin()); err != nil {
 		return nil, err
