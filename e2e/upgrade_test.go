@@ -79,7 +79,7 @@ func upgradable(t *testing.T, d *deployment) (b *Baton, bin, pid string) {
 	dir := t.TempDir()
 	bin, pid = filepath.Join(dir, "baton"), filepath.Join(dir, "baton.pid")
 	install(t, batonBin, bin)
-	b = launch(t, batonSpec{bin: bin, args: []string{"run", "-c", d.path, "--pid", pid}})
+	b = launch(t, batonSpec{bin: bin, args: []string{"run", "-c", d.path, "--pid", pid, "--upgrade-mode", "new-master"}})
 	b.waitStarted(t)
 	return b, bin, pid
 }
@@ -272,7 +272,7 @@ func TestUpgradeTellsSystemdTheNewMainPid(t *testing.T) {
 	dir := t.TempDir()
 	bin, pidfile := filepath.Join(dir, "baton"), filepath.Join(dir, "baton.pid")
 	install(t, batonBin, bin)
-	b := launch(t, batonSpec{bin: bin, args: []string{"run", "-c", d.path, "--pid", pidfile},
+	b := launch(t, batonSpec{bin: bin, args: []string{"run", "-c", d.path, "--pid", pidfile, "--upgrade-mode", "new-master"},
 		env: []string{"NOTIFY_SOCKET=" + sd.path}})
 	b.waitStarted(t)
 	sd.next(t, "READY", b.Pid)
@@ -333,7 +333,7 @@ func TestUpgradedMasterPingsSystemdsWatchdog(t *testing.T) {
 	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\nexport WATCHDOG_PID=$$\nexec "+bin+" \"$@\"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b := launch(t, batonSpec{bin: wrapper, args: []string{"run", "-c", d.path, "--pid", pidfile},
+	b := launch(t, batonSpec{bin: wrapper, args: []string{"run", "-c", d.path, "--pid", pidfile, "--upgrade-mode", "new-master"},
 		env: []string{"NOTIFY_SOCKET=" + sd.path, "WATCHDOG_USEC=1000000"}})
 	b.waitStarted(t)
 	sd.next(t, "WATCHDOG", b.Pid)

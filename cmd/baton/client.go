@@ -102,7 +102,20 @@ errors). On a terminal it shows progress on one updating line.`,
 				fmt.Printf("%s requested\n", name)
 				return nil
 			}
-			return waitForRollout(ctx, c, name, timeout)
+			var before *control.Status
+			if name == control.CmdUpgrade {
+				// An in-place upgrade cuts this connection when the master
+				// executes the new binary: its result is then read from
+				// the status of the same master.
+				if before, err = fetchStatus(&mf); err != nil {
+					return err
+				}
+			}
+			err = waitForRollout(ctx, c, name, timeout)
+			if before != nil && cutOff(err) {
+				return awaitInPlaceUpgrade(ctx, &mf, before)
+			}
+			return err
 		},
 	}
 	mf.register(cmd)
@@ -134,6 +147,61 @@ func waitForRollout(ctx context.Context, c *control.Client, name string, timeout
 	}
 	fmt.Printf("%s succeeded: generation %d serves (%.1fs)\n", name, res.Generation, res.Duration)
 	return nil
+}
+
+// cutOff reports whether err is the master closing the connection
+// without an answer: what an in-place upgrade's exec does.
+func cutOff(err error) bool {
+	var ec *exitCodeError
+	if errors.As(err, &ec) {
+		err = ec.err
+	}
+	return errors.Is(err, control.ErrConnClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET)
+}
+
+// awaitInPlaceUpgrade follows an in-place upgrade after the master
+// executed the new binary: the same pid answers again once the new image
+// runs, and the upgrade's reload ends in its status.
+func awaitInPlaceUpgrade(ctx context.Context, mf *masterFlags, before *control.Status) error {
+	answered := time.Now()
+	for {
+		st, err := fetchStatus(mf)
+		if err == nil {
+			answered = time.Now()
+		} else if time.Since(answered) > time.Minute {
+			return &exitCodeError{code: exitFailed, err: fmt.Errorf("upgrade: the master has not answered for a minute since it executed the new binary: %v", err)}
+		}
+		if err == nil && st.Pid != before.Pid {
+			return &exitCodeError{code: exitFailed, err: fmt.Errorf("upgrade: another master (pid %d) answers now, not %d", st.Pid, before.Pid)}
+		}
+		if err == nil && !st.Reloading && st.LastReload != nil && st.LastReload.Generation > before.Generation {
+			res := st.LastReload
+			if !res.OK {
+				return &exitCodeError{code: exitFailed, err: fmt.Errorf("upgrade: this master now runs baton %s, but its new generation failed: %s; the workers of the old binary's time keep serving%s",
+					st.Version, res.Reason, stderrLines(res))}
+			}
+			fmt.Printf("upgrade succeeded: the master (pid %d, unchanged) runs baton %s; generation %d serves (%.1fs)\n",
+				st.Pid, st.Version, res.Generation, res.Duration)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return &exitCodeError{code: exitFailed, err: fmt.Errorf("upgrade: gave up waiting; see baton status")}
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func stderrLines(res *control.ReloadResult) string {
+	var b strings.Builder
+	if len(res.Stderr) > 0 {
+		b.WriteString("\nlast lines of the worker's stderr:")
+		for _, l := range res.Stderr {
+			b.WriteString("\n  | " + l)
+		}
+	}
+	return b.String()
 }
 
 func describeFailure(name string, res *control.ReloadResult) string {
@@ -173,6 +241,8 @@ func (p *progressPrinter) show(pr control.Progress) {
 		line = fmt.Sprintf("queued behind the reload of generation %d", pr.Generation)
 	case pr.Master != 0:
 		line = fmt.Sprintf("upgrade: new master pid %d: %s", pr.Master, pr.Phase)
+	case strings.HasPrefix(pr.Phase, "upgrade: "):
+		line = pr.Phase
 	}
 	if line == p.last {
 		return

@@ -10,6 +10,7 @@ import (
 
 	"github.com/baton-pm/baton/internal/cgroup"
 	"github.com/baton-pm/baton/internal/demo"
+	"github.com/baton-pm/baton/internal/master"
 	"github.com/baton-pm/baton/internal/proc"
 	"github.com/baton-pm/baton/internal/unlisten"
 )
@@ -43,6 +44,8 @@ func run(args []string) int {
 			return unlisten.Main(args[1:])
 		case cgroup.ProbeArg:
 			return 0 // started inside a cgroup to see that it can be
+		case master.ReexecCheckArg:
+			return upgradeCheck(args[1:])
 		case demoWorkerArg:
 			if err := demo.Run(); err != nil {
 				fmt.Fprintln(os.Stderr, "baton demo worker:", err)

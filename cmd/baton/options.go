@@ -43,6 +43,7 @@ func masterOptions(cfg *config.Config) master.Options {
 			Subreaper:       cfg.Subreaper,
 			Cgroup:          cfg.Cgroup,
 			Handover:        cfg.UpgradeHandover,
+			UpgradeMode:     cfg.UpgradeMode,
 			LogLevel:        cfg.LogLevel,
 			Executable:      executable,
 			Args:            os.Args,

@@ -413,17 +413,39 @@ type Group struct {
 	fd   int // O_PATH fd of dir, for CLONE_INTO_CGROUP; -1 once closed
 }
 
-// NewGroup creates a cgroup for one worker.
+// NewGroup creates a cgroup for one worker. It never takes one that
+// exists: after an in-place upgrade the same pid names the cgroups of the
+// workers the previous image started, which live on.
 func (t *Tree) NewGroup() (*Group, error) {
-	t.seq++
-	name := fmt.Sprintf("w-%d-%d", os.Getpid(), t.seq)
-	dir := filepath.Join(t.dir, name)
-	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-		return nil, fmt.Errorf("cgroup: %w", err)
+	var dir string
+	for {
+		t.seq++
+		dir = filepath.Join(t.dir, fmt.Sprintf("w-%d-%d", os.Getpid(), t.seq))
+		err := os.Mkdir(dir, 0o755)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("cgroup: %w", err)
+		}
 	}
 	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		os.Remove(dir)
+		return nil, fmt.Errorf("cgroup: open %s: %w", dir, err)
+	}
+	return &Group{tree: t, dir: dir, fd: fd}, nil
+}
+
+// OpenGroup takes over the worker cgroup at path (a cgroup path, as Path
+// gives it), which a previous image of this master created.
+func (t *Tree) OpenGroup(path string) (*Group, error) {
+	if filepath.Dir(path) != t.path {
+		return nil, fmt.Errorf("cgroup %s is not in the tree %s", path, t.path)
+	}
+	dir := filepath.Join(t.dir, filepath.Base(path))
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
 		return nil, fmt.Errorf("cgroup: open %s: %w", dir, err)
 	}
 	return &Group{tree: t, dir: dir, fd: fd}, nil

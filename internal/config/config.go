@@ -77,6 +77,9 @@ type Config struct {
 	// UnixGID resolve unix_owner (-1: unchanged).
 	RunAsUID, RunAsGID int
 	UnixUID, UnixGID   int
+	// UpgradeMode is "reexec" or "new-master": how an upgrade replaces the
+	// master.
+	UpgradeMode string
 	// UpgradeHandover is "auto" or "manual": what the old master does once
 	// an upgrade's new master is ready.
 	UpgradeHandover string

@@ -34,6 +34,7 @@ func defaults(command ...string) *Config {
 		DrainUnlisten:   true,
 		BootNice:        true,
 		UpgradeHandover: "auto",
+		UpgradeMode:     "reexec",
 		Subreaper:       true,
 		Cgroup:          "auto",
 		RunAsUID:        -1,
@@ -118,6 +119,7 @@ DATABASE_URL = "postgres://db/app"
 		DrainUnlisten:   true,
 		BootNice:        true,
 		UpgradeHandover: "auto",
+		UpgradeMode:     "reexec",
 		Subreaper:       true,
 		Cgroup:          "auto",
 		RunAsUID:        -1,
@@ -775,6 +777,7 @@ watch = []
 watch_ignore = []
 subreaper = true
 cgroup = "auto"  # restart to change
+upgrade_mode = "reexec"
 upgrade_handover = "auto"
 pid = ""  # restart to change
 control = ""

@@ -219,6 +219,12 @@ var keys = []key{
 		setting:  func(c *Config) setting { return cgroupSetting(&c.Cgroup) },
 	},
 	{
+		name: "upgrade_mode", def: "reexec",
+		usage:    "how baton upgrade replaces the master: `MODE` reexec (the same pid executes the new binary and rolls the workers like a reload) or new-master (Gunicorn's way: a second master, then the old one steps down)",
+		lifetime: Reapplied,
+		setting:  func(c *Config) setting { return choiceSetting(&c.UpgradeMode, "reexec", "new-master") },
+	},
+	{
 		name: "upgrade_handover", def: "auto",
 		usage:    "after an upgrade's new master is ready: `MODE` auto (the old master drains and exits) or manual (it waits for WINCH, then TERM)",
 		lifetime: Reapplied,

@@ -3,6 +3,7 @@ package listener
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -10,7 +11,9 @@ import (
 
 // HandoverEnv carries, to a new master started by a binary upgrade, the
 // name and address of each listener it inherits as fds 3, 4, ...:
-// "name|addr" entries separated by newlines.
+// "name|addr" entries separated by newlines; or, to the master's own new
+// image after an in-place re-exec, "name|addr|fd" with the fd each one
+// kept.
 const HandoverEnv = "BATON_UPGRADE_LISTENERS"
 
 // HandoverValue describes ls for HandoverEnv.
@@ -20,6 +23,31 @@ func HandoverValue(ls []*Listener) string {
 		entries[i] = l.Name + "|" + l.Addr
 	}
 	return strings.Join(entries, "\n")
+}
+
+// HandoverInPlace describes ls for HandoverEnv to this process's own next
+// image (re-exec): each listener keeps its fd, which is made to survive
+// the exec; KeepOnExec(false) undoes that if the exec fails.
+func HandoverInPlace(ls []*Listener) string {
+	entries := make([]string, len(ls))
+	for i, l := range ls {
+		entries[i] = l.Name + "|" + l.Addr + "|" + strconv.Itoa(l.fd)
+	}
+	return strings.Join(entries, "\n")
+}
+
+// KeepOnExec makes the listeners' fds survive an exec (keep), or not.
+func KeepOnExec(ls []*Listener, keep bool) error {
+	for _, l := range ls {
+		flag := unix.FD_CLOEXEC
+		if keep {
+			flag = 0
+		}
+		if _, err := unix.FcntlInt(uintptr(l.fd), unix.F_SETFD, flag); err != nil {
+			return fmt.Errorf("listener %s: %w", l.Name, err)
+		}
+	}
+	return nil
 }
 
 // FromHandover adopts the listeners an old master handed over, if this
@@ -33,7 +61,15 @@ func FromHandover() (ls []*Listener, ok bool, err error) {
 	os.Unsetenv(HandoverEnv)
 	for i, entry := range strings.Split(value, "\n") {
 		name, addr, _ := strings.Cut(entry, "|")
-		l, err := adoptFD(Spec{Name: name, Network: "fd", FD: 3 + i})
+		fd := 3 + i
+		if a, n, ok := strings.Cut(addr, "|"); ok {
+			addr = a
+			if fd, err = strconv.Atoi(n); err != nil {
+				CloseAll(ls)
+				return nil, true, fmt.Errorf("listener %s: bad fd %q in %s", name, n, HandoverEnv)
+			}
+		}
+		l, err := adoptFD(Spec{Name: name, Network: "fd", FD: fd})
 		if err != nil {
 			CloseAll(ls)
 			return nil, true, fmt.Errorf("listener %s (%s) from the old master: %w", name, addr, err)

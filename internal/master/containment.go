@@ -37,7 +37,7 @@ func (m *Master) setupContainment() error {
 		m.log.Info("containment: without cgroups (cgroup = \"off\"): a worker's processes are found in /proc")
 		return nil
 	}
-	spec := cgroup.Spec{Instance: m.cgroupInstance(), Upgrade: m.upgradePipe != nil}
+	spec := cgroup.Spec{Instance: m.cgroupInstance(), Upgrade: m.upgradePipe != nil || m.adopted != nil}
 	if mode != cgroupAuto {
 		spec.Path = mode
 	}

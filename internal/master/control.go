@@ -183,17 +183,20 @@ func (m *Master) progressOf(r *reload) control.Progress {
 func (h controlHandler) Upgrade(ctx context.Context, progress func(control.Progress)) (control.ReloadResult, error) {
 	m := h.m
 	w := newReloadWaiter(nil)
-	newMaster := 0
+	newMaster, inPlace := 0, false
 	if err := m.call(ctx, func() {
 		m.requestUpgrade(w)
 		if m.upgrade != nil {
-			newMaster = m.upgrade.pid
+			newMaster, inPlace = m.upgrade.pid, m.upgrade.inPlace
 		}
 	}); err != nil {
 		return control.ReloadResult{}, err
 	}
-	if progress != nil && newMaster != 0 {
+	if progress != nil && newMaster != 0 && !inPlace {
 		progress(control.Progress{Master: newMaster, Phase: "the new master is starting its workers"})
+	}
+	if progress != nil && inPlace {
+		progress(control.Progress{Phase: "upgrade: checking the new binary; then this master executes it in place"})
 	}
 	return m.awaitResult(ctx, w)
 }

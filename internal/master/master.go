@@ -89,6 +89,11 @@ type Master struct {
 	// failed (it is logged once).
 	systemdReady  bool
 	systemdFailed bool
+	// adopted is the state an in-place upgrade's previous image left, if
+	// this image was started by one; inPlaceUpgrade is that upgrade until
+	// its reload ends (reexec.go).
+	adopted        *reexecState
+	inPlaceUpgrade *upgrade
 	// upgrade is the binary upgrade in progress (old master's side);
 	// steppedDown once a new master took the service over; upgradePipe is
 	// this master's line back to the old one, when an upgrade started it.
@@ -159,11 +164,17 @@ func (m *Master) Run() error {
 
 	m.setSubreaper(m.opts.Subreaper)
 	m.upgradePipe = takeUpgradePipe()
+	adopted, err := takeReexecState()
+	if err != nil {
+		close(m.quit)
+		return &StartError{Err: err}
+	}
+	m.adopted = adopted
 	if err := m.open(); err != nil {
 		close(m.quit)
 		return &StartError{Err: err}
 	}
-	err := m.openEndpoints()
+	err = m.openEndpoints()
 	if err == nil {
 		err = m.startWatching()
 	}
@@ -192,8 +203,12 @@ func (m *Master) supervise(sigs <-chan os.Signal) {
 	g := m.initial
 	m.log.Info("master started", "pid", m.pid, "version", m.opts.Version,
 		"workers", g.Workers, "command", strings.Join(g.Command, " "), "ready", g.Ready.String())
-	m.current = m.newGeneration(g)
-	m.current.fill(m)
+	if m.adopted != nil {
+		m.adoptWorkers(m.adopted)
+	} else {
+		m.current = m.newGeneration(g)
+		m.current.fill(m)
+	}
 	m.startWatchdog()
 	m.armMemoryChecks()
 	m.startListenerChecks()
@@ -216,7 +231,8 @@ var handledSignals = []os.Signal{
 // open checks the pidfile, binds every listener and then writes the pidfile,
 // undoing what it did if a later step fails.
 func (m *Master) open() error {
-	if m.opts.PidFile != "" {
+	// After an in-place upgrade the pidfile names this very process.
+	if m.opts.PidFile != "" && m.adopted == nil {
 		if err := pidfile.Check(m.opts.PidFile); err != nil {
 			return err
 		}
@@ -240,7 +256,7 @@ func (m *Master) open() error {
 		listener.CloseAll(ls)
 		return err
 	}
-	if m.opts.PidFile != "" {
+	if m.opts.PidFile != "" && m.adopted == nil {
 		if err := pidfile.Write(m.opts.PidFile); err != nil {
 			listener.CloseAll(ls)
 			return err

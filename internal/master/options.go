@@ -49,7 +49,10 @@ type MasterOptions struct {
 	// Subreaper makes baton reap orphaned descendants; always on as PID 1.
 	Subreaper bool
 	Handover  string // upgrade_handover: "auto" or "manual"
-	LogLevel  string // "" leaves the logger's level alone
+	// UpgradeMode is upgrade_mode: "reexec" (the default; "" too) or
+	// "new-master".
+	UpgradeMode string
+	LogLevel    string // "" leaves the logger's level alone
 
 	// Executable, Args and StartDir start a new master on upgrade: the
 	// binary path and arguments baton was started with, and its

@@ -309,8 +309,18 @@ func (m *Master) reportFailure(r *reload, culprit *worker, res ReloadResult) {
 	m.withLastLines(culprit, report)
 }
 
-// endReload records how a reload ended and returns the record.
+// endReload records how a reload ended and returns the record. The
+// reload an in-place upgrade began reports the upgrade: from its start,
+// with this image's version.
 func (m *Master) endReload(res ReloadResult) ReloadResult {
+	if u := m.inPlaceUpgrade; u != nil {
+		m.inPlaceUpgrade = nil
+		res.Started, res.Version, res.MasterPid = u.started, m.opts.Version, m.pid
+		if res.OK {
+			m.log.Info("upgrade succeeded: this master runs the new binary, and its new generation serves",
+				"version", m.opts.Version, "generation", res.Generation)
+		}
+	}
 	res.Duration = time.Since(res.Started)
 	m.lastReload = &res
 	m.notifyReloadEnd(res)

@@ -102,6 +102,7 @@ func changedMasterSettings(old, now MasterOptions) []string {
 	add("boot_nice", old.BootNice != now.BootNice)
 	add("subreaper", old.Subreaper != now.Subreaper)
 	add("upgrade_handover", old.Handover != now.Handover)
+	add("upgrade_mode", old.UpgradeMode != now.UpgradeMode)
 	add("log_level", old.LogLevel != now.LogLevel)
 	return keys
 }

@@ -48,6 +48,10 @@ type fakeWorld struct {
 	startErr error
 	// kills are the signals sent with Kill (to new masters), in order.
 	kills []kill
+	// execs are the environments of the master's attempts to execute a
+	// new image; execErr is what each returns.
+	execs   [][]string
+	execErr error
 }
 
 type kill struct {
@@ -71,8 +75,9 @@ type fakeProc struct {
 	ready    chan string       // a new master's report line
 	group    []unlisten.Target // an unlisten helper's registrations
 	// treeKills counts KillTree calls; released once Release was called.
-	treeKills int
-	released  bool
+	treeKills  int
+	released   bool
+	keptOnExec bool // its stderr pipe survives an exec
 }
 
 func newFakeWorld() *fakeWorld {
@@ -127,6 +132,32 @@ func (f *fakeWorld) StartMaster(spec masterSpec) (int, <-chan string, error) {
 	p := f.newProc("master")
 	p.ready = make(chan string, 1)
 	return p.pid, p.ready, nil
+}
+
+// StartPreflight starts a check of the new binary; the test ends it with
+// preflightAnswer.
+func (f *fakeWorld) StartPreflight(path string, args []string, dir string, stateVersion int) (int, <-chan string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p := f.newProc("preflight")
+	p.ready = make(chan string, 1)
+	return p.pid, p.ready, nil
+}
+
+// Exec fails as the test said: the master's image is never replaced here.
+func (f *fakeWorld) Exec(path string, args, env []string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.execs = append(f.execs, env)
+	return f.execErr
+}
+
+func (f *fakeWorld) Adopt(rec reexecWorker) (process, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p := &fakeProc{w: f, pid: rec.Pid, kind: "worker", started: rec.Started, closed: make(chan struct{})}
+	f.procs[p.pid] = p
+	return p, nil
 }
 
 func (f *fakeWorld) Kill(pid int, sig syscall.Signal) error {
@@ -221,6 +252,17 @@ func (p *fakeProc) KillTree(skip map[int]bool, reaped bool) int {
 	p.exitLocked(unix.WaitStatus(syscall.SIGKILL))
 	return 1
 }
+
+// KeepStderrOnExec counts the calls; the fd is made up.
+func (p *fakeProc) KeepStderrOnExec(keep bool) (int, error) {
+	p.w.mu.Lock()
+	defer p.w.mu.Unlock()
+	p.keptOnExec = keep
+	return 100 + p.pid%100, nil
+}
+
+func (p *fakeProc) Cgroup() string   { return "" }
+func (p *fakeProc) Identity() string { return p.env("NOTIFY_SOCKET") }
 
 // Usage is the memory the test set for the process.
 func (p *fakeProc) Usage() usage {

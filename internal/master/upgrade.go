@@ -30,6 +30,9 @@ type upgrade struct {
 	// newReady once the new master reported that it serves; exited once
 	// it was reaped.
 	newReady, exited bool
+	// inPlace: an in-place upgrade (reexec.go); pid is then the check of
+	// the new binary.
+	inPlace bool
 }
 
 func (m *Master) requestUpgrade(w *reloadWaiter) {
@@ -48,6 +51,10 @@ func (m *Master) requestUpgrade(w *reloadWaiter) {
 		return
 	case m.reloading():
 		fail("a reload is in progress; upgrade when it has finished")
+		return
+	}
+	if m.opts.UpgradeMode != "new-master" {
+		m.startReexec(w)
 		return
 	}
 	u, err := m.startNewMaster()
@@ -154,7 +161,7 @@ func (m *Master) failUpgrade(u *upgrade, reason string) {
 // was the new master.
 func (m *Master) onNewMasterExit(e proc.Exit) bool {
 	u := m.upgrade
-	if u == nil || e.Pid != u.pid {
+	if u == nil || e.Pid != u.pid || u.inPlace {
 		return false
 	}
 	u.exited = true

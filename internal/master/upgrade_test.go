@@ -37,6 +37,13 @@ func (tb *testbed) newMaster() *fakeProc {
 	return tb.proc(pids[0])
 }
 
+// newMasterMode is Gunicorn's upgrade: a second master, then the first
+// steps down.
+func newMasterMode(opts Options) Options {
+	opts.Master.UpgradeMode = "new-master"
+	return opts
+}
+
 // withPidfile gives the master a pidfile in a temp dir.
 func withPidfile(t *testing.T, opts Options) (Options, string) {
 	path := filepath.Join(t.TempDir(), "baton.pid")
@@ -48,7 +55,7 @@ func withPidfile(t *testing.T, opts Options) (Options, string) {
 }
 
 func TestUpgradeHandsOverOnceTheNewMasterIsReady(t *testing.T) {
-	opts, pidfile := withPidfile(t, options(gen(2)))
+	opts, pidfile := withPidfile(t, newMasterMode(options(gen(2))))
 	serving(t, opts, func(t *testing.T, tb *testbed) {
 		old := tb.workers(1, "ready")
 		res := tb.upgradeAsync()
@@ -85,7 +92,7 @@ func TestUpgradeHandsOverOnceTheNewMasterIsReady(t *testing.T) {
 }
 
 func TestUpgradeFailsWhenTheNewMasterExitsAndNeverSignalsItsPidAgain(t *testing.T) {
-	opts, pidfile := withPidfile(t, options(gen(1)))
+	opts, pidfile := withPidfile(t, newMasterMode(options(gen(1))))
 	serving(t, opts, func(t *testing.T, tb *testbed) {
 		res := tb.upgradeAsync()
 		nm := tb.newMaster()
@@ -109,7 +116,7 @@ func TestUpgradeFailsWhenTheNewMasterExitsAndNeverSignalsItsPidAgain(t *testing.
 }
 
 func TestUpgradeNotReadyInTimeStopsTheNewMasterAndForgetsItOnceReaped(t *testing.T) {
-	serving(t, options(gen(1)), func(t *testing.T, tb *testbed) {
+	serving(t, newMasterMode(options(gen(1))), func(t *testing.T, tb *testbed) {
 		res := tb.upgradeAsync()
 		nm := tb.newMaster()
 		tb.stubborn(nm.pid)
@@ -146,7 +153,7 @@ func TestUpgradeNotReadyInTimeStopsTheNewMasterAndForgetsItOnceReaped(t *testing
 }
 
 func TestManualHandOverKeepsTheWorkersUntilWinchThenTerm(t *testing.T) {
-	opts := options(gen(2))
+	opts := newMasterMode(options(gen(2)))
 	opts.Master.Handover = "manual"
 	serving(t, opts, func(t *testing.T, tb *testbed) {
 		old := tb.workers(1, "ready")
@@ -191,6 +198,86 @@ func TestReloadIsRefusedDuringAnUpgrade(t *testing.T) {
 		r := tb.result(tb.reloadAsync())
 		if r.OK || !strings.Contains(r.Reason, "upgrade is in progress") {
 			t.Fatalf("reload during an upgrade: %+v, want a refusal", r)
+		}
+	})
+}
+
+// answerPreflight ends the check of the new binary of an in-place upgrade.
+func (tb *testbed) answerPreflight(code int, answer string) {
+	tb.t.Helper()
+	pids := tb.started("preflight")
+	if len(pids) == 0 {
+		tb.t.Fatal("the new binary was not checked")
+	}
+	p := tb.proc(pids[len(pids)-1])
+	p.ready <- answer
+	tb.exit(p.pid, code)
+}
+
+// An in-place upgrade executes the new binary only once it said it can
+// take over; a refusal leaves the master as it was.
+func TestInPlaceUpgradeRefusedByTheNewBinaryChangesNothing(t *testing.T) {
+	serving(t, options(gen(2)), func(t *testing.T, tb *testbed) {
+		old := tb.workers(1, "ready")
+		res := tb.upgradeAsync()
+		if n := len(tb.w.execs); n != 0 {
+			t.Fatalf("executed the new binary before checking it")
+		}
+		tb.answerPreflight(3, "baton _upgrade_check: state version 1 is not one this baton reads (2)")
+		r := tb.result(res)
+		if r.OK || !strings.Contains(r.Reason, "refused to take over (exit status 3): baton _upgrade_check: state version 1") {
+			t.Fatalf("upgrade result %+v, want the new binary's refusal", r)
+		}
+		if len(tb.w.execs) != 0 {
+			t.Error("executed a binary that refused")
+		}
+		for _, pid := range old {
+			if got := tb.signals(pid); len(got) != 0 || !tb.alive(pid) {
+				t.Errorf("worker %d got %v", pid, got)
+			}
+		}
+		// And a reload works again: the upgrade is over.
+		rr := tb.reloadAsync()
+		tb.ready(tb.workers(2, "starting")...)
+		if r := tb.result(rr); !r.OK {
+			t.Errorf("a reload after the refused upgrade: %+v", r)
+		}
+	})
+}
+
+// An exec that fails (the binary vanished after its check) gives the
+// fds back their close-on-exec flag and reports the failure.
+func TestInPlaceUpgradeWhoseExecFailsServesOn(t *testing.T) {
+	serving(t, options(gen(2)), func(t *testing.T, tb *testbed) {
+		tb.w.mu.Lock()
+		tb.w.execErr = syscall.ENOENT
+		tb.w.mu.Unlock()
+		res := tb.upgradeAsync()
+		tb.answerPreflight(0, "ok v2")
+		r := tb.result(res)
+		if r.OK || !strings.Contains(r.Reason, "cannot execute") || !strings.Contains(r.Reason, "no such file or directory") {
+			t.Fatalf("upgrade result %+v, want the exec's failure", r)
+		}
+		if len(tb.w.execs) != 1 {
+			t.Fatalf("%d exec attempts, want 1", len(tb.w.execs))
+		}
+		state := ""
+		for _, kv := range tb.w.execs[0] {
+			if strings.HasPrefix(kv, reexecStateEnv+"=") {
+				state = kv
+			}
+		}
+		if state == "" {
+			t.Error("the exec's environment has no state for the new image")
+		}
+		for _, pid := range tb.workers(1, "ready") {
+			p := tb.proc(pid)
+			tb.w.mu.Lock()
+			kept := p.keptOnExec
+			tb.w.mu.Unlock()
+			if kept {
+				t.Errorf("worker %d's stderr pipe still survives an exec", pid)
+			}
 		}
 	})
 }

@@ -3,6 +3,7 @@ package master
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -45,6 +46,14 @@ type processes interface {
 	// 4, ... It delivers the new master's one "ready PID VERSION" line on
 	// ready, which is closed if the new master never writes it.
 	StartMaster(spec masterSpec) (pid int, ready <-chan string, err error)
+	// StartPreflight starts the binary at path to check that it can take
+	// this master over in place (ReexecCheckArg); its one line of answer
+	// comes on out once it exits (reaped as a helper).
+	StartPreflight(path string, args []string, dir string, stateVersion int) (pid int, out <-chan string, err error)
+	// Exec replaces this process's image; it returns only on failure.
+	Exec(path string, args, env []string) error
+	// Adopt takes over a worker the previous image of this master started.
+	Adopt(w reexecWorker) (process, error)
 	// Kill signals a new master StartMaster started and that was not
 	// reaped yet; any other pid is never signalled.
 	Kill(pid int, sig syscall.Signal) error
@@ -78,6 +87,14 @@ type process interface {
 	// StderrClosed is closed once every process of the worker closed its
 	// stderr.
 	StderrClosed() <-chan struct{}
+	// KeepStderrOnExec makes the read end of the worker's stderr pipe
+	// survive an exec (or not again) and returns its fd.
+	KeepStderrOnExec(keep bool) (int, error)
+	// Cgroup is the worker's cgroup path, "" without cgroups.
+	Cgroup() string
+	// Identity is the worker's NOTIFY_SOCKET, which all its processes
+	// inherit.
+	Identity() string
 	// Belongs reports whether pid is one of the worker's processes: with
 	// cgroups, one in its cgroup; without, the worker, a process of its
 	// process group, a descendant of either, or of an orphan of it the
@@ -260,6 +277,15 @@ func (w *osWorker) KillTree(skip map[int]bool, reaped bool) int {
 	return found
 }
 
+func (w *osWorker) Cgroup() string {
+	if w.group == nil {
+		return ""
+	}
+	return w.group.Path()
+}
+
+func (w *osWorker) Identity() string { return w.id.NotifySocket }
+
 func (w *osWorker) Belongs(pid int) bool {
 	switch {
 	case pid <= 0:
@@ -305,6 +331,54 @@ func (*osProcesses) StartUnlisten(group []unlisten.Target) (int, error) {
 
 // upgradePipeEnv names the fd the new master writes "ready PID VERSION" to.
 const upgradePipeEnv = "BATON_UPGRADE_PIPE"
+
+func (o *osProcesses) StartPreflight(path string, args []string, dir string, stateVersion int) (int, <-chan string, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return 0, nil, err
+	}
+	defer w.Close()
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
+		r.Close()
+		return 0, nil, err
+	}
+	defer devNull.Close()
+	argv := append([]string{"baton", ReexecCheckArg, strconv.Itoa(stateVersion)}, args[1:]...)
+	pid, err := syscall.ForkExec(path, argv, &syscall.ProcAttr{Dir: dir, Env: os.Environ(),
+		Files: []uintptr{devNull.Fd(), w.Fd(), w.Fd()}, Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}})
+	if err != nil {
+		r.Close()
+		return 0, nil, fmt.Errorf("cannot start the new binary %s: %w", path, err)
+	}
+	out := make(chan string, 1)
+	go func() {
+		defer r.Close()
+		data, _ := io.ReadAll(io.LimitReader(r, 4096))
+		out <- strings.TrimSpace(string(data))
+	}()
+	return pid, out, nil
+}
+
+func (*osProcesses) Exec(path string, args, env []string) error {
+	return syscall.Exec(path, args, env)
+}
+
+func (o *osProcesses) Adopt(rec reexecWorker) (process, error) {
+	w := &osWorker{id: procinfo.Identity{MasterPid: os.Getpid(), NotifySocket: rec.NotifySocket}}
+	if rec.Cgroup != "" {
+		if o.tree == nil {
+			return nil, fmt.Errorf("it is in cgroup %s, and this image has no cgroup tree", rec.Cgroup)
+		}
+		g, err := o.tree.OpenGroup(rec.Cgroup)
+		if err != nil {
+			return nil, err
+		}
+		w.group = g
+	}
+	w.Process = proc.Adopt(rec.Pid, rec.Started, rec.StderrFD, os.Stderr)
+	return w, nil
+}
 
 func (o *osProcesses) StartMaster(spec masterSpec) (int, <-chan string, error) {
 	r, w, err := os.Pipe()

@@ -65,6 +65,9 @@ type Process struct {
 	// pidfd refers to the worker for as long as the master holds it,
 	// whatever process later gets its pid; -1 where the kernel gives none.
 	pidfd int
+	// stderrPipe is the read end of the worker's stderr pipe, which the
+	// tail reads.
+	stderrPipe *os.File
 }
 
 // devNull is opened once: workers read stdin from /dev/null, because a
@@ -122,7 +125,44 @@ func Start(spec Spec) (*Process, error) {
 		errRead.Close()
 		return nil, fmt.Errorf("start worker %q: %w", spec.Path, err)
 	}
-	return &Process{Pid: pid, Started: time.Now(), Stderr: newTail(errRead, spec.Stderr), pidfd: pidfd}, nil
+	return &Process{Pid: pid, Started: time.Now(), Stderr: newTail(errRead, spec.Stderr), pidfd: pidfd, stderrPipe: errRead}, nil
+}
+
+// Adopt takes over a worker this process started before it re-executed
+// itself (an in-place upgrade): pid is still its child, and stderrFD is
+// the read end of the worker's stderr pipe, which survived the exec.
+func Adopt(pid int, started time.Time, stderrFD int, stderr io.Writer) *Process {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		pidfd = -1 // a kernel without pidfd_open: signals by pid until reaped
+	}
+	unix.CloseOnExec(stderrFD)
+	pipe := os.NewFile(uintptr(stderrFD), "worker-stderr")
+	return &Process{Pid: pid, Started: started, Stderr: newTail(pipe, stderr), pidfd: pidfd, stderrPipe: pipe}
+}
+
+// KeepStderrOnExec makes the read end of the worker's stderr pipe survive
+// this process's exec (keep), or not, and returns its fd: an in-place
+// upgrade hands it to the new image, so that the worker's writes to
+// stderr never meet a closed pipe (a Go program dies of that).
+func (p *Process) KeepStderrOnExec(keep bool) (int, error) {
+	rc, err := p.stderrPipe.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	flag := unix.FD_CLOEXEC
+	if keep {
+		flag = 0
+	}
+	var ferr error
+	if err := rc.Control(func(f uintptr) {
+		fd = int(f)
+		_, ferr = unix.FcntlInt(f, unix.F_SETFD, flag)
+	}); err != nil {
+		return -1, err
+	}
+	return fd, ferr
 }
 
 // StderrLines is the last n lines the worker wrote on stderr.
