@@ -110,15 +110,23 @@ func (m *Master) stoppingWorkers() []int {
 			pids = append(pids, pid)
 		}
 	}
-	for pid, at := range m.recentlyStopped {
-		if time.Since(at) < stoppedRecently {
-			pids = append(pids, pid)
-		} else {
-			delete(m.recentlyStopped, pid)
-		}
+	m.forgetStoppedLongAgo()
+	for pid := range m.recentlyStopped {
+		pids = append(pids, pid)
 	}
 	sort.Ints(pids)
 	return pids
+}
+
+// forgetStoppedLongAgo drops the workers that exited more than
+// stoppedRecently ago: without it, every reload would add to the map for
+// the master's whole life.
+func (m *Master) forgetStoppedLongAgo() {
+	for pid, at := range m.recentlyStopped {
+		if time.Since(at) >= stoppedRecently {
+			delete(m.recentlyStopped, pid)
+		}
+	}
 }
 
 // downListeners describes the listeners that are down, or "".

@@ -82,3 +82,23 @@ func TestAUnixListenerShutDownIsReportedDownAndFailsReloads(t *testing.T) {
 		}
 	})
 }
+
+// The suspects of a listener shutdown are kept for seconds, not for the
+// master's life: back-to-back reloads must not grow the master.
+func TestRecentlyStoppedWorkersAreForgotten(t *testing.T) {
+	serving(t, options(gen(2)), func(t *testing.T, tb *testbed) {
+		for gen := 2; gen <= 11; gen++ {
+			res := tb.reloadAsync()
+			tb.ready(tb.workers(gen, "starting")...)
+			tb.result(res)
+			tb.wait(stoppedRecently)
+		}
+		var n int
+		if err := tb.m.call(context.Background(), func() { n = len(tb.m.recentlyStopped) }); err != nil {
+			t.Fatal(err)
+		}
+		if n > 2 {
+			t.Errorf("%d stopped workers remembered after 10 reloads, want only the last reload's", n)
+		}
+	})
+}

@@ -298,6 +298,7 @@ func (m *Master) onWorkerExit(w *worker, e proc.Exit) {
 			"path", w.gen.opts.CommandPath)
 	}
 	if expected {
+		m.forgetStoppedLongAgo()
 		m.recentlyStopped[w.pid] = time.Now()
 	}
 	m.checkListeners("worker exit", w)
