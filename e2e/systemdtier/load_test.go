@@ -123,15 +123,14 @@ func failureKind(r response, err error) string {
 // load is a request loop: clients that each make one request after another,
 // every one on a fresh connection, counting every answer and failure.
 type load struct {
-	c       *container
-	stopCh  chan struct{}
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	ok      int
-	failed  map[string]int
-	gens    map[string]int
-	maxLat  time.Duration
-	lastGen string
+	c      *container
+	stopCh chan struct{}
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	ok     int
+	failed map[string]int
+	gens   map[string]int
+	maxLat time.Duration
 }
 
 func (c *container) startLoad(clients int, timeout time.Duration) *load {
@@ -153,7 +152,6 @@ func (c *container) startLoad(clients int, timeout time.Duration) *load {
 				} else {
 					l.ok++
 					l.gens[r.gen]++
-					l.lastGen = r.gen
 					l.maxLat = max(l.maxLat, r.latency)
 				}
 				l.mu.Unlock()
