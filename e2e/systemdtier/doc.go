@@ -7,11 +7,10 @@
 //
 // Run it alone, as root, from the repository:
 //
-//	go test -tags systemdtier -count=1 -v -run '^TestSystemdTier$' ./e2e/systemdtier/
+//	go test -tags systemdtier -count=1 -v -run '^TestSystemdTier(Upgrade)?$' ./e2e/systemdtier/
 //
-// TestSystemdTierUpgrade, the checks of `baton upgrade` under systemd, runs
-// with -run '^TestSystemdTierUpgrade$' (./scripts/test leaves it out until the
-// upgrade keeps the master's pid: issue 13).
+// TestSystemdTierUpgrade checks `baton upgrade` under systemd (the in-place
+// upgrade keeps the master's pid, so systemd follows it as a reload).
 //
 // It needs debootstrap and systemd-nspawn (scripts/install-test-deps installs
 // both); the first run builds the root filesystem with

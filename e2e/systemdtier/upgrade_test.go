@@ -18,8 +18,7 @@ const watchdogDropIn = "[Service]\nWatchdogSec=5\n"
 // seconds later), the new binary serves, and a stop afterwards is as
 // graceful as before the upgrade.
 //
-// It runs in a container of its own, so that ./scripts/test can run it or
-// leave it out by name (issue 13: the upgrade that keeps the master's pid).
+// It runs in a container of its own.
 func TestSystemdTierUpgrade(t *testing.T) {
 	c := bootContainer(t)
 	installApp(t, c, importDelay)
