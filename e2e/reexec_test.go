@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,11 +28,14 @@ func inPlaceUpgradable(t *testing.T, d *deployment) (b *Baton, bin, pidfile stri
 
 // An in-place upgrade under load: the master's pid, and so the pidfile
 // and what systemd knows as the main pid, never change; the new binary
-// runs, its new generation serves, and not one request fails.
+// runs, its new generation serves, and not one request fails. The control
+// socket and the metrics endpoint stay open across the exec: a probe of
+// either never finds them gone.
 func TestInPlaceUpgradeUnderLoadKeepsThePid(t *testing.T) {
 	t.Parallel()
 	v2 := secondBuild(t)
-	d := newDeployment(t, workerConfig(2, "", "-boot-delay", "300ms"))
+	metricsAddr := freeAddr(t)
+	d := newDeployment(t, workerConfig(2, fmt.Sprintf("bind = [\"127.0.0.1:0\"]\nmetrics_bind = %q", metricsAddr), "-boot-delay", "300ms"))
 	b, bin, pidfile := inPlaceUpgradable(t, d)
 	servingGenerations(t, b.Addr(), 2)
 	before := b.mustStatus(t)
@@ -38,8 +43,33 @@ func TestInPlaceUpgradeUnderLoadKeepsThePid(t *testing.T) {
 
 	l := steadyLoad(b)
 	install(t, v2, bin)
+	stopProbes := make(chan struct{})
+	probeFailures := make(chan string, 1)
+	go func() {
+		var failed []string
+		for {
+			select {
+			case <-stopProbes:
+				probeFailures <- strings.Join(failed, "; ")
+				return
+			default:
+			}
+			// A request in flight at the moment of the exec is cut (its
+			// connection closes); a new one must never be refused.
+			if code, err := httpStatusOf("http://" + metricsAddr + "/readyz"); err != nil && errors.Is(err, syscall.ECONNREFUSED) || err == nil && code != 200 {
+				failed = append(failed, fmt.Sprintf("/readyz: %d %v", code, err))
+			}
+			if _, err := b.status(); err != nil && !errors.Is(err, control.ErrConnClosed) {
+				failed = append(failed, "control: "+err.Error())
+			}
+		}
+	}()
 	r := cli(t, nil, "upgrade", "--pid", pidfile)
 	res := l.stop()
+	close(stopProbes)
+	if failed := <-probeFailures; failed != "" {
+		t.Errorf("probes of the endpoints failed during the upgrade: %s", failed)
+	}
 	t.Logf("load: %s", res)
 	if r.code != 0 || !strings.Contains(r.stdout, fmt.Sprintf("upgrade succeeded: the master (pid %d, unchanged) runs baton %s", b.Pid, upgradeVersion)) {
 		t.Fatalf("upgrade: exit %d, %q %q", r.code, r.stdout, r.stderr)
@@ -183,4 +213,14 @@ func TestInPlaceUpgradeKeepsSystemdsMainPidAndWatchdog(t *testing.T) {
 			pingAfter = true
 		}
 	}
+}
+
+// httpStatusOf is the status code of a GET of url, or why there is none.
+func httpStatusOf(url string) (int, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
 }

@@ -105,6 +105,62 @@ func listen(path string, h Handler, log *slog.Logger, opts options) (*Server, er
 	if err != nil {
 		return nil, err
 	}
+	return newServer(path, id, ln, h, log, opts), nil
+}
+
+// Adopt serves the control socket at path through fd, its listening
+// socket, which survived this process's exec (an in-place upgrade): no
+// client finds the socket missing meanwhile.
+func Adopt(fd int, path string, h Handler, log *slog.Logger) (*Server, error) {
+	if h == nil {
+		return nil, errors.New("control: nil Handler")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	unix.CloseOnExec(fd)
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	ul, ok := ln.(*net.UnixListener)
+	if !ok {
+		ln.Close()
+		return nil, fmt.Errorf("control socket %s: not a unix socket", path)
+	}
+	ul.SetUnlinkOnClose(false) // Close removes the file only if it is still ours
+	id, err := socketFileID(path)
+	if err != nil {
+		ul.Close()
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	return newServer(path, id, ul, h, log, defaultOptions()), nil
+}
+
+// KeepOnExec makes the listening socket survive this process's exec
+// (keep), or not, and returns its fd.
+func (s *Server) KeepOnExec(keep bool) (int, error) {
+	rc, err := s.ln.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, flag := -1, unix.FD_CLOEXEC
+	if keep {
+		flag = 0
+	}
+	var ferr error
+	if err := rc.Control(func(f uintptr) {
+		fd = int(f)
+		_, ferr = unix.FcntlInt(f, unix.F_SETFD, flag)
+	}); err != nil {
+		return -1, err
+	}
+	return fd, ferr
+}
+
+func newServer(path string, id fileID, ln *net.UnixListener, h Handler, log *slog.Logger, opts options) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
 		path:   path,
@@ -118,7 +174,7 @@ func listen(path string, h Handler, log *slog.Logger, opts options) (*Server, er
 		cancel: cancel,
 		slots:  make(chan struct{}, opts.maxConns),
 		conns:  make(map[*net.UnixConn]struct{}),
-	}, nil
+	}
 }
 
 // Serve accepts connections until Close, and returns then.

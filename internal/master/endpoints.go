@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/baton-pm/baton/internal/control"
 	"github.com/baton-pm/baton/internal/metrics"
@@ -71,13 +74,14 @@ func (m *Master) closeLater(cs []io.Closer) {
 // is optional: failing to open it is logged, not fatal.
 func (m *Master) openEndpoints() error {
 	m.endpoints = endpoints{controlPath: m.opts.ControlPath, metricsAddr: m.opts.MetricsAddr}
-	if addr := m.opts.MetricsAddr; addr != "" {
+	m.adoptEndpoints()
+	if addr := m.opts.MetricsAddr; addr != "" && m.endpoints.metrics == nil {
 		if err := m.openAtStart("metrics endpoint", func() (io.Closer, error) { return m.serveMetrics(addr) },
 			func(c io.Closer) { m.endpoints.metrics = c }); err != nil {
 			return err
 		}
 	}
-	if path := m.opts.ControlPath; path != "" {
+	if path := m.opts.ControlPath; path != "" && m.endpoints.control == nil {
 		err := m.openAtStart("control socket", func() (io.Closer, error) { return m.serveControl(path) },
 			func(c io.Closer) { m.endpoints.control = c })
 		// A default path taken by another user, or a private directory
@@ -92,6 +96,37 @@ func (m *Master) openEndpoints() error {
 		}
 	}
 	return nil
+}
+
+// adoptEndpoints takes over the endpoints the previous image of this
+// master kept open across an in-place upgrade, when they still serve what
+// the configuration asks; the others are closed and opened anew.
+func (m *Master) adoptEndpoints() {
+	st := m.adopted
+	if st == nil {
+		return
+	}
+	if st.ControlFD > 0 {
+		if st.ControlPath != m.opts.ControlPath {
+			unix.Close(st.ControlFD)
+		} else if srv, err := control.Adopt(st.ControlFD, st.ControlPath, m.ControlHandler(), m.log); err != nil {
+			m.log.Warn("cannot take over the control socket kept across the upgrade; opening it anew", "err", err)
+		} else {
+			go srv.Serve()
+			m.endpoints.control = controlEndpoint{srv}
+			m.log.Info("control socket kept across the upgrade", "path", st.ControlPath)
+		}
+	}
+	if st.MetricsFD > 0 {
+		if st.MetricsAddr != m.opts.MetricsAddr {
+			unix.Close(st.MetricsFD)
+		} else if srv, err := metrics.ServeFD(st.MetricsFD, m.metricsHandler(), m.log); err != nil {
+			m.log.Warn("cannot take over the metrics endpoint kept across the upgrade; opening it anew", "err", err)
+		} else {
+			m.endpoints.metrics = srv
+			m.log.Info("metrics endpoint kept across the upgrade", "addr", srv.Addr())
+		}
+	}
 }
 
 // openAtStart opens one endpoint and hands it to keep. A master started by
@@ -176,14 +211,19 @@ func (m *Master) releaseEndpoints() {
 	m.endpoints.control, m.endpoints.metrics = nil, nil
 }
 
-// serveMetrics serves /metrics, /healthz, /readyz and /status on addr.
-// The counters live as long as the master, whichever address serves them.
-func (m *Master) serveMetrics(addr string) (io.Closer, error) {
+// metricsHandler serves /metrics, /healthz, /readyz and /status. The
+// counters live as long as the master, whichever address serves them.
+func (m *Master) metricsHandler() http.Handler {
 	if m.registry == nil {
 		m.registry = metrics.New()
 		m.metrics = m.registry
 	}
-	srv, err := metrics.Serve(addr, m.registry.Handler(metricsSource{m}), m.log)
+	return m.registry.Handler(metricsSource{m})
+}
+
+// serveMetrics serves the metrics endpoint on addr.
+func (m *Master) serveMetrics(addr string) (io.Closer, error) {
+	srv, err := metrics.Serve(addr, m.metricsHandler(), m.log)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/baton-pm/baton/internal/listener"
+	"github.com/baton-pm/baton/internal/metrics"
 	"github.com/baton-pm/baton/internal/proc"
 	"golang.org/x/sys/unix"
 )
@@ -55,6 +56,12 @@ type reexecState struct {
 	Generation int            `json:"generation"` // the serving generation
 	Size       int            `json:"size"`
 	Workers    []reexecWorker `json:"workers"`
+	// The control socket's and the metrics endpoint's listening sockets,
+	// kept across the exec (0: none), with the setting each serves.
+	ControlFD   int    `json:"control_fd,omitempty"`
+	ControlPath string `json:"control_path,omitempty"`
+	MetricsFD   int    `json:"metrics_fd,omitempty"`
+	MetricsAddr string `json:"metrics_addr,omitempty"`
 }
 
 // reexecWorker is one worker the new image adopts.
@@ -64,6 +71,7 @@ type reexecWorker struct {
 	Generation   int       `json:"generation"`
 	Started      time.Time `json:"started"`
 	StderrFD     int       `json:"stderr_fd"`
+	NotifyFD     int       `json:"notify_fd,omitempty"`
 	Cgroup       string    `json:"cgroup,omitempty"`
 	NotifySocket string    `json:"notify_socket"`
 }
@@ -153,11 +161,34 @@ func (m *Master) writeReexecState(u *upgrade) (*reexecState, int, error) {
 		if err != nil {
 			return nil, -1, fmt.Errorf("worker %d's stderr: %w", pid, err)
 		}
-		st.Workers = append(st.Workers, reexecWorker{Pid: pid, Slot: w.slot, Generation: w.gen.num,
-			Started: w.started, StderrFD: fd, Cgroup: w.proc.Cgroup(), NotifySocket: w.proc.Identity()})
+		rec := reexecWorker{Pid: pid, Slot: w.slot, Generation: w.gen.num,
+			Started: w.started, StderrFD: fd, Cgroup: w.proc.Cgroup(), NotifySocket: w.proc.Identity()}
+		if w.notify != nil {
+			// Its messages, queued ones included, reach the new image.
+			if rec.NotifyFD, err = w.notify.KeepOnExec(true); err != nil {
+				return nil, -1, fmt.Errorf("worker %d's notify socket: %w", pid, err)
+			}
+		}
+		st.Workers = append(st.Workers, rec)
 	}
 	if err := listener.KeepOnExec(m.listeners, true); err != nil {
 		return nil, -1, err
+	}
+	// The endpoints stay open across the exec: a client or a load
+	// balancer's probe never finds them gone.
+	if ce, ok := m.endpoints.control.(controlEndpoint); ok {
+		fd, err := ce.srv.KeepOnExec(true)
+		if err != nil {
+			return nil, -1, fmt.Errorf("control socket: %w", err)
+		}
+		st.ControlFD, st.ControlPath = fd, m.endpoints.controlPath
+	}
+	if ms, ok := m.endpoints.metrics.(*metrics.Server); ok {
+		fd, err := ms.KeepOnExec(true)
+		if err != nil {
+			return nil, -1, fmt.Errorf("metrics endpoint: %w", err)
+		}
+		st.MetricsFD, st.MetricsAddr = fd, m.endpoints.metricsAddr
 	}
 	data, err := json.Marshal(st)
 	if err != nil {
@@ -184,6 +215,15 @@ func (m *Master) keepOnExec(keep bool) {
 	listener.KeepOnExec(m.listeners, keep)
 	for _, w := range m.workers {
 		w.proc.KeepStderrOnExec(keep)
+		if w.notify != nil {
+			w.notify.KeepOnExec(keep)
+		}
+	}
+	if ce, ok := m.endpoints.control.(controlEndpoint); ok {
+		ce.srv.KeepOnExec(keep)
+	}
+	if ms, ok := m.endpoints.metrics.(*metrics.Server); ok {
+		ms.KeepOnExec(keep)
 	}
 }
 
@@ -231,6 +271,14 @@ func (m *Master) adoptWorkers(st *reexecState) {
 		}
 		w := &worker{pid: rec.Pid, started: rec.Started, proc: p, gen: wg, slot: rec.Slot, state: ready}
 		m.workers[rec.Pid] = w
+		if rec.NotifyFD > 0 {
+			if ns, err := m.world.notify.Adopt(rec.NotifyFD, rec.NotifySocket); err != nil {
+				m.log.Warn("cannot take over a worker's notify socket; it is not heard any more", "pid", rec.Pid, "err", err)
+			} else {
+				w.notify = ns
+				m.receiveNotify(w)
+			}
+		}
 		if wg == g {
 			wg.slot(rec.Slot).worker = w
 			continue

@@ -321,6 +321,17 @@ func (n fakeNotifier) Open(*sdnotify.Owner) (notifySocket, error) {
 
 func (fakeNotifier) Close() {}
 
+func (n fakeNotifier) Adopt(fd int, path string) (notifySocket, error) {
+	f := n.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := &fakeNotify{addr: path, msgs: make(chan sdnotify.Message, 16), closed: make(chan struct{})}
+	f.notify[s.addr] = s
+	return s, nil
+}
+
+func (n *fakeNotify) KeepOnExec(keep bool) (int, error) { return 50, nil }
+
 func (n *fakeNotify) Addr() string { return n.addr }
 func (n *fakeNotify) Close() error { n.once.Do(func() { close(n.closed) }); return nil }
 func (n *fakeNotify) isClosed() bool {

@@ -179,13 +179,7 @@ func (m *Master) workerEnv(s *slot, notifyAddr string) []string {
 // notify socket, the /proc probe or the delay, by mode (the socket is read
 // in every mode, for STATUS=); and the boot timeout.
 func (m *Master) watchReadiness(w *worker) {
-	rejects := m.newRejectLog(w)
-	go func() {
-		w.notify.Receive(w.proc.Belongs,
-			func(msg sdnotify.Message) { m.post(func() { m.onNotify(w, msg) }) },
-			rejects.add)
-		rejects.flush()
-	}()
+	m.receiveNotify(w)
 	switch mode := w.gen.opts.Ready; mode.Kind {
 	case ReadyAuto:
 		go m.probeUntilReady(w)
@@ -193,6 +187,17 @@ func (m *Master) watchReadiness(w *worker) {
 		m.workerAfter(w, "ready", mode.Delay, func() { m.markReady(w, "delay") })
 	}
 	m.workerAfter(w, "boot", w.gen.opts.BootTimeout, func() { m.onBootTimeout(w) })
+}
+
+// receiveNotify reads w's notify socket, on a goroutine of its own.
+func (m *Master) receiveNotify(w *worker) {
+	rejects := m.newRejectLog(w)
+	go func() {
+		w.notify.Receive(w.proc.Belongs,
+			func(msg sdnotify.Message) { m.post(func() { m.onNotify(w, msg) }) },
+			rejects.add)
+		rejects.flush()
+	}()
 }
 
 // probeUntilReady polls /proc until w waits on a listener or stops booting.

@@ -139,6 +139,9 @@ type notifier interface {
 	// Close removes the directory and what is left in it, when the
 	// master exits.
 	Close()
+	// Adopt takes over the socket at path that survived this process's
+	// exec as fd (an in-place upgrade).
+	Adopt(fd int, path string) (notifySocket, error)
 }
 
 // notifySocket is one worker's NOTIFY_SOCKET (see package sdnotify).
@@ -150,6 +153,9 @@ type notifySocket interface {
 	// own.
 	Receive(belongs func(pid int) bool, handle, reject func(sdnotify.Message))
 	Close() error
+	// KeepOnExec makes the socket survive this process's exec (or not
+	// again) and returns its fd.
+	KeepOnExec(keep bool) (int, error)
 }
 
 // systemdLink is the service manager baton runs under, if any.
@@ -187,6 +193,18 @@ func (n *osNotifier) Open(owner *sdnotify.Owner) (notifySocket, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+func (n *osNotifier) Adopt(fd int, path string) (notifySocket, error) {
+	if n.dir == nil {
+		// The same pid finds its own directory, with the sockets in it.
+		d, err := sdnotify.NewDir()
+		if err != nil {
+			return nil, err
+		}
+		n.dir = d
+	}
+	return sdnotify.Adopt(fd, path)
 }
 
 func (n *osNotifier) Close() {

@@ -6,9 +6,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // options are the server's limits. Serve uses defaultOptions; tests
@@ -56,12 +59,55 @@ func Serve(addr string, h http.Handler, log *slog.Logger) (*Server, error) {
 }
 
 func serve(addr string, h http.Handler, log *slog.Logger, opts options) (*Server, error) {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	tcp, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, listenError(addr, err)
+	}
+	return serveOn(tcp, h, log, opts), nil
+}
+
+// ServeFD serves h on fd, a listening TCP socket that survived this
+// process's exec (an in-place upgrade): no probe finds the port closed
+// meanwhile.
+func ServeFD(fd int, h http.Handler, log *slog.Logger) (*Server, error) {
+	unix.CloseOnExec(fd)
+	f := os.NewFile(uintptr(fd), "metrics")
+	defer f.Close()
+	tcp, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: the listener kept across the upgrade: %w", err)
+	}
+	return serveOn(tcp, h, log, defaultOptions()), nil
+}
+
+// KeepOnExec makes the listening socket survive this process's exec
+// (keep), or not, and returns its fd.
+func (s *Server) KeepOnExec(keep bool) (int, error) {
+	sc, ok := s.ln.Listener.(syscall.Conn)
+	if !ok {
+		return -1, errors.New("metrics: the listener has no file descriptor")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, flag := -1, unix.FD_CLOEXEC
+	if keep {
+		flag = 0
+	}
+	var ferr error
+	if err := rc.Control(func(f uintptr) {
+		fd = int(f)
+		_, ferr = unix.FcntlInt(f, unix.F_SETFD, flag)
+	}); err != nil {
+		return -1, err
+	}
+	return fd, ferr
+}
+
+func serveOn(tcp net.Listener, h http.Handler, log *slog.Logger, opts options) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
 	ln := newLimitListener(tcp, opts.maxConns, log)
 	s := &Server{
@@ -79,7 +125,7 @@ func serve(addr string, h http.Handler, log *slog.Logger, opts options) (*Server
 		done: make(chan struct{}),
 	}
 	go s.serve(log)
-	return s, nil
+	return s
 }
 
 func listenError(addr string, err error) error {

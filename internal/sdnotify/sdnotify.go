@@ -184,3 +184,48 @@ func readControl(oob []byte) (cred *unix.Ucred, fds []int) {
 	}
 	return cred, fds
 }
+
+// KeepOnExec makes the socket survive this process's exec (keep), or not,
+// and returns its fd: an in-place upgrade hands it to the master's new
+// image, with the messages queued on it.
+func (s *Socket) KeepOnExec(keep bool) (int, error) {
+	rc, err := s.conn.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	return keepOnExec(rc, keep)
+}
+
+// keepOnExec sets or clears FD_CLOEXEC on a connection's fd.
+func keepOnExec(rc syscall.RawConn, keep bool) (int, error) {
+	fd, flag := -1, unix.FD_CLOEXEC
+	if keep {
+		flag = 0
+	}
+	var ferr error
+	if err := rc.Control(func(f uintptr) {
+		fd = int(f)
+		_, ferr = unix.FcntlInt(f, unix.F_SETFD, flag)
+	}); err != nil {
+		return -1, err
+	}
+	return fd, ferr
+}
+
+// Adopt takes over a socket that survived this process's exec: fd is
+// bound to path.
+func Adopt(fd int, path string) (*Socket, error) {
+	unix.CloseOnExec(fd)
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("notify socket %s: %w", path, err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("notify socket %s: not a unix socket", path)
+	}
+	return &Socket{conn: uc, path: path}, nil
+}
