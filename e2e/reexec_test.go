@@ -224,3 +224,21 @@ func httpStatusOf(url string) (int, error) {
 	resp.Body.Close()
 	return resp.StatusCode, nil
 }
+
+// A binary that is not there any more is refused the same way.
+func TestInPlaceUpgradeToAMissingBinaryChangesNothing(t *testing.T) {
+	t.Parallel()
+	d := newDeployment(t, workerConfig(1, ""))
+	b, bin, pidfile := inPlaceUpgradable(t, d)
+	before := b.mustStatus(t)
+	if err := os.Remove(bin); err != nil {
+		t.Fatal(err)
+	}
+	r := cli(t, nil, "upgrade", "--pid", pidfile)
+	if r.code != 1 || !strings.Contains(r.stderr, "cannot start the new binary") || !strings.Contains(r.stderr, "no such file or directory") {
+		t.Fatalf("upgrade to a missing binary: exit %d, %q", r.code, r.stderr)
+	}
+	if after := b.mustStatus(t); after.Pid != before.Pid || after.Generation != before.Generation {
+		t.Errorf("the master changed: %+v", after)
+	}
+}
