@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-pm/baton/internal/fdexec"
 )
 
 // options are the server's limits. Listen uses defaultOptions; tests shorten
@@ -142,22 +144,7 @@ func Adopt(fd int, path string, h Handler, log *slog.Logger) (*Server, error) {
 // KeepOnExec makes the listening socket survive this process's exec
 // (keep), or not, and returns its fd.
 func (s *Server) KeepOnExec(keep bool) (int, error) {
-	rc, err := s.ln.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd, flag := -1, unix.FD_CLOEXEC
-	if keep {
-		flag = 0
-	}
-	var ferr error
-	if err := rc.Control(func(f uintptr) {
-		fd = int(f)
-		_, ferr = unix.FcntlInt(f, unix.F_SETFD, flag)
-	}); err != nil {
-		return -1, err
-	}
-	return fd, ferr
+	return fdexec.KeepConn(s.ln, keep)
 }
 
 func newServer(path string, id fileID, ln *net.UnixListener, h Handler, log *slog.Logger, opts options) *Server {

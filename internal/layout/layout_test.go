@@ -16,7 +16,7 @@ const module = "github.com/baton-pm/baton"
 var leaves = []string{
 	"internal/control", "internal/listener", "internal/logging", "internal/metrics",
 	"internal/pidfile", "internal/proc", "internal/procinfo", "internal/readiness",
-	"internal/sdnotify", "internal/unlisten",
+	"internal/sdnotify", "internal/unlisten", "internal/cgroup", "internal/fdexec",
 }
 
 // forbidden lists, per package, module packages it must not depend on.

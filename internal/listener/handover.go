@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-pm/baton/internal/fdexec"
 )
 
 // HandoverEnv carries, to a new master started by a binary upgrade, the
@@ -39,11 +41,7 @@ func HandoverInPlace(ls []*Listener) string {
 // KeepOnExec makes the listeners' fds survive an exec (keep), or not.
 func KeepOnExec(ls []*Listener, keep bool) error {
 	for _, l := range ls {
-		flag := unix.FD_CLOEXEC
-		if keep {
-			flag = 0
-		}
-		if _, err := unix.FcntlInt(uintptr(l.fd), unix.F_SETFD, flag); err != nil {
+		if err := fdexec.Keep(l.fd, keep); err != nil {
 			return fmt.Errorf("listener %s: %w", l.Name, err)
 		}
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-pm/baton/internal/fdexec"
 )
 
 // options are the server's limits. Serve uses defaultOptions; tests
@@ -87,22 +89,7 @@ func (s *Server) KeepOnExec(keep bool) (int, error) {
 	if !ok {
 		return -1, errors.New("metrics: the listener has no file descriptor")
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd, flag := -1, unix.FD_CLOEXEC
-	if keep {
-		flag = 0
-	}
-	var ferr error
-	if err := rc.Control(func(f uintptr) {
-		fd = int(f)
-		_, ferr = unix.FcntlInt(f, unix.F_SETFD, flag)
-	}); err != nil {
-		return -1, err
-	}
-	return fd, ferr
+	return fdexec.KeepConn(sc, keep)
 }
 
 func serveOn(tcp net.Listener, h http.Handler, log *slog.Logger, opts options) *Server {

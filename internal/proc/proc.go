@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-pm/baton/internal/fdexec"
 )
 
 // ShimArg is the hidden first argument that makes baton act as the shim.
@@ -146,23 +148,7 @@ func Adopt(pid int, started time.Time, stderrFD int, stderr io.Writer) *Process 
 // upgrade hands it to the new image, so that the worker's writes to
 // stderr never meet a closed pipe (a Go program dies of that).
 func (p *Process) KeepStderrOnExec(keep bool) (int, error) {
-	rc, err := p.stderrPipe.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd := -1
-	flag := unix.FD_CLOEXEC
-	if keep {
-		flag = 0
-	}
-	var ferr error
-	if err := rc.Control(func(f uintptr) {
-		fd = int(f)
-		_, ferr = unix.FcntlInt(f, unix.F_SETFD, flag)
-	}); err != nil {
-		return -1, err
-	}
-	return fd, ferr
+	return fdexec.KeepConn(p.stderrPipe, keep)
 }
 
 // StderrLines is the last n lines the worker wrote on stderr.

@@ -18,6 +18,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-pm/baton/internal/fdexec"
 )
 
 // maxDatagram bounds one message; systemd's own limit is the same order.
@@ -189,27 +191,7 @@ func readControl(oob []byte) (cred *unix.Ucred, fds []int) {
 // and returns its fd: an in-place upgrade hands it to the master's new
 // image, with the messages queued on it.
 func (s *Socket) KeepOnExec(keep bool) (int, error) {
-	rc, err := s.conn.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	return keepOnExec(rc, keep)
-}
-
-// keepOnExec sets or clears FD_CLOEXEC on a connection's fd.
-func keepOnExec(rc syscall.RawConn, keep bool) (int, error) {
-	fd, flag := -1, unix.FD_CLOEXEC
-	if keep {
-		flag = 0
-	}
-	var ferr error
-	if err := rc.Control(func(f uintptr) {
-		fd = int(f)
-		_, ferr = unix.FcntlInt(f, unix.F_SETFD, flag)
-	}); err != nil {
-		return -1, err
-	}
-	return fd, ferr
+	return fdexec.KeepConn(s.conn, keep)
 }
 
 // Adopt takes over a socket that survived this process's exec: fd is
