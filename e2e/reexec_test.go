@@ -177,10 +177,7 @@ func TestInPlaceUpgradeKeepsSystemdsMainPidAndWatchdog(t *testing.T) {
 	dir := t.TempDir()
 	bin, pidfile := filepath.Join(dir, "baton"), filepath.Join(dir, "baton.pid")
 	install(t, batonBin, bin)
-	wrapper := filepath.Join(dir, "as-systemd")
-	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\nexport WATCHDOG_PID=$$\nexec "+bin+" \"$@\"\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	wrapper := asSystemd(t, bin)
 	b := launch(t, batonSpec{bin: wrapper, args: []string{"run", "-c", d.path, "--pid", pidfile},
 		env: []string{"NOTIFY_SOCKET=" + sd.path, "WATCHDOG_USEC=1000000"}})
 	b.waitStarted(t)

@@ -329,10 +329,7 @@ func TestUpgradedMasterPingsSystemdsWatchdog(t *testing.T) {
 	bin, pidfile := filepath.Join(dir, "baton"), filepath.Join(dir, "baton.pid")
 	install(t, batonBin, bin)
 	// As systemd starts it: WATCHDOG_PID is the master's own pid.
-	wrapper := filepath.Join(dir, "as-systemd")
-	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\nexport WATCHDOG_PID=$$\nexec "+bin+" \"$@\"\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	wrapper := asSystemd(t, bin)
 	b := launch(t, batonSpec{bin: wrapper, args: []string{"run", "-c", d.path, "--pid", pidfile, "--upgrade-mode", "new-master"},
 		env: []string{"NOTIFY_SOCKET=" + sd.path, "WATCHDOG_USEC=1000000"}})
 	b.waitStarted(t)
@@ -357,4 +354,15 @@ func TestUpgradedMasterPingsSystemdsWatchdog(t *testing.T) {
 			t.Fatalf("no WATCHDOG=1 from the new master (pid %d) within 30 s of the upgrade", newPid)
 		}
 	}
+}
+
+// asSystemd is a wrapper that starts bin as systemd starts a service
+// with a watchdog: WATCHDOG_PID is the master's own pid.
+func asSystemd(t *testing.T, bin string) string {
+	t.Helper()
+	wrapper := filepath.Join(filepath.Dir(bin), "as-systemd")
+	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\nexport WATCHDOG_PID=$$\nexec "+bin+" \"$@\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return wrapper
 }
