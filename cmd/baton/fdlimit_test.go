@@ -82,11 +82,11 @@ func TestCheckFileLimit(t *testing.T) {
 func TestCheckFileLimitNow(t *testing.T) {
 	before, hard, ok := fileLimit()
 	if !ok {
-		t.Skip("RLIMIT_NOFILE cannot be read")
+		t.Fatal("RLIMIT_NOFILE cannot be read")
 	}
 	t.Logf("RLIMIT_NOFILE: soft %d, hard %d", before, hard)
 	if before < 1024 {
-		t.Skipf("this test runs with a soft limit of %d", before)
+		t.Fatalf("the tests need a soft RLIMIT_NOFILE of at least 1024 (ulimit -n); this one is %d", before)
 	}
 	if err := checkFileLimitNow(fdConfig(2, 1, "127.0.0.1:0")); err != nil {
 		t.Error(err)

@@ -25,7 +25,7 @@ type asUserBed struct {
 func newAsUserBed(t *testing.T) asUserBed {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: workers run as nobody")
+		t.Fatal("these tests need root (workers run as nobody); run the suite as root, as ./scripts/test does")
 	}
 	d := newTestDir(t)
 	d.openToAll()
@@ -233,7 +233,7 @@ func TestADirectoryWithAnACLIsLeftToTheKernel(t *testing.T) {
 	}
 	if err := unix.Setxattr(dir, "system.posix_acl_access", acl, 0); err != nil {
 		if errors.Is(err, unix.EOPNOTSUPP) {
-			t.Skipf("no POSIX ACLs on %s", dir)
+			t.Fatalf("the test's temp dir %s has no POSIX ACLs; this test needs a file system with them (tmpfs and ext4 have them)", dir)
 		}
 		t.Fatal(err)
 	}

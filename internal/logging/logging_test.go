@@ -25,7 +25,7 @@ func stickyDir(t *testing.T) string {
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: files owned by another user")
+		t.Fatal("this test needs root (it makes files owned by another user); run the suite as root, as ./scripts/test does")
 	}
 }
 
