@@ -59,7 +59,7 @@ func startedWorkers(b *Baton) map[int]bool {
 func TestWorkersBootNicedWhileOthersServe(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
-		t.Skip("boot_nice needs root (or RLIMIT_NICE) to restore a worker's priority; this test runs as root in CI")
+		t.Fatal("boot_nice needs root (or RLIMIT_NICE) to restore a worker's priority: run the suite as root, as ./scripts/test does")
 	}
 	d := newDeployment(t, workerConfig(2, "", "-boot-delay", "1s"))
 	b, bin, pidfile := upgradable(t, d)
@@ -119,7 +119,7 @@ func TestWorkersBootNicedWhileOthersServe(t *testing.T) {
 func TestReplacedWorkersDrainNiced(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
-		t.Skip("boot_nice needs root (or RLIMIT_NICE) to restore a worker's priority; this test runs as root in CI")
+		t.Fatal("boot_nice needs root (or RLIMIT_NICE) to restore a worker's priority: run the suite as root, as ./scripts/test does")
 	}
 	d := newDeployment(t, workerConfig(1, "", "-ignore-term"))
 	b := startBaton(t, "run", "-c", d.path)

@@ -20,7 +20,7 @@ func TestOrphansOfWorkersAreReaped(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The subshell starts the orphan and exits at once.
-	worker := []string{"--", sh, "-c", `(sleep 0.7 &); exec "$0"`, testworkerBin}
+	worker := []string{"--", sh, "-c", `(sleep 3 &); exec "$0"`, testworkerBin}
 	for _, tc := range []struct {
 		name   string
 		prefix []string // a command baton runs under
