@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -40,6 +42,8 @@ func TestOrphansOfWorkersAreReaped(t *testing.T) {
 				cmd = exec.Command(tc.prefix[0], append(append(tc.prefix[1:], batonBin), args...)...)
 			}
 			cmd.Env = cleanEnv()
+			var stderr syncBuffer
+			cmd.Stderr = &stderr
 			cmd.Dir = t.TempDir()
 			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 			if err := cmd.Start(); err != nil {
@@ -56,7 +60,7 @@ func TestOrphansOfWorkersAreReaped(t *testing.T) {
 				master = childrenOf(master)[0]
 			}
 			var orphan int
-			waitFor(t, waitTimeout, "the orphan to be reparented to baton", func() bool {
+			if !waitUntil(waitTimeout, func() bool {
 				for _, p := range allProcs() {
 					if p.ppid == master && isSleep(p.pid) {
 						orphan = p.pid
@@ -64,7 +68,16 @@ func TestOrphansOfWorkersAreReaped(t *testing.T) {
 					}
 				}
 				return false
-			})
+			}) {
+				var kids []string
+				for _, p := range allProcs() {
+					if p.ppid == master {
+						kids = append(kids, itoa(p.pid)+" "+strings.ReplaceAll(cmdlineOf(p.pid), "\x00", " "))
+					}
+				}
+				t.Fatalf("timed out after %v waiting for the orphan to be reparented to baton %d; its children: %q; its stderr:\n%s",
+					waitTimeout, master, kids, stderr.String())
+			}
 			waitFor(t, waitTimeout, "the orphan to exit and be reaped", func() bool {
 				_, err := os.Stat(filepath.Join("/proc", itoa(orphan)))
 				return os.IsNotExist(err)
@@ -90,3 +103,26 @@ func isSleep(pid int) bool {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+func cmdlineOf(pid int) string {
+	b, _ := os.ReadFile(filepath.Join("/proc", itoa(pid), "cmdline"))
+	return string(b)
+}
+
+// syncBuffer is a bytes.Buffer a process's output and a test may share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
