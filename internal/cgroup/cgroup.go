@@ -244,13 +244,27 @@ func instanceName(s string) string {
 	return name
 }
 
-// liveMaster is the pid of a process in the tree's master leaf, or 0.
+// liveMaster is the pid of a process in the tree's master leaf, -1 for
+// one this process cannot see (a master in another pid namespace shows
+// as 0, or not at all, in cgroup.procs), or 0 when the leaf holds none
+// but this process.
 func (t *Tree) liveMaster() int {
-	pids, _ := readPids(filepath.Join(t.dir, masterLeaf, "cgroup.procs"))
+	leaf := filepath.Join(t.dir, masterLeaf)
+	pids, _ := readPids(filepath.Join(leaf, "cgroup.procs"))
 	self := os.Getpid()
 	for _, pid := range pids {
 		if pid != self {
+			if pid == 0 {
+				return -1
+			}
 			return pid
+		}
+	}
+	if len(pids) == 0 {
+		// cgroup.events counts the processes of every pid namespace.
+		g := &Group{tree: t, dir: leaf, fd: -1}
+		if busy, err := g.Populated(); err == nil && busy {
+			return -1
 		}
 	}
 	return 0

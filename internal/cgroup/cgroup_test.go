@@ -226,3 +226,28 @@ func TestProcsAndMemory(t *testing.T) {
 	g.WaitEmpty(5 * time.Second)
 	g.Remove()
 }
+
+// A master this process cannot see (another pid namespace) still counts
+// as live: its leaf is populated.
+func TestAMasterInTheLeafThatThisProcessCannotSeeIsLive(t *testing.T) {
+	tree, _ := testTree(t)
+	if pid := tree.liveMaster(); pid != 0 {
+		t.Fatalf("liveMaster of a tree with only this process = %d, want 0", pid)
+	}
+	leaf := &Group{tree: tree, dir: filepath.Join(tree.dir, masterLeaf)}
+	fd, err := unix.Open(leaf.dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	leaf.fd = fd
+	// unshare --pid --fork: the sleep's pid lives in a new pid namespace,
+	// and cgroup.procs shows its pid from ours; what matters is that a
+	// process there makes the leaf live.
+	other := startIn(t, leaf, "exec unshare --pid --fork sleep 1000")
+	defer func() { unix.Kill(other, syscall.SIGKILL); reap(other) }()
+	waitProcs(t, leaf, 2)
+	if pid := tree.liveMaster(); pid == 0 {
+		t.Fatal("a leaf holding another process reads as having no live master")
+	}
+}

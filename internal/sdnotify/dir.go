@@ -71,6 +71,11 @@ func NewDir() (*Dir, error) {
 			reasons = append(reasons, err.Error())
 			return nil
 		}
+		// Which pid namespace the name's pid belongs to, for sweep.
+		if err := os.WriteFile(filepath.Join(p, pidnsFile), []byte(ownPidNamespace()), 0o600); err != nil {
+			reasons = append(reasons, err.Error())
+			return nil
+		}
 		sweepAll()
 		return &Dir{path: p}
 	}
@@ -230,6 +235,19 @@ func sweepAll() {
 	}
 }
 
+// pidnsFile, in a master's directory, names its pid namespace.
+const pidnsFile = ".pidns"
+
+// ownPidNamespace identifies this process's pid namespace, as
+// /proc/self/ns/pid names it ("pid:[4026531836]").
+func ownPidNamespace() string {
+	ns, err := os.Readlink("/proc/self/ns/pid")
+	if err != nil {
+		return "unknown"
+	}
+	return ns
+}
+
 // sweep removes the directories in base that dead masters left: named
 // prefix+<pid> (with anything after a "-"), baton's user's, real
 // directories, whose pid is not running (a master killed with SIGKILL
@@ -250,6 +268,12 @@ func sweep(base, prefix string) {
 			continue
 		}
 		p := filepath.Join(base, e.Name())
+		// A pid means something only in the pid namespace of the master
+		// that made the directory: a master in a container sharing /run
+		// must not take the host's masters for dead.
+		if ns, err := os.ReadFile(filepath.Join(p, pidnsFile)); err != nil || string(ns) != ownPidNamespace() {
+			continue
+		}
 		if checkOwn(p) == nil {
 			os.RemoveAll(p)
 		}

@@ -401,9 +401,14 @@ func TestDirSweepsWhatDeadMastersLeft(t *testing.T) {
 			t.Fatal(err)
 		}
 		os.WriteFile(filepath.Join(p, "0123456789abcdef"), nil, 0o600)
+		os.WriteFile(filepath.Join(p, pidnsFile), []byte(ownPidNamespace()), 0o600)
 		return p
 	}
 	left := mk(fmt.Sprintf("baton-%d", dead.Process.Pid))
+	// A master in another pid namespace (a container sharing /run): its
+	// pid means nothing here, so its directory stays.
+	otherNS := mk(fmt.Sprintf("baton-%d-ns", dead.Process.Pid))
+	os.WriteFile(filepath.Join(otherNS, pidnsFile), []byte("pid:[1]"), 0o600)
 	live := mk(fmt.Sprintf("baton-%d", os.Getppid()))
 	other := mk("baton-notapid")
 	var foreign string
@@ -417,7 +422,7 @@ func TestDirSweepsWhatDeadMastersLeft(t *testing.T) {
 	}
 	defer d.Close()
 	gone(t, left)
-	for _, p := range []string{live, other, foreign} {
+	for _, p := range []string{live, other, foreign, otherNS} {
 		if _, err := os.Lstat(p); p != "" && err != nil {
 			t.Errorf("%s was removed: %v", p, err)
 		}
