@@ -44,11 +44,19 @@ func (m *Master) beginShutdown(mode shutdownMode, sig syscall.Signal) {
 	if m.steppedDown {
 		cause = []any{"requested_by", "upgrade hand-over"}
 	}
+	if m.fatal != nil {
+		cause = []any{"reason", "the start failed"}
+	}
 	if sig != 0 {
 		cause = []any{"signal", proc.SignalName(sig)}
 	}
 	m.log.Info("shutting down", append(cause, "graceful", mode == graceful,
 		"workers", len(m.workers), "timeout", timeout.String())...)
+	for _, t := range m.templates {
+		if !t.retired {
+			m.retireTemplate(t)
+		}
+	}
 	for _, w := range m.workers {
 		w.state = draining
 		stopSig := w.gen.opts.StopSignal
@@ -83,6 +91,9 @@ func (m *Master) shutdownTimeout(mode shutdownMode) time.Duration {
 func (m *Master) killAll() {
 	for _, w := range m.workers {
 		m.killTree(w)
+	}
+	for _, t := range m.templates {
+		m.killTemplate(t)
 	}
 }
 

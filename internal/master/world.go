@@ -61,6 +61,35 @@ type processes interface {
 	Reap() []proc.Exit
 	// SetGroupNice sets the nice value of process group pgid.
 	SetGroupNice(pgid, nice int) error
+	// StartTemplate starts a preload template for workers spec
+	// describes: the command's Python interpreter running the fork
+	// server, which imports preload and then forks on request (package
+	// forkserver).
+	StartTemplate(spec proc.Spec, preload []string) (pid int, p process, conn templateConn, err error)
+	// AdoptForked takes over the worker a template forked for req, now
+	// the master's child: with cgroups it moves it into a cgroup of its
+	// own first. The worker runs no code of its own until req.Go.
+	AdoptForked(pid int, req forkRequest) (process, error)
+}
+
+// templateConn is the master's end of a template's control socket.
+type templateConn interface {
+	// Receive calls handle with each message until the template closes
+	// the socket; it runs on a goroutine of its own.
+	Receive(handle func(templateMsg))
+	// Fork asks for a worker with env as its whole environment.
+	Fork(id int, env []string) (forkRequest, error)
+	// Close closes the socket: the template exits once it sees that.
+	Close() error
+}
+
+// forkRequest is one worker asked of a template.
+type forkRequest interface {
+	// Go lets the forked worker run.
+	Go() error
+	// Abort makes the forked worker exit without running anything (if it
+	// was forked at all).
+	Abort()
 }
 
 // process is one started worker.
@@ -469,3 +498,5 @@ func (i procInspector) Waiting(pid int) bool { return i.probe.Waiting(pid) }
 func (i procInspector) Registrations(pid int) []readiness.Registration {
 	return i.probe.Registrations(pid)
 }
+
+// StartTemplate and AdoptForked: see world_template.go.
