@@ -69,6 +69,7 @@ func masterOptions(cfg *config.Config) master.Options {
 			MaxWorkerAge:       cfg.MaxWorkerAge,
 			MaxWorkerAgeJitter: cfg.MaxWorkerAgeJitter,
 			RunAs:              runAs(cfg),
+			Preload:            cfg.Preload,
 		},
 	}
 }
