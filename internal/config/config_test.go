@@ -776,6 +776,7 @@ unix_owner = ""  # restart to change
 watch = []
 watch_ignore = []
 subreaper = true
+preload = []
 cgroup = "auto"  # restart to change
 upgrade_mode = "reexec"
 upgrade_handover = "auto"
