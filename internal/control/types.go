@@ -99,8 +99,24 @@ type Status struct {
 	LastReload   *ReloadResult `json:"last_reload,omitempty"`
 	// Degraded lists the slots that keep crashing ("slot 2: 5 crashes in
 	// a row"); the others serve.
-	Degraded   []string `json:"degraded,omitempty"`
-	WorkerList []Worker `json:"worker_list"`
+	Degraded []string `json:"degraded,omitempty"`
+	// Templates are the preload templates (preload), one per generation
+	// that has one.
+	Templates  []Template `json:"templates,omitempty"`
+	WorkerList []Worker   `json:"worker_list"`
+}
+
+// Template is a generation's preload template, which forks its workers.
+type Template struct {
+	Generation int `json:"generation"`
+	Pid        int `json:"pid"`
+	// State is "importing", "ready", "failed" or "retiring".
+	State   string    `json:"state"`
+	Preload []string  `json:"preload"`
+	Started time.Time `json:"started"`
+	// ImportTime is how long importing the preload modules took.
+	ImportTime float64 `json:"import_seconds,omitempty"`
+	RSS        uint64  `json:"rss_bytes"`
 }
 
 // Listener is one open listening socket.
@@ -125,6 +141,9 @@ type Worker struct {
 	Procs      int       `json:"processes"` // in its cgroup, or in its process tree
 	Restarts   int       `json:"restarts"`  // of its slot
 	Status     string    `json:"status,omitempty"`
+	// Template is the pid of the preload template that forked it, 0
+	// for a worker baton started itself.
+	Template int `json:"template,omitempty"`
 }
 
 // Handler carries out requests; the master implements it. Every method may

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sort"
 	"strings"
 	"time"
 
+	"github.com/baton-pm/baton/internal/control"
 	"github.com/baton-pm/baton/internal/proc"
 )
 
@@ -43,9 +45,11 @@ type template struct {
 	initial bool
 	// retired: the generation is gone; its control socket was closed.
 	retired bool
-	nextID  int
-	forks   map[int]*forking // requests sent, by id
-	waiting []*slot          // slots to fork for once ready
+	// importTime is what importing took, as the template measured it.
+	importTime time.Duration
+	nextID     int
+	forks      map[int]*forking // requests sent, by id
+	waiting    []*slot          // slots to fork for once ready
 }
 
 // forking is a slot's worker being forked: waiting for its template to
@@ -255,6 +259,7 @@ func (m *Master) onTemplateReady(t *template, msg templateMsg) {
 		return
 	}
 	t.state = templateReady
+	t.importTime = time.Duration(msg.ImportSeconds * float64(time.Second))
 	m.log.Info("preload template ready", "generation", t.gen.num, "pid", t.pid,
 		"preloaded", strings.Join(msg.Preloaded, ","), "import_time", fmt.Sprintf("%.3fs", msg.ImportSeconds))
 	waiting := t.waiting
@@ -325,7 +330,7 @@ func (m *Master) adoptForked(t *template, f *forking, pid int) {
 		m.failBoot(s, "cannot take over the forked worker: "+err.Error())
 		return
 	}
-	w := &worker{pid: pid, started: time.Now(), proc: p, gen: s.gen, slot: s.id, notify: f.notify}
+	w := &worker{pid: pid, started: time.Now(), proc: p, gen: s.gen, slot: s.id, notify: f.notify, template: t.pid}
 	s.worker = w
 	m.workers[pid] = w
 	m.lowerBootPriority(w)
@@ -466,4 +471,20 @@ func (m *Master) rememberStray(e proc.Exit) {
 		clear(m.strays)
 	}
 	m.strays[e.Pid] = e
+}
+
+// templateStatus describes the templates for status, oldest generation
+// last, as workers are listed.
+func (m *Master) templateStatus() []control.Template {
+	var out []control.Template
+	for pid, t := range m.templates {
+		state := [...]string{"importing", "ready", "failed"}[t.state]
+		if t.retired {
+			state = "retiring"
+		}
+		out = append(out, control.Template{Generation: t.gen.num, Pid: pid, State: state,
+			Preload: t.gen.opts.Preload, Started: t.started, ImportTime: t.importTime.Seconds()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Generation > out[j].Generation })
+	return out
 }

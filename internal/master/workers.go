@@ -52,6 +52,8 @@ type worker struct {
 	status  string // the last STATUS= it sent
 	ready   time.Duration
 	niced   bool // booting at a lower CPU priority (nice.go)
+	// template is the pid of the preload template that forked it.
+	template int
 	// watchdog.go: watched since its first WATCHDOG=1, last pinged then;
 	// hung once it missed one.
 	watched  bool
