@@ -141,6 +141,9 @@ type Worker struct {
 	Procs      int       `json:"processes"` // in its cgroup, or in its process tree
 	Restarts   int       `json:"restarts"`  // of its slot
 	Status     string    `json:"status,omitempty"`
+	// Watchdog: it pings WATCHDOG=1, so it is replaced when it falls
+	// silent for timeout.
+	Watchdog bool `json:"watchdog,omitempty"`
 	// Template is the pid of the preload template that forked it, 0
 	// for a worker baton started itself.
 	Template int `json:"template,omitempty"`

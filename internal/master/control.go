@@ -108,7 +108,7 @@ func (m *Master) status() control.Status {
 		st.WorkerList = append(st.WorkerList, control.Worker{
 			Slot: w.slot, Pid: pid, Generation: w.gen.num, State: w.state.String(),
 			Started: w.started, Uptime: time.Since(w.started).Seconds(),
-			Restarts: restarts, Status: w.status, Template: w.template,
+			Restarts: restarts, Status: w.status, Template: w.template, Watchdog: w.watched,
 		})
 	}
 	st.Templates = m.templateStatus()
