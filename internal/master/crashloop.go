@@ -50,6 +50,6 @@ func (m *Master) withLastLines(w *worker, then func(lines []string)) {
 		case <-p.StderrClosed():
 		case <-time.After(stderrDrainWait):
 		}
-		return p.StderrLines(stderrLines)
+		return p.StderrLines(stderrFirstLines, stderrLastLines)
 	}, then)
 }

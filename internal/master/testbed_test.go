@@ -278,10 +278,16 @@ func (p *fakeProc) Release() {
 	p.released = true
 }
 
-func (p *fakeProc) StderrLines(n int) []string {
+// StderrLines keeps the first and the last lines as proc.Tail does.
+func (p *fakeProc) StderrLines(first, last int) []string {
 	p.w.mu.Lock()
 	defer p.w.mu.Unlock()
-	return p.stderr[max(0, len(p.stderr)-n):]
+	if len(p.stderr) <= first+last {
+		return slices.Clone(p.stderr)
+	}
+	out := slices.Clone(p.stderr[:first])
+	out = append(out, fmt.Sprintf("... %d lines omitted ...", len(p.stderr)-first-last))
+	return append(out, p.stderr[len(p.stderr)-last:]...)
 }
 
 func (p *fakeProc) StderrClosed() <-chan struct{} { return p.closed }

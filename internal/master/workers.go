@@ -22,8 +22,11 @@ const (
 	// autoProbeInterval is how often /proc is looked at while a worker
 	// boots in ready = "auto" mode; it only delays a reload's hand-over.
 	autoProbeInterval = 25 * time.Millisecond
-	// stderrLines is how much of a failed worker's stderr is reported.
-	stderrLines = 10
+	// How much of a failed worker's stderr is reported: its first lines
+	// (Ruby and Java print the error's message first, then the
+	// backtrace) and its last (Python prints the message last).
+	stderrFirstLines = 10
+	stderrLastLines  = 20
 	// stderrDrainWait bounds the wait for a dead worker's stderr to close
 	// (a grandchild may keep it open) before its last lines are reported.
 	stderrDrainWait = 500 * time.Millisecond

@@ -82,8 +82,9 @@ type process interface {
 	// killed: its pidfd, its cgroup (off the loop: it waits for the
 	// cgroup to empty).
 	Release()
-	// StderrLines is the last n lines the worker wrote on stderr.
-	StderrLines(n int) []string
+	// StderrLines is the first first and the last last lines the worker
+	// wrote on stderr, with a line saying how many were left out between.
+	StderrLines(first, last int) []string
 	// StderrClosed is closed once every process of the worker closed its
 	// stderr.
 	StderrClosed() <-chan struct{}

@@ -1,0 +1,61 @@
+package e2e
+
+// The rough edges a new user hit with real servers (issue 17): what the
+// crash report keeps of a worker's stderr, dev mode's watch against
+// baton's own output, the status state during a crash loop, and a worker
+// that listens on a socket of its own instead of baton's.
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// rubyCrash raises in the innermost of 39 nested calls: Ruby prints the
+// message first, on line 1, and 39 lines of backtrace after it.
+const rubyCrash = `def load_app(depth)
+  raise "the database at db.internal:5432 refused the connection" if depth.zero?
+  load_app(depth - 1)
+end
+load_app(38)
+`
+
+// A reload into a Ruby app that crashes at boot: `baton reload` shows
+// the error's message (line 1 of 40), then how many lines were left out,
+// then the last 20.
+func TestReloadFailureShowsTheFirstAndLastStderrLinesOfARubyCrash(t *testing.T) {
+	t.Parallel()
+	ruby := requireTool(t, "ruby")
+	d := newDeployment(t, workerConfig(1, ""))
+	b := startBaton(t, "run", "-c", d.path)
+	b.waitReady(t, 1)
+	app := writeFile(t, t.TempDir(), "app.rb", rubyCrash, 0o644)
+	d.write(fmt.Sprintf("workers = 1\nbind = [\"127.0.0.1:0\"]\ncommand = [%s, %s]\n", strconv.Quote(ruby), strconv.Quote(app)))
+
+	res := b.cli(t, "reload")
+	if res.code != 1 {
+		t.Fatalf("baton reload exited %d, want 1 (a failed reload)", res.code)
+	}
+	var shown []string
+	for _, l := range strings.Split(res.stderr, "\n") {
+		if s, ok := strings.CutPrefix(l, "  | "); ok {
+			shown = append(shown, s)
+		}
+	}
+	if len(shown) != 31 {
+		t.Fatalf("baton reload showed %d stderr lines, want 31 (10, a marker, 20):\n%s", len(shown), res.stderr)
+	}
+	if !strings.Contains(shown[0], "the database at db.internal:5432 refused the connection (RuntimeError)") {
+		t.Errorf("the first line shown is %q, want Ruby's error message", shown[0])
+	}
+	if shown[10] != "... 10 lines omitted ..." {
+		t.Errorf("line 11 shown is %q, want the marker of 10 lines left out", shown[10])
+	}
+	if !strings.Contains(shown[30], "in `<main>'") {
+		t.Errorf("the last line shown is %q, want the backtrace's last frame (<main>)", shown[30])
+	}
+	if st := b.mustStatus(t); st.Generation != 1 || len(inState(st, "ready")) != 1 {
+		t.Errorf("after the failed reload: generation %d, %d ready, want generation 1 serving", st.Generation, len(inState(st, "ready")))
+	}
+}
