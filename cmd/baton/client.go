@@ -379,14 +379,7 @@ func printStatus(w io.Writer, st *control.Status) {
 	for _, l := range st.Listeners {
 		fmt.Fprintf(w, "listen   %s %s\n", l.Name, l.Addr)
 	}
-	state := "serving"
-	switch {
-	case st.ShuttingDown:
-		state = "shutting down"
-	case st.Reloading:
-		state = "reloading"
-	}
-	fmt.Fprintf(w, "state    %s, generation %d, %d workers\n", state, st.Generation, st.Workers)
+	fmt.Fprintf(w, "state    %s, %d ready, generation %d, %d workers\n", stateOf(st), st.ReadyWorkers, st.Generation, st.Workers)
 	for _, d := range st.Degraded {
 		fmt.Fprintf(w, "DEGRADED %s\n", d)
 	}
@@ -406,6 +399,20 @@ func printStatus(w io.Writer, st *control.Status) {
 			seconds(wk.Uptime), mebibytes(wk.RSS), wk.Restarts, wk.Status)
 	}
 	tw.Flush()
+}
+
+// stateOf is the master's state; a master older than the state field
+// gets the words it had then.
+func stateOf(st *control.Status) string {
+	switch {
+	case st.State != "":
+		return st.State
+	case st.ShuttingDown:
+		return control.StateStopping
+	case st.Reloading:
+		return control.StateReloading
+	}
+	return control.StateServing
 }
 
 func seconds(s float64) string {

@@ -77,6 +77,8 @@ func (m *Master) status() control.Status {
 		Uptime:       time.Since(m.started).Seconds(),
 		ConfigFile:   m.opts.ConfigFile,
 		Containment:  m.containment,
+		State:        m.serviceState(),
+		ReadyWorkers: m.readyWorkers(),
 		Reloading:    m.reloading(),
 		ShuttingDown: m.shutdown != running,
 		LastReload:   toControlResult(m.lastReload),

@@ -69,7 +69,10 @@ type Master struct {
 	recentlyStopped map[int]time.Time
 
 	current *generation
-	reload  *reload // the reload in progress, if any
+	// servedOnce: a generation had every slot ready once; until then the
+	// master is starting (state.go).
+	servedOnce bool
+	reload     *reload // the reload in progress, if any
 	// loadingConfig: a reload's configuration is being read (off the
 	// loop); the reload starts when it is.
 	loadingConfig bool

@@ -266,6 +266,9 @@ func (m *Master) markReady(w *worker, how string) {
 	}
 	m.scheduleAgeLimit(w)
 	m.advanceReload()
+	if m.current != nil && m.current.allReady() {
+		m.servedOnce = true
+	}
 	m.notifyProgress()
 }
 
