@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -58,4 +59,42 @@ func TestReloadFailureShowsTheFirstAndLastStderrLinesOfARubyCrash(t *testing.T) 
 	if st := b.mustStatus(t); st.Generation != 1 || len(inState(st, "ready")) != 1 {
 		t.Errorf("after the failed reload: generation %d, %d ready, want generation 1 serving", st.Generation, len(inState(st, "ready")))
 	}
+}
+
+// ready = "notify" with gunicorn, whose arbiter sends READY=1 before its
+// workers import the app: baton check and the start log warn, saying why
+// and what to use instead; neither refuses it.
+func TestReadyNotifyWithGunicornIsWarnedAbout(t *testing.T) {
+	t.Parallel()
+	gunicorn := requireTool(t, "gunicorn")
+	app := t.TempDir()
+	writeFile(t, app, "app.py", "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n", 0o644)
+	args := []string{"--ready", "notify", "--chdir", app, "--", gunicorn, "app:app"} // LISTEN_FDS gives it fd 3
+
+	check := runToExit(t, batonSpec{args: append([]string{"check"}, args...)})
+	if check.code != 0 {
+		t.Fatalf("baton check exited %d, want 0 (a warning is no error):\n%s", check.code, check.stderr)
+	}
+	for _, want := range []string{"baton: warning: --ready:", "READY=1 before its workers have imported the app", `use ready = "auto"`} {
+		if !strings.Contains(check.stderr, want) {
+			t.Errorf("baton check's stderr lacks %q:\n%s", want, check.stderr)
+		}
+	}
+
+	b := startBaton(t, append([]string{"run"}, args...)...)
+	b.waitReady(t, 1)
+	var warning record
+	for _, l := range strings.Split(b.Stderr(), "\n") {
+		if r, ok := parseRecord(l); ok && strings.HasPrefix(r.msg(), `configuration: --ready: "notify" with gunicorn: `) {
+			warning = r
+		}
+	}
+	if warning.fields == nil || warning.str("level") != "WARN" || !strings.Contains(warning.msg(), `use ready = "auto"`) {
+		t.Errorf("no WARN record about ready = notify with gunicorn in the start log (found %q):\n%s", warning, lastLines(b.Stderr(), 30))
+	}
+	b.signal(t, syscall.SIGTERM)
+	if code := b.waitExit(t, exitTimeout); code != 0 {
+		t.Errorf("exit code %d after TERM", code)
+	}
+	b.assertNothingLeft(t)
 }
