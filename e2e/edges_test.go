@@ -7,10 +7,15 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/baton-pm/baton/internal/control"
 )
 
 // rubyCrash raises in the innermost of 39 nested calls: Ruby prints the
@@ -98,3 +103,77 @@ func TestReadyNotifyWithGunicornIsWarnedAbout(t *testing.T) {
 	}
 	b.assertNothingLeft(t)
 }
+
+// `baton run --watch . > out 2>&1`: every log line baton and its workers
+// write lands in the watched directory. Those writes reload nothing (a new
+// user saw 16 reloads in 8 s with no edit); an edit reloads exactly once.
+// Also with log_file in the watched directory, and the workers' output in
+// another file there.
+func TestWatchIgnoresBatonsOwnOutputInTheWatchedDirectory(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		output  string // stdout and stderr, in the watched directory
+		logFile string // log_file, in the watched directory, if set
+	}{
+		{name: "stdout and stderr to a file", output: "baton.out"},
+		{name: "log_file and output", output: "workers.out", logFile: "baton-log.txt"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			app := writeFile(t, dir, "app.py", "VERSION = 1\n", 0o644)
+			args := []string{"run", "-w", "2", "--watch", dir}
+			if tc.logFile != "" {
+				args = append(args, "--log-file", filepath.Join(dir, tc.logFile))
+			}
+			// The workers write to stderr as they boot: each reload
+			// writes to the output file through them too.
+			args = append(args, "--", "/bin/sh", "-c", `echo "booting generation $BATON_GENERATION" >&2; exec "$0"`, testworkerBin)
+			b := launch(t, batonSpec{args: args, output: filepath.Join(dir, tc.output)})
+			b.waitStarted(t)
+			b.waitReady(t, 2)
+
+			// Quiet for longer than a new user needed to see 16 reloads' worth.
+			time.Sleep(5 * time.Second)
+			st := b.mustStatus(t)
+			if st.Generation != 1 || st.Reloading {
+				t.Fatalf("generation %d (reloading %v) after 5 s without an edit: %d reloads caused by baton's own output",
+					st.Generation, st.Reloading, st.Generation-1)
+			}
+			assertFileGrew(t, filepath.Join(dir, tc.output), "booting generation 1")
+			if tc.logFile != "" {
+				assertFileGrew(t, filepath.Join(dir, tc.logFile), `"msg":"worker ready"`)
+			}
+
+			if err := os.WriteFile(app, []byte("VERSION = 2\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if r := b.waitReloadEnd(t, 2); !r.OK {
+				t.Fatalf("reload after an edit: %s", describeReload(&r))
+			}
+			time.Sleep(3 * time.Second)
+			if st := b.mustStatus(t); st.Generation != 2 || st.Reloading {
+				t.Errorf("generation %d (reloading %v) 3 s after one edit's reload: want exactly one reload", st.Generation, st.Reloading)
+			}
+			assertFileGrew(t, filepath.Join(dir, tc.output), "booting generation 2")
+			b.signal(t, syscall.SIGTERM)
+			if code := b.waitExit(t, exitTimeout); code != 0 {
+				t.Errorf("exit code %d after TERM", code)
+			}
+			b.assertNothingLeft(t)
+		})
+	}
+}
+
+// assertFileGrew checks that baton's output did land in the watched
+// directory: else the test would pass without testing anything.
+func assertFileGrew(t *testing.T, path, want string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil || !strings.Contains(string(data), want) {
+		t.Fatalf("%s does not hold %q (%v): the test's premise, output in the watched directory, fails", path, want, err)
+	}
+}
+
+var _ = control.StateServing

@@ -107,6 +107,9 @@ type Master struct {
 	// is dev mode's file watcher.
 	endpoints endpoints
 	watcher   io.Closer
+	// outputFiles are the regular files baton's stdout and stderr are
+	// redirected to, read once at start (devmode.go).
+	outputFiles []string
 	// closing counts endpoints being closed off the loop; Run waits.
 	closing sync.WaitGroup
 	// registry holds the Prometheus counters once an endpoint serves them.
@@ -179,6 +182,7 @@ func (m *Master) Run() error {
 	}
 	err = m.openEndpoints()
 	if err == nil {
+		m.outputFiles = ownOutputFiles()
 		err = m.startWatching()
 	}
 	if err != nil {
