@@ -7,6 +7,7 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -176,4 +177,67 @@ func assertFileGrew(t *testing.T, path, want string) {
 	}
 }
 
-var _ = control.StateServing
+// puma with a -b that is not baton's bind closes the socket it inherited
+// and binds its own: one worker serves on that port, where nobody sends
+// requests, and the other crash-loops with EADDRINUSE. baton shows the
+// socket in status, logs it, and the crash report says who holds the
+// address and what to do.
+func TestPumaWithAMismatchedBindIsReportedAsAForeignListener(t *testing.T) {
+	t.Parallel()
+	puma := requireTool(t, "puma")
+	app := t.TempDir()
+	writeFile(t, app, "config.ru", `run lambda { |env| [200, {"Content-Type" => "text/plain"}, [Process.pid.to_s]] }`+"\n", 0o644)
+	own := freePort(t)
+	b := startBaton(t, "run", "-w", "2", "--ready", "notify", "--boot-timeout", "30s", "--chdir", app,
+		"--", puma, "-b", "tcp://"+own, "config.ru")
+
+	st := b.waitStatus(t, "a worker listening on "+own+" and the other slot crash-looping with a hint", 60*time.Second, func(st control.Status) bool {
+		held := 0
+		for _, w := range st.WorkerList {
+			if len(w.ForeignListeners) == 1 && w.ForeignListeners[0] == own {
+				held++
+			}
+		}
+		return held == 1 && len(st.Degraded) == 1 && strings.Contains(st.Degraded[0], "listens on "+own+" itself")
+	})
+	if st.State != control.StateDegraded || st.ReadyWorkers != 1 {
+		t.Errorf("state %q with %d ready, want degraded with 1 (one serves on its own port, one crash-loops)", st.State, st.ReadyWorkers)
+	}
+	for _, want := range []string{"crashes in a row: the worker in slot", "baton's listener is fd 3 (bind0, " + b.Addr() + ")", "puma: -b must match the bind"} {
+		if !strings.Contains(st.Degraded[0], want) {
+			t.Errorf("status' degraded entry %q lacks %q", st.Degraded[0], want)
+		}
+	}
+	if recs := b.logs("worker listens on sockets baton did not pass", func(r record) bool { return strings.Contains(r.line, own) }); len(recs) == 0 {
+		t.Errorf("no log record of the worker listening on %s", own)
+	}
+	hinted := b.logs("last stderr lines of the worker that exited", func(r record) bool {
+		return strings.Contains(r.str("hint"), "listens on "+own+" itself") && strings.Contains(r.line, "EADDRINUSE")
+	})
+	if len(hinted) == 0 {
+		t.Errorf("no crash report with EADDRINUSE says who listens on %s", own)
+	}
+	out := b.cli(t, "status")
+	for _, want := range []string{"state    degraded, 1 ready", "foreign listeners: " + own} {
+		if !strings.Contains(out.stdout, want) {
+			t.Errorf("baton status lacks %q:\n%s", want, out.stdout)
+		}
+	}
+	b.signal(t, syscall.SIGTERM)
+	if code := b.waitExit(t, 40*time.Second); code != 0 {
+		t.Errorf("exit code %d after TERM, want 0", code)
+	}
+	b.assertNothingLeft(t)
+}
+
+// freePort is a loopback address no socket listens on now.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}

@@ -396,9 +396,22 @@ func printStatus(w io.Writer, st *control.Status) {
 	fmt.Fprintln(tw, "SLOT\tPID\tGEN\tSTATE\tUPTIME\tRSS\tRESTARTS\tSTATUS")
 	for _, wk := range st.WorkerList {
 		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%s\t%d\t%s\n", wk.Slot, wk.Pid, wk.Generation, wk.State,
-			seconds(wk.Uptime), mebibytes(wk.RSS), wk.Restarts, wk.Status)
+			seconds(wk.Uptime), mebibytes(wk.RSS), wk.Restarts, workerNotes(wk))
 	}
 	tw.Flush()
+}
+
+// workerNotes is a worker's STATUS= line and the sockets it listens on
+// that baton did not pass.
+func workerNotes(wk control.Worker) string {
+	notes := wk.Status
+	if len(wk.ForeignListeners) > 0 {
+		if notes != "" {
+			notes += "; "
+		}
+		notes += "foreign listeners: " + strings.Join(wk.ForeignListeners, ", ")
+	}
+	return notes
 }
 
 // stateOf is the master's state; a master older than the state field

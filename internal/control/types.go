@@ -153,6 +153,10 @@ type Worker struct {
 	Procs      int       `json:"processes"` // in its cgroup, or in its process tree
 	Restarts   int       `json:"restarts"`  // of its slot
 	Status     string    `json:"status,omitempty"`
+	// ForeignListeners are the TCP addresses its processes listen on
+	// besides baton's listeners ("0.0.0.0:9292"): a server that binds
+	// its own socket instead of using the one it inherited.
+	ForeignListeners []string `json:"foreign_listeners,omitempty"`
 }
 
 // Handler carries out requests; the master implements it. Every method may

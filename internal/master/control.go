@@ -102,7 +102,7 @@ func (m *Master) status() control.Status {
 		st.WorkerList = append(st.WorkerList, control.Worker{
 			Slot: w.slot, Pid: pid, Generation: w.gen.num, State: w.state.String(),
 			Started: w.started, Uptime: time.Since(w.started).Seconds(),
-			Restarts: restarts, Status: w.status,
+			Restarts: restarts, Status: w.status, ForeignListeners: w.foreign,
 		})
 	}
 	sort.Slice(st.WorkerList, func(i, j int) bool {

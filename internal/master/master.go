@@ -122,6 +122,9 @@ type Master struct {
 	treeKills int
 	// memoryChecks: the max_worker_memory loop is armed (limits.go).
 	memoryChecks bool
+	// foreignScanning: a scan for foreign listeners is under way
+	// (foreign.go).
+	foreignScanning bool
 	// niceBoots: workers boot at a lower CPU priority while others serve;
 	// ownNice is baton's own nice value, which they get back when ready.
 	niceBoots bool
@@ -219,6 +222,7 @@ func (m *Master) supervise(sigs <-chan os.Signal) {
 	m.startWatchdog()
 	m.armMemoryChecks()
 	m.startListenerChecks()
+	m.startForeignScans()
 	for !m.finished() {
 		select {
 		case sig := <-sigs:

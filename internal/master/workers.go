@@ -63,6 +63,11 @@ type worker struct {
 	// timers pending about this worker, stopped when it exits
 	// (workerAfter).
 	timers map[string]*time.Timer
+	// foreign are the TCP addresses its tree listens on besides baton's
+	// listeners, as last read; nextForeignScan is when to read them
+	// again (foreign.go).
+	foreign         []string
+	nextForeignScan time.Time
 }
 
 func (w *worker) closeNotify() {
@@ -255,6 +260,7 @@ func (m *Master) markReady(w *worker, how string) {
 	}
 	w.state = ready
 	w.ready = time.Since(w.started)
+	w.nextForeignScan = time.Time{} // once more, now that it serves
 	m.restorePriority(w)
 	if m.metrics != nil {
 		m.metrics.WorkerBooted(w.ready)

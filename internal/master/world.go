@@ -129,6 +129,10 @@ type inspector interface {
 	// Registrations lists the epoll registrations of the listeners in
 	// pid's tree (drain_unlisten).
 	Registrations(pid int) []readiness.Registration
+	// ForeignListeners lists, for each of pids, the TCP addresses its
+	// tree listens on that are not the master's listeners (foreign.go);
+	// pids with none are left out.
+	ForeignListeners(pids []int) map[int][]string
 }
 
 // notifier opens the workers' notify sockets, as files in a directory of
@@ -469,4 +473,8 @@ func (i procInspector) Waiting(pid int) bool { return i.probe.Waiting(pid) }
 
 func (i procInspector) Registrations(pid int) []readiness.Registration {
 	return i.probe.Registrations(pid)
+}
+
+func (i procInspector) ForeignListeners(pids []int) map[int][]string {
+	return i.probe.ForeignListeners(pids)
 }
