@@ -24,6 +24,9 @@ type slot struct {
 	// outgoing is the worker a memory or age replacement retires once
 	// worker, its successor, is ready (limits.go).
 	outgoing *worker
+	// crashHint explains the last crash, when it is understood: another
+	// worker listens on the address it could not bind (foreign.go).
+	crashHint string
 }
 
 func (m *Master) newGeneration(opts GenerationOptions) *generation {
