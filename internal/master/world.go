@@ -111,8 +111,9 @@ type process interface {
 	// killed: its pidfd, its cgroup (off the loop: it waits for the
 	// cgroup to empty).
 	Release()
-	// StderrLines is the last n lines the worker wrote on stderr.
-	StderrLines(n int) []string
+	// StderrLines is the first first and the last last lines the worker
+	// wrote on stderr, with a line saying how many were left out between.
+	StderrLines(first, last int) []string
 	// StderrClosed is closed once every process of the worker closed its
 	// stderr.
 	StderrClosed() <-chan struct{}
@@ -157,6 +158,10 @@ type inspector interface {
 	// Registrations lists the epoll registrations of the listeners in
 	// pid's tree (drain_unlisten).
 	Registrations(pid int) []readiness.Registration
+	// ForeignListeners lists, for each of pids, the TCP addresses its
+	// tree listens on that are not the master's listeners (foreign.go);
+	// pids with none are left out.
+	ForeignListeners(pids []int) map[int][]string
 }
 
 // notifier opens the workers' notify sockets, as files in a directory of
@@ -497,6 +502,10 @@ func (i procInspector) Waiting(pid int) bool { return i.probe.Waiting(pid) }
 
 func (i procInspector) Registrations(pid int) []readiness.Registration {
 	return i.probe.Registrations(pid)
+}
+
+func (i procInspector) ForeignListeners(pids []int) map[int][]string {
+	return i.probe.ForeignListeners(pids)
 }
 
 // StartTemplate and AdoptForked: see world_template.go.
