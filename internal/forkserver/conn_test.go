@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,11 +29,12 @@ func newPeer(t *testing.T) (*Conn, int) {
 
 // TestConnFork: a fork request carries the env and two fds, the worker's
 // stderr write end and the go pipe's read end; Go writes one byte, Abort
-// none; baton keeps no copy of the passed ends.
+// none; baton keeps no copy of the passed ends. Not parallel: it counts
+// the process's fds.
 func TestConnFork(t *testing.T) {
-	t.Parallel()
 	conn, peer := newPeer(t)
 	for _, abort := range []bool{false, true} {
+		before := openFDs(t)
 		pending, err := conn.Fork(3, []string{"A=1", "B=x=y"})
 		if err != nil {
 			t.Fatal(err)
@@ -60,6 +62,7 @@ func TestConnFork(t *testing.T) {
 		if abort {
 			pending.Abort()
 		} else {
+			pending.Stderr().SetReadDeadline(time.Now().Add(patience))
 			got, _ := io.ReadAll(pending.Stderr())
 			if string(got) != "oops\n" {
 				t.Errorf("stderr read end gave %q, want oops (and EOF: baton must hold no write end)", got)
@@ -73,6 +76,9 @@ func TestConnFork(t *testing.T) {
 		goR.Close()
 		if want := map[bool]string{false: "g", true: ""}[abort]; string(got) != want {
 			t.Errorf("abort=%v: the go pipe gave %q, want %q", abort, got, want)
+		}
+		if after := openFDs(t); after != before {
+			t.Errorf("abort=%v: %d fds open before Fork, %d after the worker's pipes are done: baton kept one", abort, before, after)
 		}
 	}
 }

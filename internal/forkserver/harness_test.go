@@ -251,24 +251,43 @@ func (tp *template) waitExit() int {
 // procStat returns a process's parent and process group from /proc.
 func procStat(t *testing.T, pid int) (ppid, pgid int) {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// pid (comm) state ppid pgrp ...; comm may hold spaces.
-	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	fields := statFields(t, pid)
 	ppid, _ = strconv.Atoi(fields[1])
 	pgid, _ = strconv.Atoi(fields[2])
 	return ppid, pgid
 }
 
+// procState is a process's state letter: "S" sleeping, "Z" exited, ...
+func procState(t *testing.T, pid int) string {
+	t.Helper()
+	return statFields(t, pid)[0]
+}
+
+// statFields are /proc/PID/stat's fields after "pid (comm)": state, ppid,
+// pgrp, ... (comm may hold spaces).
+func statFields(t *testing.T, pid int) []string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+}
+
 // waitBlockedInRead waits until pid sleeps in read(2): a forked worker
-// waiting for go.
-func waitBlockedInRead(t *testing.T, pid int) {
+// waiting for go. If the file ranEarly appears meanwhile, the worker ran
+// the command without go.
+func waitBlockedInRead(t *testing.T, pid int, ranEarly string) {
 	t.Helper()
 	deadline := time.Now().Add(patience)
 	var last string
 	for time.Now().Before(deadline) {
+		if _, err := os.Stat(ranEarly); err == nil {
+			t.Fatalf("worker %d ran the command before go (%s appeared)", pid, ranEarly)
+		}
+		if procState(t, pid) == "Z" {
+			t.Fatalf("worker %d exited before go", pid)
+		}
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", pid))
 		if err != nil {
 			t.Fatalf("worker %d: %v", pid, err)

@@ -140,10 +140,7 @@ func TestTemplateForksWorkers(t *testing.T) {
 			if ppid != os.Getpid() {
 				t.Errorf("the worker's parent is %d when forked is received; want the test process %d (the subreaper)", ppid, os.Getpid())
 			}
-			waitBlockedInRead(t, pid)
-			if _, err := os.Stat(out); err == nil {
-				t.Fatal("the worker ran the command before go")
-			}
+			waitBlockedInRead(t, pid, out)
 			if err := pending.Go(); err != nil {
 				t.Fatal(err)
 			}
@@ -219,7 +216,7 @@ func TestTemplateAbort(t *testing.T) {
 	tp.expect(TypeReady)
 	env := append(baseEnv(), "BATON_MASTER_PID="+strconv.Itoa(os.Getpid()))
 	pending, pid := tp.fork(1, env)
-	waitBlockedInRead(t, pid)
+	waitBlockedInRead(t, pid, out)
 	pending.Abort()
 	if ws := tp.reap(pid); !ws.Exited() || ws.ExitStatus() != 0 {
 		t.Errorf("aborted worker: %v; want exit status 0", ws)
