@@ -525,10 +525,14 @@ class Worker:
         except OSError:
             pass  # the intermediate did it first
         restore_signals()
+        # Until go, SIGINT (baton's quick shutdown) ends the worker quietly
+        # rather than as a KeyboardInterrupt with a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         go = os.read(self.go_fd, 1)
         os.close(self.go_fd)
         if not go:
             return 0
+        signal.signal(signal.SIGINT, STARTUP_SIGNALS.get(signal.SIGINT, signal.default_int_handler))
         env = dict(kv.split("=", 1) for kv in self.env if "=" in kv)
         if not self.parent_is_master(env):
             return 0

@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -326,8 +328,18 @@ func TestTemplateExits(t *testing.T) {
 		tp.expect(TypeReady)
 		unix.Kill(tp.cmd.Process.Pid, unix.SIGINT)
 		pending, pid := tp.fork(1, append(baseEnv(), "BATON_MASTER_PID="+strconv.Itoa(os.Getpid())))
+		// A worker waiting for go dies of SIGINT quietly (baton's quick
+		// shutdown), with no KeyboardInterrupt traceback.
+		waitBlockedInRead(t, pid, filepath.Join(t.TempDir(), "none"))
+		unix.Kill(pid, unix.SIGINT)
+		if ws := tp.reap(pid); !ws.Signaled() || ws.Signal() != unix.SIGINT {
+			t.Errorf("worker waiting for go, after SIGINT: %v; want killed by SIGINT", ws)
+		}
+		pending.Stderr().SetReadDeadline(time.Now().Add(patience))
+		if b, err := io.ReadAll(pending.Stderr()); len(b) != 0 || err != nil {
+			t.Errorf("worker stderr %q (%v); want nothing", b, err)
+		}
 		pending.Abort()
-		tp.reap(pid)
 		unix.Kill(tp.cmd.Process.Pid, unix.SIGTERM)
 		if code := tp.waitExit(); code != 0 {
 			t.Errorf("exit code %d after SIGTERM, want 0", code)
