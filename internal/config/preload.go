@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"os"
 	"regexp"
 )
 
@@ -26,5 +27,9 @@ func checkPreload(c *Config) error {
 	if c.CommandPath == "" {
 		return nil // the command's own check reports it
 	}
-	return checkPreloadCommand(c.CommandPath, c.Command)
+	pathList, ok := c.Env["PATH"]
+	if !ok {
+		pathList = os.Getenv("PATH")
+	}
+	return checkPreloadCommand(c.CommandPath, c.Command, pathList)
 }

@@ -319,6 +319,7 @@ func (m *Master) cleanup() {
 		t.conn.Close()
 	}
 	m.world.notify.Close()
+	m.world.procs.Close()
 	if m.watcher != nil {
 		m.watcher.Close()
 	}

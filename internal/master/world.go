@@ -70,6 +70,9 @@ type processes interface {
 	// the master's child: with cgroups it moves it into a cgroup of its
 	// own first. The worker runs no code of its own until req.Go.
 	AdoptForked(pid int, req forkRequest) (process, error)
+	// Close removes what starting templates left on disk, when the
+	// master exits.
+	Close()
 }
 
 // templateConn is the master's end of a template's control socket.
@@ -263,6 +266,9 @@ type osProcesses struct {
 	// masters are the pidfds of the new masters upgrades started, by pid,
 	// until they are reaped; used on the master's goroutine only.
 	masters map[int]int
+	// forkServerPath is the fork server, once a template needed it
+	// (world_template.go).
+	forkServerPath string
 }
 
 func (o *osProcesses) StartWorker(spec proc.Spec) (int, process, error) {
@@ -508,4 +514,4 @@ func (i procInspector) ForeignListeners(pids []int) map[int][]string {
 	return i.probe.ForeignListeners(pids)
 }
 
-// StartTemplate and AdoptForked: see world_template.go.
+// StartTemplate, AdoptForked and Close: see world_template.go.
