@@ -134,8 +134,21 @@ func TestPreloadForksWorkersThatReloadNewCodeAndRefuseABrokenImport(t *testing.T
 				}
 				st := b.mustStatus(t)
 				next := templateOf(t, st, step.gen)
-				if p := getPreload(t, b.Addr()); p.Version != step.version || p.ImportPid != next.Pid {
-					t.Errorf("after the reload: %+v, want version %s imported by template %d", p, step.version, next.Pid)
+				// baton reload returns once the new generation is ready;
+				// the old workers may accept for a few ms more while
+				// they are made deaf, so wait for them to be gone.
+				b.waitStatus(t, "the old generation to exit", waitTimeout, func(st control.Status) bool {
+					for _, w := range st.WorkerList {
+						if w.Generation != step.gen {
+							return false
+						}
+					}
+					return true
+				})
+				for range 10 {
+					if p := getPreload(t, b.Addr()); p.Version != step.version || p.ImportPid != next.Pid {
+						t.Errorf("after the reload: %+v, want version %s imported by template %d", p, step.version, next.Pid)
+					}
 				}
 			}
 			time.Sleep(300 * time.Millisecond)
