@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -295,5 +296,141 @@ func TestPreloadWatchdogReplacesAWorkerWhoseEventLoopIsBlocked(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Error("the blocked request's connection is still open after its worker was replaced")
+	}
+}
+
+// Each server's own entry point runs in the forked worker, with the app
+// the template imported: the console scripts Debian ships, python -m, and
+// gunicorn (whose arbiter then forks its own worker from the preloaded
+// app).
+func TestPreloadRunsEachServersOwnEntryPoint(t *testing.T) {
+	t.Parallel()
+	const wsgi = `import json, os
+IMPORT_PID = os.getpid()
+
+def app(environ, start_response):
+    body = json.dumps({"pid": os.getpid(), "import_pid": IMPORT_PID, "version": "wsgi"}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+`
+	for _, tc := range []struct {
+		name    string
+		tool    string
+		flags   []string
+		command []string
+		app     string
+	}{
+		{"python3 -m uvicorn", "/usr/bin/python3", nil, []string{"/usr/bin/python3", "-m", "uvicorn", "--fd", "3", "app:app"}, preloadApp},
+		{"uvicorn console script", "/usr/bin/uvicorn", nil, []string{"/usr/bin/uvicorn", "--fd", "3", "app:app"}, preloadApp},
+		{"hypercorn", "/usr/bin/hypercorn", nil, []string{"/usr/bin/hypercorn", "--bind", "fd://3", "app:app"}, preloadApp},
+		{"daphne", "/usr/bin/daphne", nil, []string{"/usr/bin/daphne", "--fd", "3", "app:app"}, preloadApp},
+		{"gunicorn", "/usr/bin/gunicorn", []string{"--listen-env=false"}, []string{"/usr/bin/gunicorn", "--bind", "fd://3", "app:app"}, wsgi},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			requireTool(t, tc.tool)
+			dir := writePreloadApp(t, "v1")
+			writeFile(t, dir, "app.py", tc.app, 0o644)
+			args := append([]string{"run", "-w", "2", "--chdir", dir, "--preload", "app"}, tc.flags...)
+			b := startBaton(t, append(append(args, "--"), tc.command...)...)
+			st := b.waitReady(t, 2)
+			tmpl := templateOf(t, st, 1)
+			p := getPreload(t, b.Addr())
+			if p.ImportPid != tmpl.Pid {
+				t.Errorf("the app was imported by pid %d, want the template %d", p.ImportPid, tmpl.Pid)
+			}
+			l := steadyLoad(b)
+			r := b.reload(t, 2)
+			res := l.stop()
+			if !r.OK {
+				t.Fatalf("reload: %s", describeReload(&r))
+			}
+			assertNoFailures(t, res)
+			b.signal(t, syscall.SIGTERM)
+			if code := b.waitExit(t, 40*time.Second); code != 0 {
+				t.Errorf("exit code %d after TERM, want 0", code)
+			}
+			b.assertNothingLeft(t)
+			if out := b.Stderr(); strings.Contains(out, "Traceback") {
+				t.Errorf("a Python traceback in the output:\n%s", lastLines(out, 60))
+			}
+		})
+	}
+}
+
+// With user = nobody the template drops privileges before it imports
+// anything, and so do the workers it forks.
+func TestPreloadTemplateAndWorkersRunAsTheUser(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Fatal("this test runs workers as nobody and needs root")
+	}
+	requireTool(t, "/usr/bin/uvicorn")
+	dir := writePreloadApp(t, "v1")
+	os.Chmod(filepath.Dir(dir), 0o755) // the test's own temp dir, for nobody to enter
+	b := startBaton(t, "run", "-w", "2", "--chdir", dir, "--preload", "app", "--user", "nobody",
+		"--", "/usr/bin/uvicorn", "--fd", "3", "app:app")
+	st := b.waitReady(t, 2)
+	pids := []int{templateOf(t, st, 1).Pid}
+	for _, w := range st.WorkerList {
+		pids = append(pids, w.Pid)
+	}
+	for _, pid := range pids {
+		if uid := uidOf(t, pid); uid != "65534" {
+			t.Errorf("process %d runs as uid %s, want nobody (65534)", pid, uid)
+		}
+	}
+	if p := getPreload(t, b.Addr()); p.ImportPid != pids[0] {
+		t.Errorf("the app was imported by %d, want the template %d", p.ImportPid, pids[0])
+	}
+}
+
+func uidOf(t *testing.T, pid int) string {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatalf("status of %d: %v", pid, err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
+			return strings.Fields(rest)[0] // the real uid
+		}
+	}
+	t.Fatalf("no Uid line for %d", pid)
+	return ""
+}
+
+// An in-place upgrade re-executes baton: the templates, whose control
+// sockets close with the exec, exit; the forked workers are the master's
+// children and are adopted; the upgrade's reload forks the new generation
+// from a new template.
+func TestPreloadSurvivesAnInPlaceUpgrade(t *testing.T) {
+	t.Parallel()
+	requireTool(t, "/usr/bin/uvicorn")
+	dir := writePreloadApp(t, "v1")
+	b := startBaton(t, "run", "-w", "2", "--chdir", dir, "--preload", "app",
+		"--", "/usr/bin/uvicorn", "--fd", "3", "app:app")
+	st := b.waitReady(t, 2)
+	old := templateOf(t, st, 1)
+	writeFile(t, dir, "VERSION", "v2", 0o644)
+	l := steadyLoad(b)
+	r := b.cli(t, "upgrade")
+	res := l.stop()
+	if r.code != 0 {
+		t.Fatalf("baton upgrade: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	assertNoFailures(t, res)
+	st = b.waitStatus(t, "the new generation alone", waitTimeout, func(st control.Status) bool {
+		return len(st.WorkerList) == 2 && st.WorkerList[0].Generation == st.Generation &&
+			st.WorkerList[1].Generation == st.Generation && len(st.Templates) == 1
+	})
+	next := templateOf(t, st, st.Generation)
+	if st.Pid != b.Pid || next.Pid == old.Pid {
+		t.Errorf("after the upgrade: master %d, template %d; want the same master %d and a new template (old %d)",
+			st.Pid, next.Pid, b.Pid, old.Pid)
+	}
+	waitFor(t, waitTimeout, "the old template to exit", func() bool { return !alive(old.Pid) })
+	if p := getPreload(t, b.Addr()); p.Version != "v2" || p.ImportPid != next.Pid {
+		t.Errorf("after the upgrade: %+v, want v2 imported by template %d", p, next.Pid)
 	}
 }
