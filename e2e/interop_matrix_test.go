@@ -249,9 +249,9 @@ type matrixRow struct {
 	// serving is who answered for the generation in force: worker pid ->
 	// the pids that answered for it (itself, or what it forked).
 	serving map[int][]int
-	// quiet is how much of baton's stderr was there before the bad
-	// deploy, and from where it is again expected to hold no traceback.
-	quiet, quietAgain int
+	// badDeployFrom and badDeployTo delimit the bad deploy's part of
+	// baton's stderr (offsets), the only part where a traceback belongs.
+	badDeployFrom, badDeployTo int
 }
 
 func startRow(t *testing.T, s interopServer) *matrixRow {
@@ -277,15 +277,22 @@ func startRow(t *testing.T, s interopServer) *matrixRow {
 // deploy writes files into the app's directory with the next version.
 func (r *matrixRow) deploy(t *testing.T, files map[string]string) {
 	t.Helper()
-	for name, content := range files {
-		mode := os.FileMode(0o644)
-		if strings.HasPrefix(content, "#!") {
-			mode = 0o755
-		}
-		writeFile(t, r.dir, name, content, mode)
-	}
+	r.write(t, files)
 	r.deploys++
 	writeFile(t, r.dir, "VERSION", r.version()+"\n", 0o644)
+}
+
+// write writes files into the app's directory; scripts are executable.
+func (r *matrixRow) write(t *testing.T, files map[string]string) {
+	t.Helper()
+	for name, content := range files {
+		path := writeFile(t, r.dir, name, content, 0o644)
+		if strings.HasPrefix(content, "#!") {
+			if err := os.Chmod(path, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 }
 
 // version is what the last good deploy serves.
@@ -297,19 +304,21 @@ type matrixAnswer struct {
 	Version string `json:"version"`
 }
 
-func askMatrixApp(addr, path string, timeout time.Duration) (matrixAnswer, reply, error) {
+// askMatrixApp makes one request on a fresh connection; anything but a
+// matrix app's 200 answer is an error.
+func askMatrixApp(addr, path string, timeout time.Duration) (matrixAnswer, error) {
 	rep, err := get(addr, path, timeout)
 	if err != nil {
-		return matrixAnswer{}, rep, err
+		return matrixAnswer{}, err
 	}
 	var a matrixAnswer
 	if rep.status != 200 {
-		return a, rep, fmt.Errorf("GET %s: status %d: %q", path, rep.status, rep.body)
+		return a, fmt.Errorf("GET %s: status %d: %q", path, rep.status, rep.body)
 	}
 	if err := json.Unmarshal(rep.body, &a); err != nil || a.Pid == 0 {
-		return a, rep, fmt.Errorf("GET %s: not an answer of the matrix app: %q", path, rep.body)
+		return a, fmt.Errorf("GET %s: not an answer of the matrix app: %q", path, rep.body)
 	}
-	return a, rep, nil
+	return a, nil
 }
 
 // currentWorkers are the pids of the generation in force, not draining.
@@ -355,7 +364,7 @@ func (r *matrixRow) expectServing(t *testing.T) {
 		if time.Now().After(deadline) || n == 5000 {
 			t.Fatalf("after %d requests, only workers %v of %v answered", n, slices.Sorted(maps.Keys(serving)), workers)
 		}
-		a, _, err := askMatrixApp(r.b.Addr(), "/", 30*time.Second)
+		a, err := askMatrixApp(r.b.Addr(), "/", 30*time.Second)
 		if err != nil {
 			t.Fatalf("request %d: %v", n+1, err)
 		}
@@ -507,7 +516,7 @@ func (r *matrixRow) reloadWithARequestInFlight(t *testing.T) {
 	started, release := filepath.Join(r.dir, "gated.started"), filepath.Join(r.dir, "gated.release")
 	done := make(chan inFlight, 1)
 	go func() {
-		a, _, err := askMatrixApp(r.b.Addr(), "/gated", 2*matrixTimeout)
+		a, err := askMatrixApp(r.b.Addr(), "/gated", 2*matrixTimeout)
 		done <- inFlight{a, err}
 	}()
 	waitFor(t, matrixTimeout, "GET /gated to reach the app", func() bool { _, err := os.Stat(started); return err == nil })
@@ -563,10 +572,8 @@ func (r *matrixRow) refusesBadDeploy(t *testing.T) {
 	t.Helper()
 	before := r.b.mustStatus(t)
 	oldWorkers, oldPids := currentWorkers(before), r.servingPids()
-	r.quiet = len(r.b.Stderr())
-	for name, content := range r.s.broken {
-		writeFile(t, r.dir, name, content, 0o644)
-	}
+	r.badDeployFrom = len(r.b.Stderr())
+	r.write(t, r.s.broken)
 	l := r.startLoad()
 	res := r.reload(t)
 	during := l.stop()
@@ -593,7 +600,7 @@ func (r *matrixRow) refusesBadDeploy(t *testing.T) {
 	r.deploy(t, r.s.files)
 	r.reloadGood(t)
 	r.expectServing(t)
-	r.quietAgain = len(r.b.Stderr())
+	r.badDeployTo = len(r.b.Stderr())
 }
 
 // stops ends baton with TERM: every process must be gone, and no Python
@@ -607,7 +614,7 @@ func (r *matrixRow) stops(t *testing.T) {
 	r.b.assertNothingLeft(t)
 	r.b.waitOutputClosed(5 * time.Second)
 	out := r.b.Stderr()
-	for _, part := range []string{out[:r.quiet], out[min(r.quietAgain, len(out)):]} {
+	for _, part := range []string{out[:r.badDeployFrom], out[min(r.badDeployTo, len(out)):]} {
 		if strings.Contains(part, "Traceback") {
 			t.Errorf("a Python traceback other than the bad deploy's in the output:\n%s", lastLines(part, 60))
 		}
