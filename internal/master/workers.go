@@ -475,8 +475,13 @@ func (m *Master) otherChildren(w *worker) map[int]bool {
 	return skip
 }
 
+// signalWorker sends sig to w's process group. The debug record says when
+// a worker was told to stop: the moment its in-flight requests start to
+// drain (the interop matrix's drain check waits for it).
 func (m *Master) signalWorker(w *worker, sig syscall.Signal) {
 	if err := w.proc.SignalGroup(sig); err != nil {
 		m.log.Warn("cannot signal worker", "pid", w.pid, "signal", proc.SignalName(sig), "err", err)
+		return
 	}
+	m.log.Debug("signalled worker", "slot", w.slot, "pid", w.pid, "generation", w.gen.num, "signal", proc.SignalName(sig))
 }
