@@ -1,0 +1,332 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// phase is one rolling operation over the whole fleet, and the span of the
+// load it is judged on (every request that started in [From, To)).
+type phase struct {
+	Name  string
+	Gate  bool // a failed request in this phase fails the run
+	Delay time.Duration
+	From  time.Time
+	To    time.Time
+	Steps []step
+}
+
+// step is what happened to one host in a phase.
+type step struct {
+	Host   string
+	Action string
+	At     time.Time // when the signal or command was sent
+	// A restart's milestones (zero where not reached or not applicable):
+	// HAProxy's log saying DOWN, the master's exit, the new master's
+	// start, HAProxy's log saying UP again.
+	Down, Exited, Started, Up time.Time
+	Done                      time.Time // the step's check passed (or failed)
+	Check                     string    // what the host answered before and after
+	Note                      string    // anything else worth knowing (HAProxy's view during a reload)
+	Err                       error     // the step did not happen as it should
+}
+
+// rollout is the whole run: the rig, the load and what each phase saw.
+type rollout struct {
+	cfg    config
+	binDir string
+	hosts  []*host
+	lb     *balancer
+	load   *loadGen
+	t0     time.Time
+	phases []*phase
+	v2     string // `baton version` of the upgrade's binary
+}
+
+// newRollout builds the rig: the network, the hosts (without
+// shutdown_delay) and HAProxy, and waits until HAProxy sees every host UP.
+// On error it has removed what it built.
+func newRollout(ctx context.Context, cfg config) (r *rollout, err error) {
+	r = &rollout{cfg: cfg, binDir: filepath.Join(cfg.dir, "bin")}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, r.close())
+		}
+	}()
+	if left := leftovers(); len(left) > 0 {
+		// The lock is ours, so no run owns them: an earlier one was killed.
+		fmt.Fprintf(os.Stderr, "fleet: removing what an earlier run left: %s\n", strings.Join(left, ", "))
+		if err := removeNet(); err != nil {
+			return r, err
+		}
+	}
+	if err := os.MkdirAll(r.binDir, 0o755); err != nil {
+		return r, err
+	}
+	if err := copyFile(cfg.baton, r.batonPath()); err != nil {
+		return r, err
+	}
+	if err := buildNet(ctx); err != nil {
+		return r, fmt.Errorf("building the hosts' network: %w", err)
+	}
+	for i := range numHosts {
+		h, err := newHost(i, cfg.dir, r.batonPath())
+		if err != nil {
+			return r, err
+		}
+		r.hosts = append(r.hosts, h)
+		if err := h.writeConfig(cfg.appDir, 0, cfg.inter); err != nil {
+			return r, err
+		}
+		if err := h.start(); err != nil {
+			return r, err
+		}
+	}
+	if r.lb, err = startBalancer(cfg.dir, r.hosts, cfg.inter); err != nil {
+		return r, err
+	}
+	for _, h := range r.hosts {
+		if err := r.lb.awaitStatus(ctx, h.name, "UP", 90*time.Second); err != nil {
+			return r, fmt.Errorf("%v (baton's log: %s)", err, h.logPath())
+		}
+	}
+	return r, nil
+}
+
+func (r *rollout) batonPath() string { return filepath.Join(r.binDir, "baton") }
+
+// runAll runs the load and the phases, prints the report and returns the
+// exit code.
+func (r *rollout) runAll(ctx context.Context) int {
+	const settle = 2 * time.Second // load before the first phase and after the last
+	r.load = startLoad(fmt.Sprintf("http://%s:%d/", bridgeIP, lbPort), r.cfg.rate)
+	r.t0 = time.Now()
+	warm := r.begin("warm-up", true, 0)
+	sleepCtx(ctx, settle)
+	r.end(warm)
+
+	// The hosts run without shutdown_delay; each restart of this phase
+	// brings its host back with the delay configured.
+	nodelay := r.begin("rolling restart, no shutdown_delay", false, 0)
+	for _, h := range r.hosts {
+		if ctx.Err() != nil {
+			break
+		}
+		if err := h.writeConfig(r.cfg.appDir, r.cfg.delay, r.cfg.inter); err != nil {
+			nodelay.Steps = append(nodelay.Steps, step{Host: h.name, Action: "config", Err: err})
+			break
+		}
+		nodelay.Steps = append(nodelay.Steps, r.restart(ctx, h, 0))
+	}
+	r.end(nodelay)
+
+	r.runPhase(ctx, "rolling restart", r.cfg.delay, func(h *host) step { return r.restart(ctx, h, r.cfg.delay) })
+	r.runPhase(ctx, "rolling `baton reload`", r.cfg.delay, func(h *host) step { return r.control(ctx, h, "reload") })
+	if err := r.installV2(ctx); err != nil {
+		p := r.begin("rolling `baton upgrade`", true, r.cfg.delay)
+		p.Steps = append(p.Steps, step{Action: "install the new binary", Err: err})
+		r.end(p)
+	} else {
+		r.runPhase(ctx, "rolling `baton upgrade`", r.cfg.delay, func(h *host) step { return r.control(ctx, h, "upgrade") })
+	}
+
+	tail := r.begin("tail", true, r.cfg.delay)
+	sleepCtx(ctx, settle)
+	r.end(tail)
+	samples := r.load.stop()
+	r.load = nil
+
+	rep := r.report(samples)
+	fmt.Print(rep.text)
+	if r.cfg.report != "" {
+		if err := os.WriteFile(r.cfg.report, []byte(rep.text), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "fleet:", err)
+		}
+	}
+	if ctx.Err() != nil {
+		fmt.Fprintln(os.Stderr, "fleet: interrupted")
+		return exitFailed
+	}
+	if !rep.passed {
+		return exitFailed
+	}
+	return exitOK
+}
+
+// runPhase runs one gated phase: do on every host in turn, stopping at the
+// first host whose step failed (a rollout does not go on past a broken host).
+func (r *rollout) runPhase(ctx context.Context, name string, delay time.Duration, do func(*host) step) {
+	p := r.begin(name, true, delay)
+	defer r.end(p)
+	for _, h := range r.hosts {
+		if ctx.Err() != nil {
+			return
+		}
+		st := do(h)
+		p.Steps = append(p.Steps, st)
+		if st.Err != nil {
+			return
+		}
+	}
+}
+
+func (r *rollout) begin(name string, gate bool, delay time.Duration) *phase {
+	p := &phase{Name: name, Gate: gate, Delay: delay, From: time.Now()}
+	r.phases = append(r.phases, p)
+	fmt.Fprintf(os.Stderr, "fleet: %5.1fs %s\n", time.Since(r.t0).Seconds(), name)
+	return p
+}
+
+func (r *rollout) end(p *phase) { p.To = time.Now() }
+
+// restart is one host's step of a rolling restart: TERM, wait until baton
+// has exited (with shutdown_delay it serves that long after /readyz turned
+// 503, then drains), start it again, wait until its /readyz says ready and
+// HAProxy sees it UP, and check that a new master answers.
+func (r *rollout) restart(ctx context.Context, h *host, delay time.Duration) (st step) {
+	st = step{Host: h.name, Action: "TERM, restart"}
+	defer func() { st.Done = time.Now() }()
+	before, err := h.ask(ctx)
+	if err != nil {
+		st.Err = fmt.Errorf("%s before the restart: %w", h.name, err)
+		return st
+	}
+	st.At = time.Now()
+	if st.Err = h.signal(syscall.SIGTERM); st.Err != nil {
+		return st
+	}
+	if st.Err = h.waitExit(ctx, delay+60*time.Second); st.Err != nil {
+		return st
+	}
+	st.Exited = time.Now()
+	st.Down = r.lb.firstChange(h.name, "DOWN", st.At)
+	if st.Err = h.start(); st.Err != nil {
+		return st
+	}
+	st.Started = time.Now()
+	if st.Err = h.awaitReady(ctx, 90*time.Second); st.Err != nil {
+		return st
+	}
+	// Without the delay a restart can be over before HAProxy noticed it, so
+	// its status may still be the old master's UP: the new one counts as
+	// back once HAProxy has said UP for rise (2) checks after it was ready.
+	if st.Err = r.lb.awaitSteadyUp(ctx, h.name, 2*r.cfg.inter, 90*time.Second); st.Err != nil {
+		st.Err = fmt.Errorf("%w (baton's log: %s)", st.Err, h.logPath())
+		return st
+	}
+	st.Up = r.lb.firstChange(h.name, "UP", st.Started)
+	after, err := h.awaitIdentity(ctx, 30*time.Second, func(id identity) bool { return id.Master != before.Master })
+	st.Check = fmt.Sprintf("master %d → %d", before.Master, after.Master)
+	st.Err = err
+	return st
+}
+
+// control is one host's step of a rolling reload or upgrade: the command
+// waits for the new generation, then the host must answer from the same
+// master with the next generation, and HAProxy should not have taken it
+// out meanwhile.
+func (r *rollout) control(ctx context.Context, h *host, verb string) (st step) {
+	st = step{Host: h.name, Action: "baton " + verb}
+	defer func() { st.Done = time.Now() }()
+	before, err := h.ask(ctx)
+	if err != nil {
+		st.Err = fmt.Errorf("%s before %s: %w", h.name, verb, err)
+		return st
+	}
+	st.At = time.Now()
+	out, err := h.control(ctx, verb)
+	if err != nil {
+		st.Err = err
+		return st
+	}
+	if verb == "upgrade" && !strings.Contains(out, r.v2) {
+		st.Err = fmt.Errorf("%s: baton upgrade does not say the master runs %q: %s", h.name, r.v2, out)
+		return st
+	}
+	after, err := h.awaitIdentity(ctx, 30*time.Second, func(id identity) bool {
+		return id.Master == before.Master && id.Generation == before.Generation+1
+	})
+	st.Check = fmt.Sprintf("generation %d → %d, master %d → %d", before.Generation, after.Generation, before.Master, after.Master)
+	st.Err = err
+	if down := r.lb.firstChange(h.name, "DOWN", st.At); !down.IsZero() {
+		st.Note = fmt.Sprintf("HAProxy took %s out %.1fs after `baton %s`", h.name, down.Sub(st.At).Seconds(), verb)
+	}
+	return st
+}
+
+// installV2 puts the upgrade's binary where the masters were started from,
+// the way a deploy does: a new file renamed over the old path.
+func (r *rollout) installV2(ctx context.Context) error {
+	tmp := r.batonPath() + ".new"
+	if err := copyFile(r.cfg.batonV2, tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, r.batonPath()); err != nil {
+		return err
+	}
+	out, err := runCmd(ctx, r.batonPath(), "version")
+	if err != nil {
+		return err
+	}
+	r.v2 = out
+	return nil
+}
+
+// close stops the load, the hosts and HAProxy, removes the network and
+// checks that nothing is left.
+func (r *rollout) close() error {
+	var errs []error
+	if r.load != nil {
+		r.load.stop()
+		r.load = nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, h := range r.hosts {
+		errs = append(errs, h.quit())
+	}
+	for _, h := range r.hosts {
+		errs = append(errs, h.waitExit(ctx, 30*time.Second))
+	}
+	if r.lb != nil {
+		errs = append(errs, r.lb.stop())
+		os.Remove(filepath.Join(r.cfg.dir, "haproxy.pid"))
+	}
+	errs = append(errs, removeNet())
+	if left := leftovers(); len(left) > 0 {
+		errs = append(errs, fmt.Errorf("still there after the teardown: %s", strings.Join(left, ", ")))
+	}
+	return errors.Join(errs...)
+}
+
+func copyFile(from, to string) error {
+	src, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(to, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		dst.Close()
+		return err
+	}
+	return dst.Close()
+}
+
+// sleepCtx sleeps for d or until ctx is done.
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
