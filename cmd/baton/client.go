@@ -381,6 +381,8 @@ func printStatus(w io.Writer, st *control.Status) {
 	}
 	state := "serving"
 	switch {
+	case st.LameDuck != nil:
+		state = fmt.Sprintf("stopping (lame duck, %s left)", seconds(st.LameDuck.Left))
 	case st.ShuttingDown:
 		state = "shutting down"
 	case st.Reloading:

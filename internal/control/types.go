@@ -90,17 +90,26 @@ type Status struct {
 	Uptime     float64   `json:"uptime_seconds"`
 	ConfigFile string    `json:"config_file,omitempty"`
 	// Containment says how the master holds its workers' processes: "cgroup PATH" or "process tree".
-	Containment  string        `json:"containment"`
-	Listeners    []Listener    `json:"listeners"`
-	Generation   int           `json:"generation"`
-	Workers      int           `json:"workers"` // the target count
-	Reloading    bool          `json:"reloading"`
-	ShuttingDown bool          `json:"shutting_down"`
-	LastReload   *ReloadResult `json:"last_reload,omitempty"`
+	Containment  string     `json:"containment"`
+	Listeners    []Listener `json:"listeners"`
+	Generation   int        `json:"generation"`
+	Workers      int        `json:"workers"` // the target count
+	Reloading    bool       `json:"reloading"`
+	ShuttingDown bool       `json:"shutting_down"`
+	// LameDuck is set while a graceful shutdown waits out shutdown_delay:
+	// /readyz says 503 and the workers still serve.
+	LameDuck   *LameDuck     `json:"lame_duck,omitempty"`
+	LastReload *ReloadResult `json:"last_reload,omitempty"`
 	// Degraded lists the slots that keep crashing ("slot 2: 5 crashes in
 	// a row"); the others serve.
 	Degraded   []string `json:"degraded,omitempty"`
 	WorkerList []Worker `json:"worker_list"`
+}
+
+// LameDuck is the lame-duck delay of a shutdown in progress.
+type LameDuck struct {
+	Delay float64 `json:"delay_seconds"` // shutdown_delay
+	Left  float64 `json:"left_seconds"`  // until the workers are told to stop
 }
 
 // Listener is one open listening socket.

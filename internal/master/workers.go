@@ -319,7 +319,8 @@ func (m *Master) onCrash(w *worker, lived time.Duration, status string) {
 	if s != nil && s.outgoing == w {
 		s.outgoing = nil // its successor is booting already
 	}
-	if m.shutdown != running || s == nil || s.worker != w {
+	// A lame duck still serves: its crashed workers are replaced.
+	if m.shutdown >= graceful || s == nil || s.worker != w {
 		return
 	}
 	s.worker = nil
@@ -364,7 +365,7 @@ func (m *Master) scheduleRestart(s *slot, reason string) {
 	m.log.Log(context.Background(), level, "restarting worker", "slot", s.id, "generation", s.gen.num,
 		"delay", delay.String(), "failures", s.failures)
 	m.after(delay, func() {
-		if m.shutdown != running || !s.pending || s.succeeded || s.gen.slots[s.id] != s || !m.isLive(s.gen) {
+		if m.shutdown >= graceful || !s.pending || s.succeeded || s.gen.slots[s.id] != s || !m.isLive(s.gen) {
 			return
 		}
 		m.spawn(s)
