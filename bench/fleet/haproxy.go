@@ -137,20 +137,32 @@ func (b *balancer) read(r io.Reader, copyTo *os.File) {
 	for sc.Scan() {
 		line := sc.Text()
 		fmt.Fprintln(copyTo, line)
-		ev := lbEvent{At: time.Now(), Line: line}
-		if m := reqLine.FindStringSubmatch(line); m != nil {
-			ev.Server, ev.State = m[1], m[3]
-			ev.Status, _ = strconv.Atoi(m[2])
-		} else if m := changeLine.FindStringSubmatch(line); m != nil {
-			ev.Server, ev.Change = m[1], m[2]
-		} else {
+		ev, ok := parseLogLine(line)
+		if !ok {
 			continue
 		}
+		ev.At = time.Now()
 		b.mu.Lock()
 		b.events = append(b.events, ev)
 		b.mu.Unlock()
 	}
 	b.cmd.Wait()
+}
+
+// parseLogLine reads one line of HAProxy's log: a request (the frontend's
+// log-format) or a server going UP or DOWN; ok is false for anything else.
+func parseLogLine(line string) (ev lbEvent, ok bool) {
+	ev.Line = line
+	if m := reqLine.FindStringSubmatch(line); m != nil {
+		ev.Server, ev.State = m[1], m[3]
+		ev.Status, _ = strconv.Atoi(m[2])
+		return ev, true
+	}
+	if m := changeLine.FindStringSubmatch(line); m != nil {
+		ev.Server, ev.Change = m[1], m[2]
+		return ev, true
+	}
+	return ev, false
 }
 
 // eventsSince returns the log's events from t on.

@@ -116,10 +116,13 @@ func (r *rollout) report(samples []sample) report {
 		for _, s := range ph.Steps {
 			line := fmt.Sprintf("- %s, %s: %s", ph.Name, s.Host, s.Action)
 			if !s.Exited.IsZero() {
-				line += fmt.Sprintf(": HAProxy DOWN %s, exited %s, started again, HAProxy UP %s", since(s.At, s.Down), since(s.At, s.Exited), since(s.At, s.Up))
+				line += ": " + restartTimeline(s)
+			}
+			if !s.Returned.IsZero() {
+				line += fmt.Sprintf(": returned %s", since(s.At, s.Returned))
 			}
 			if !s.At.IsZero() {
-				line += fmt.Sprintf("; done %s", since(s.At, s.Done))
+				line += fmt.Sprintf("; checked %s", since(s.At, s.Done))
 			}
 			if s.Check != "" {
 				line += "; " + s.Check
@@ -149,4 +152,17 @@ func (r *rollout) report(samples []sample) report {
 		p("Verdict: FAIL.")
 	}
 	return report{text: b.String(), passed: passed}
+}
+
+// restartTimeline says, from the TERM on, when HAProxy took the host out
+// and when baton exited, in the order they happened.
+func restartTimeline(s step) string {
+	exited := "exited " + since(s.At, s.Exited)
+	switch {
+	case s.Down.IsZero():
+		return exited + "; HAProxy never took it out (the new master was ready before its checks failed twice)"
+	case s.Down.After(s.Exited):
+		return fmt.Sprintf("%s; HAProxy took it out only %s, UP again %s", exited, since(s.At, s.Down), since(s.At, s.Up))
+	}
+	return fmt.Sprintf("HAProxy DOWN %s, %s, HAProxy UP again %s", since(s.At, s.Down), exited, since(s.At, s.Up))
 }

@@ -32,6 +32,7 @@ type step struct {
 	// HAProxy's log saying DOWN, the master's exit, the new master's
 	// start, HAProxy's log saying UP again.
 	Down, Exited, Started, Up time.Time
+	Returned                  time.Time // `baton reload` or `baton upgrade` returned
 	Done                      time.Time // the step's check passed (or failed)
 	Check                     string    // what the host answered before and after
 	Note                      string    // anything else worth knowing (HAProxy's view during a reload)
@@ -206,7 +207,6 @@ func (r *rollout) restart(ctx context.Context, h *host, delay time.Duration) (st
 		return st
 	}
 	st.Exited = time.Now()
-	st.Down = r.lb.firstChange(h.name, "DOWN", st.At)
 	if st.Err = h.start(); st.Err != nil {
 		return st
 	}
@@ -214,18 +214,39 @@ func (r *rollout) restart(ctx context.Context, h *host, delay time.Duration) (st
 	if st.Err = h.awaitReady(ctx, 90*time.Second); st.Err != nil {
 		return st
 	}
-	// Without the delay a restart can be over before HAProxy noticed it, so
-	// its status may still be the old master's UP: the new one counts as
-	// back once HAProxy has said UP for rise (2) checks after it was ready.
-	if st.Err = r.lb.awaitSteadyUp(ctx, h.name, 2*r.cfg.inter, 90*time.Second); st.Err != nil {
+	if st.Err = r.awaitBack(ctx, h, st.At); st.Err != nil {
 		st.Err = fmt.Errorf("%w (baton's log: %s)", st.Err, h.logPath())
 		return st
 	}
+	st.Down = r.lb.firstChange(h.name, "DOWN", st.At)
 	st.Up = r.lb.firstChange(h.name, "UP", st.Started)
 	after, err := h.awaitIdentity(ctx, 30*time.Second, func(id identity) bool { return id.Master != before.Master })
 	st.Check = fmt.Sprintf("master %d → %d", before.Master, after.Master)
 	st.Err = err
 	return st
+}
+
+// awaitBack waits until HAProxy sends traffic to host h again after its
+// restart began at term. If HAProxy took it out (with shutdown_delay it
+// always does), that is its log saying UP once rise checks passed. Without
+// the delay a restart can be over before HAProxy noticed anything, so its
+// status may still be the old master's UP: then the new master counts as
+// back once HAProxy has kept saying UP for rise (2) check intervals.
+func (r *rollout) awaitBack(ctx context.Context, h *host, term time.Time) error {
+	const timeout = 90 * time.Second
+	if down := r.lb.firstChange(h.name, "DOWN", term); !down.IsZero() {
+		deadline := time.Now().Add(timeout)
+		for r.lb.firstChange(h.name, "UP", down).IsZero() {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("HAProxy has not said %s is UP %s after its restart", h.name, timeout)
+			}
+			if sleepCtx(ctx, 100*time.Millisecond) != nil {
+				return ctx.Err()
+			}
+		}
+		return r.lb.awaitStatus(ctx, h.name, "UP", timeout)
+	}
+	return r.lb.awaitSteadyUp(ctx, h.name, 2*r.cfg.inter, timeout)
 }
 
 // control is one host's step of a rolling reload or upgrade: the command
@@ -242,6 +263,7 @@ func (r *rollout) control(ctx context.Context, h *host, verb string) (st step) {
 	}
 	st.At = time.Now()
 	out, err := h.control(ctx, verb)
+	st.Returned = time.Now()
 	if err != nil {
 		st.Err = err
 		return st
@@ -254,7 +276,13 @@ func (r *rollout) control(ctx context.Context, h *host, verb string) (st step) {
 		return id.Master == before.Master && id.Generation == before.Generation+1
 	})
 	st.Check = fmt.Sprintf("generation %d → %d, master %d → %d", before.Generation, after.Generation, before.Master, after.Master)
+	if verb == "upgrade" {
+		st.Check += ", runs " + r.v2
+	}
 	st.Err = err
+	// The old generation drains after the command returned: give its end,
+	// and HAProxy's checks (fall 2), time to show in this step's phase.
+	sleepCtx(ctx, 2*r.cfg.inter+500*time.Millisecond)
 	if down := r.lb.firstChange(h.name, "DOWN", st.At); !down.IsZero() {
 		st.Note = fmt.Sprintf("HAProxy took %s out %.1fs after `baton %s`", h.name, down.Sub(st.At).Seconds(), verb)
 	}
@@ -323,10 +351,12 @@ func copyFile(from, to string) error {
 	return dst.Close()
 }
 
-// sleepCtx sleeps for d or until ctx is done.
-func sleepCtx(ctx context.Context, d time.Duration) {
+// sleepCtx sleeps for d or until ctx is done (then it returns ctx.Err()).
+func sleepCtx(ctx context.Context, d time.Duration) error {
 	select {
 	case <-ctx.Done():
+		return ctx.Err()
 	case <-time.After(d):
+		return nil
 	}
 }

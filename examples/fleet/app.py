@@ -5,9 +5,15 @@ worker that served it, so the rollout can check that a restart, reload or
 upgrade of a host really happened (and which host answered each request):
 
     h2 generation 3 master 4242 pid 4250
+
+Its import takes 0.5 s, a stand-in for a real app's, so a new generation
+boots while the old one serves.
 """
 
 import os
+import time
+
+time.sleep(0.5)  # simulated import time
 
 HOST = os.environ.get("FLEET_HOST", "?")
 BODY = (
