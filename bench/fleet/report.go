@@ -91,11 +91,11 @@ func (r *rollout) report(samples []sample) report {
 	}
 	p("## Fleet rollout: 3 hosts × 2 uvicorn workers behind HAProxy")
 	p("")
-	p("%d req/s through HAProxy, a new connection per request, for %.1f s: %d requests. HAProxy checks `/readyz` every %s (fall 2, rise 2), `retries 0`, no `option redispatch`; shutdown_delay after the first phase: %s.",
-		r.cfg.rate, end.Sub(r.t0).Seconds(), len(samples), r.cfg.inter, r.cfg.delay)
+	p("%d req/s through HAProxy, a new connection per request, for %.1f s: %d requests. HAProxy checks `/readyz` every %s (fall 2, rise 2), `retries 0`, no `option redispatch`.",
+		r.cfg.rate, end.Sub(r.t0).Seconds(), len(samples), r.cfg.inter)
 	p("")
-	p("| phase | gated | duration | requests | failed | failures by kind | HAProxy: failed requests' state | p50 | p99 |")
-	p("|---|---|---|---|---|---|---|---|---|")
+	p("| phase | shutdown_delay | gated | duration | requests | failed | failures by kind | HAProxy: failed requests' state | p50 | p99 |")
+	p("|---|---|---|---|---|---|---|---|---|---|")
 	for _, ph := range r.phases {
 		st := statsOf(between(samples, ph.From, ph.To), r.lb.eventsBetween(ph.From, ph.To))
 		gate := "yes"
@@ -106,7 +106,7 @@ func (r *rollout) report(samples []sample) report {
 			passed = false
 			gate = "yes: **FAILED**"
 		}
-		p("| %s | %s | %.1f s | %d | %d | %s | %s | %s | %s |", ph.Name, gate, ph.To.Sub(ph.From).Seconds(),
+		p("| %s | %s | %s | %.1f s | %d | %d | %s | %s | %s | %s |", ph.Name, ph.Delay, gate, ph.To.Sub(ph.From).Seconds(),
 			st.Requests, st.Failed, counts(st.ByKind), counts(st.LBStates), ms(st.P50), ms(st.P99))
 	}
 	p("")
@@ -122,7 +122,7 @@ func (r *rollout) report(samples []sample) report {
 				line += fmt.Sprintf(": returned %s", since(s.At, s.Returned))
 			}
 			if !s.At.IsZero() {
-				line += fmt.Sprintf("; checked %s", since(s.At, s.Done))
+				line += fmt.Sprintf("; step over %s", since(s.At, s.Done))
 			}
 			if s.Check != "" {
 				line += "; " + s.Check

@@ -113,34 +113,17 @@ func (r *rollout) runAll(ctx context.Context) int {
 	sleepCtx(ctx, settle)
 	r.end(warm)
 
-	// The hosts run without shutdown_delay; each restart of this phase
-	// brings its host back with the delay configured.
-	nodelay := r.begin("rolling restart, no shutdown_delay", false, 0)
-	for _, h := range r.hosts {
+	for _, pl := range r.plans(ctx) {
 		if ctx.Err() != nil {
 			break
 		}
-		if err := h.writeConfig(r.cfg.appDir, r.cfg.delay, r.cfg.inter); err != nil {
-			nodelay.Steps = append(nodelay.Steps, step{Host: h.name, Action: "config", Err: err})
-			break
-		}
-		nodelay.Steps = append(nodelay.Steps, r.restart(ctx, h, 0))
+		r.runPhase(ctx, pl)
 	}
-	r.end(nodelay)
-
-	r.runPhase(ctx, "rolling restart", r.cfg.delay, func(h *host) step { return r.restart(ctx, h, r.cfg.delay) })
-	r.runPhase(ctx, "rolling `baton reload`", r.cfg.delay, func(h *host) step { return r.control(ctx, h, "reload") })
-	if err := r.installV2(ctx); err != nil {
-		p := r.begin("rolling `baton upgrade`", true, r.cfg.delay)
-		p.Steps = append(p.Steps, step{Action: "install the new binary", Err: err})
-		r.end(p)
-	} else {
-		r.runPhase(ctx, "rolling `baton upgrade`", r.cfg.delay, func(h *host) step { return r.control(ctx, h, "upgrade") })
+	if ctx.Err() == nil {
+		tail := r.begin("tail", true, r.cfg.delay)
+		sleepCtx(ctx, settle)
+		r.end(tail)
 	}
-
-	tail := r.begin("tail", true, r.cfg.delay)
-	sleepCtx(ctx, settle)
-	r.end(tail)
 	samples := r.load.stop()
 	r.load = nil
 
@@ -161,16 +144,50 @@ func (r *rollout) runAll(ctx context.Context) int {
 	return exitOK
 }
 
-// runPhase runs one gated phase: do on every host in turn, stopping at the
-// first host whose step failed (a rollout does not go on past a broken host).
-func (r *rollout) runPhase(ctx context.Context, name string, delay time.Duration, do func(*host) step) {
-	p := r.begin(name, true, delay)
+// plan is one phase to run: a step on every host in turn.
+type plan struct {
+	name    string
+	gate    bool          // a failed request in it fails the run
+	delay   time.Duration // the hosts' shutdown_delay during it
+	prepare func() error  // before the first host; nil: nothing
+	step    func(*host) step
+}
+
+// plans are the rollout's phases. The hosts start without shutdown_delay;
+// each restart of the first phase brings its host back with the delay
+// configured, so every later phase runs with it.
+func (r *rollout) plans(ctx context.Context) []plan {
+	d := r.cfg.delay
+	return []plan{
+		{name: "rolling restart, no shutdown_delay", gate: false, step: func(h *host) step {
+			if err := h.writeConfig(r.cfg.appDir, d, r.cfg.inter); err != nil {
+				return step{Host: h.name, Action: "write baton.toml", Err: err}
+			}
+			return r.restart(ctx, h, 0)
+		}},
+		{name: "rolling restart", gate: true, delay: d, step: func(h *host) step { return r.restart(ctx, h, d) }},
+		{name: "rolling `baton reload`", gate: true, delay: d, step: func(h *host) step { return r.control(ctx, h, "reload") }},
+		{name: "rolling `baton upgrade`", gate: true, delay: d, prepare: func() error { return r.installV2(ctx) },
+			step: func(h *host) step { return r.control(ctx, h, "upgrade") }},
+	}
+}
+
+// runPhase runs one phase, stopping at the first host whose step failed (a
+// rollout does not go on past a broken host).
+func (r *rollout) runPhase(ctx context.Context, pl plan) {
+	p := r.begin(pl.name, pl.gate, pl.delay)
 	defer r.end(p)
+	if pl.prepare != nil {
+		if err := pl.prepare(); err != nil {
+			p.Steps = append(p.Steps, step{Action: "prepare", Err: err})
+			return
+		}
+	}
 	for _, h := range r.hosts {
 		if ctx.Err() != nil {
 			return
 		}
-		st := do(h)
+		st := pl.step(h)
 		p.Steps = append(p.Steps, st)
 		if st.Err != nil {
 			return
