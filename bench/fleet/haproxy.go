@@ -273,21 +273,21 @@ func (b *balancer) awaitStatus(ctx context.Context, server, want string, timeout
 	return fmt.Errorf("HAProxy still says %s is %q after %s, want %q", server, last, timeout, want)
 }
 
-// awaitSteadyUp polls the stats socket until server's status has been
-// "UP" at every poll for at least steady, for up to timeout.
-func (b *balancer) awaitSteadyUp(ctx context.Context, server string, steady, timeout time.Duration) error {
+// awaitSteadyUp polls the stats socket until every one of servers has
+// been "UP" at every poll for at least steady, for up to timeout.
+func (b *balancer) awaitSteadyUp(ctx context.Context, steady, timeout time.Duration, servers ...string) error {
 	deadline := time.Now().Add(timeout)
 	var upSince time.Time
 	last := "?"
 	for time.Now().Before(deadline) {
-		st, err := b.serverStatus()
+		down, err := b.notUp(servers)
 		switch {
 		case err != nil:
 			last, upSince = err.Error(), time.Time{}
-		case st[server] != "UP":
-			last, upSince = st[server], time.Time{}
+		case down != "":
+			last, upSince = down, time.Time{}
 		case upSince.IsZero():
-			last, upSince = "UP", time.Now()
+			upSince = time.Now()
 		case time.Since(upSince) >= steady:
 			return nil
 		}
@@ -299,7 +299,22 @@ func (b *balancer) awaitSteadyUp(ctx context.Context, server string, steady, tim
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("HAProxy does not keep %s UP for %s within %s (last status %q)", server, steady, timeout, last)
+	return fmt.Errorf("HAProxy does not keep %s UP for %s within %s (last: %s)", strings.Join(servers, ", "), steady, timeout, last)
+}
+
+// notUp says which of servers HAProxy does not see UP now ("" if all are).
+func (b *balancer) notUp(servers []string) (string, error) {
+	st, err := b.serverStatus()
+	if err != nil {
+		return "", err
+	}
+	var down []string
+	for _, s := range servers {
+		if st[s] != "UP" {
+			down = append(down, fmt.Sprintf("%s is %q", s, st[s]))
+		}
+	}
+	return strings.Join(down, ", "), nil
 }
 
 // stop ends HAProxy (SIGTERM, SIGKILL after 5 s) and waits for it.

@@ -93,12 +93,16 @@ func newRollout(ctx context.Context, cfg config) (r *rollout, err error) {
 	if r.lb, err = startBalancer(cfg.dir, r.hosts, cfg.inter); err != nil {
 		return r, err
 	}
+	// HAProxy counts a server UP before its first check: wait for each
+	// host's own /readyz, then for HAProxy's checks to have passed since.
+	var names []string
 	for _, h := range r.hosts {
-		if err := r.lb.awaitStatus(ctx, h.name, "UP", 90*time.Second); err != nil {
-			return r, fmt.Errorf("%v (baton's log: %s)", err, h.logPath())
+		if err := h.awaitReady(ctx, 90*time.Second); err != nil {
+			return r, err
 		}
+		names = append(names, h.name)
 	}
-	return r, nil
+	return r, r.lb.awaitSteadyUp(ctx, 2*cfg.inter, 90*time.Second, names...)
 }
 
 func (r *rollout) batonPath() string { return filepath.Join(r.binDir, "baton") }
@@ -263,7 +267,7 @@ func (r *rollout) awaitBack(ctx context.Context, h *host, term time.Time) error 
 		}
 		return r.lb.awaitStatus(ctx, h.name, "UP", timeout)
 	}
-	return r.lb.awaitSteadyUp(ctx, h.name, 2*r.cfg.inter, timeout)
+	return r.lb.awaitSteadyUp(ctx, 2*r.cfg.inter, timeout, h.name)
 }
 
 // control is one host's step of a rolling reload or upgrade: the command
