@@ -387,6 +387,14 @@ func printStatus(w io.Writer, st *control.Status) {
 	for _, d := range st.Degraded {
 		fmt.Fprintf(w, "DEGRADED %s\n", d)
 	}
+	for _, t := range st.Templates {
+		imported := ""
+		if t.ImportTime > 0 {
+			imported = ", imported in " + seconds(t.ImportTime)
+		}
+		fmt.Fprintf(w, "preload  generation %d: template pid %d %s (%s)%s, %s\n", t.Generation, t.Pid, t.State,
+			strings.Join(t.Preload, ", "), imported, mebibytes(t.RSS))
+	}
 	if r := st.LastReload; r != nil {
 		result := "succeeded"
 		if !r.OK {

@@ -71,6 +71,7 @@ func masterOptions(cfg *config.Config) master.Options {
 			MaxWorkerAge:       cfg.MaxWorkerAge,
 			MaxWorkerAgeJitter: cfg.MaxWorkerAgeJitter,
 			RunAs:              runAs(cfg),
+			Preload:            cfg.Preload,
 		},
 	}
 }

@@ -465,6 +465,15 @@ func (t *Tree) OpenGroup(path string) (*Group, error) {
 	return &Group{tree: t, dir: dir, fd: fd}, nil
 }
 
+// Move moves process pid, and only it, into g: a preload template's forked
+// worker, which waits to be told to run until it is in its own cgroup.
+func (g *Group) Move(pid int) error {
+	if err := writeFile(filepath.Join(g.dir, "cgroup.procs"), strconv.Itoa(pid)); err != nil {
+		return fmt.Errorf("cgroup: move pid %d into %s: %w", pid, g.Path(), err)
+	}
+	return nil
+}
+
 // FD is the cgroup's directory fd, to start a process inside it.
 func (g *Group) FD() int { return g.fd }
 

@@ -68,6 +68,7 @@ type Config struct {
 	Subreaper      bool          // subreaper: reap orphaned descendants (always as PID 1)
 	Cgroup         string        // cgroup: "auto", "off" or the cgroup path of baton's tree
 	Watch          []string      // watch: dev mode, reload when files under these change
+	Preload        []string      // preload: Python modules a template imports to fork workers from
 	WatchIgnore    []string      // watch_ignore: base-name patterns --watch ignores
 	// max_worker_memory (bytes), max_worker_age and its jitter: 0 is none.
 	MaxWorkerMemory    uint64

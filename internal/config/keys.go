@@ -219,6 +219,14 @@ var keys = []key{
 		setting:  func(c *Config) setting { return boolSetting(&c.Subreaper) },
 	},
 	{
+		name: "preload", flag: flagRepeat,
+		usage:    "Python `MODULE` to import once in a template process that forks the workers (repeat for more): shared memory and fast boots, and a reload still loads new code; the command must be a Python program",
+		lifetime: PerGeneration,
+		setting:  func(c *Config) setting { return pathsSetting{&c.Preload} },
+		check:    checkPreload,
+		needs:    []string{commandKey, "subreaper"},
+	},
+	{
 		name: "cgroup", def: "auto",
 		usage:    "`MODE`: auto (each worker in a cgroup of its own where baton may create them, else without), off, or the cgroup v2 PATH of baton's tree (an error at start if it cannot be used)",
 		lifetime: StartOnly,

@@ -19,7 +19,7 @@ var wantLifetimes = map[string]Lifetime{
 	"drain_unlisten": PerGeneration, "max_worker_memory": PerGeneration, "max_worker_age": PerGeneration,
 	"max_worker_age_jitter": PerGeneration, "user": PerGeneration, "group": PerGeneration,
 
-	"boot_nice": Reapplied, "watch": Reapplied, "watch_ignore": Reapplied, "subreaper": Reapplied, "cgroup": StartOnly,
+	"boot_nice": Reapplied, "watch": Reapplied, "watch_ignore": Reapplied, "subreaper": Reapplied, "cgroup": StartOnly, "preload": PerGeneration,
 	"shutdown_delay": Reapplied, "upgrade_handover": Reapplied, "upgrade_mode": Reapplied, "control": Reapplied, "metrics_bind": Reapplied, "log_level": Reapplied,
 
 	"bind": StartOnly, "backlog": StartOnly, "unix_mode": StartOnly, "unix_owner": StartOnly,

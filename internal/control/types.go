@@ -130,8 +130,24 @@ type Status struct {
 	LastReload *ReloadResult `json:"last_reload,omitempty"`
 	// Degraded lists the slots that keep crashing ("slot 2: 5 crashes in
 	// a row"); the others serve.
-	Degraded   []string `json:"degraded,omitempty"`
-	WorkerList []Worker `json:"worker_list"`
+	Degraded []string `json:"degraded,omitempty"`
+	// Templates are the preload templates (preload), one per generation
+	// that has one.
+	Templates  []Template `json:"templates,omitempty"`
+	WorkerList []Worker   `json:"worker_list"`
+}
+
+// Template is a generation's preload template, which forks its workers.
+type Template struct {
+	Generation int `json:"generation"`
+	Pid        int `json:"pid"`
+	// State is "importing", "ready", "failed" or "retiring".
+	State   string    `json:"state"`
+	Preload []string  `json:"preload"`
+	Started time.Time `json:"started"`
+	// ImportTime is how long importing the preload modules took.
+	ImportTime float64 `json:"import_seconds,omitempty"`
+	RSS        uint64  `json:"rss_bytes"`
 }
 
 // LameDuck is the lame-duck delay of a shutdown in progress.
@@ -162,6 +178,12 @@ type Worker struct {
 	Procs      int       `json:"processes"` // in its cgroup, or in its process tree
 	Restarts   int       `json:"restarts"`  // of its slot
 	Status     string    `json:"status,omitempty"`
+	// Watchdog: it pings WATCHDOG=1, so it is replaced when it falls
+	// silent for timeout.
+	Watchdog bool `json:"watchdog,omitempty"`
+	// Template is the pid of the preload template that forked it, 0
+	// for a worker baton started itself.
+	Template int `json:"template,omitempty"`
 	// ForeignListeners are the TCP addresses its processes listen on
 	// besides baton's listeners ("0.0.0.0:9292"): a server that binds
 	// its own socket instead of using the one it inherited.

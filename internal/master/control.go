@@ -54,6 +54,9 @@ func (m *Master) Status(ctx context.Context) (control.Status, error) {
 		for pid, w := range m.workers {
 			procs[pid] = w.proc
 		}
+		for pid, t := range m.templates {
+			procs[pid] = t.proc
+		}
 	})
 	if err != nil {
 		return control.Status{}, err
@@ -63,6 +66,11 @@ func (m *Master) Status(ctx context.Context) (control.Status, error) {
 		if p := procs[st.WorkerList[i].Pid]; p != nil {
 			u := p.Usage()
 			st.WorkerList[i].RSS, st.WorkerList[i].Procs = u.Memory, u.Procs
+		}
+	}
+	for i := range st.Templates {
+		if p := procs[st.Templates[i].Pid]; p != nil {
+			st.Templates[i].RSS = p.Usage().Memory
 		}
 	}
 	return st, nil
@@ -108,9 +116,10 @@ func (m *Master) status() control.Status {
 		st.WorkerList = append(st.WorkerList, control.Worker{
 			Slot: w.slot, Pid: pid, Generation: w.gen.num, State: w.state.String(),
 			Started: w.started, Uptime: time.Since(w.started).Seconds(),
-			Restarts: restarts, Status: w.status, ForeignListeners: w.foreign,
+			Restarts: restarts, Status: w.status, ForeignListeners: w.foreign, Template: w.template, Watchdog: w.watched,
 		})
 	}
+	st.Templates = m.templateStatus()
 	sort.Slice(st.WorkerList, func(i, j int) bool {
 		a, b := st.WorkerList[i], st.WorkerList[j]
 		if a.Generation != b.Generation {

@@ -6,6 +6,8 @@ type generation struct {
 	opts  GenerationOptions
 	size  int           // how many slots it should have
 	slots map[int]*slot // by slot number, 1..size
+	// tmpl is its preload template, while it has one (template.go).
+	tmpl *template
 }
 
 // slot is a numbered place for one worker; a crashed worker is replaced in
@@ -24,6 +26,9 @@ type slot struct {
 	// outgoing is the worker a memory or age replacement retires once
 	// worker, its successor, is ready (limits.go).
 	outgoing *worker
+	// forking: its worker is being forked by the generation's preload
+	// template (template.go).
+	forking *forking
 	// crashHint explains the last crash, when it is understood: another
 	// worker listens on the address it could not bind (foreign.go).
 	crashHint string
@@ -66,6 +71,7 @@ func (g *generation) allReady() bool {
 // retired (a reload's hand-over, scaling down, WINCH).
 func (m *Master) retireSlot(s *slot) {
 	s.pending = false
+	m.cancelFork(s)
 	m.retireOutgoing(s)
 	if s.worker != nil {
 		m.retire(s.worker)

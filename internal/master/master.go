@@ -132,6 +132,14 @@ type Master struct {
 	pid       int
 	started   time.Time
 
+	// templates are the preload templates, by pid; strays are exits of
+	// children reaped before a template named them (template.go).
+	templates map[int]*template
+	strays    map[int]proc.Exit
+	// fatal ends Run with a start error once the loop has shut down: the
+	// first generation's template could not import the app.
+	fatal *StartError
+
 	shutdown shutdownMode
 	// lameDuckEnds is when the lame-duck delay ends (shutdown.go).
 	lameDuckEnds time.Time
@@ -157,6 +165,8 @@ func newMaster(opts Options, load Loader, log *slog.Logger, logOut *logging.Outp
 		listenersDown:   map[string]string{},
 		recentlyStopped: map[int]time.Time{},
 		helpers:         map[int]func(proc.Exit){},
+		templates:       map[int]*template{},
+		strays:          map[int]proc.Exit{},
 		events:          make(chan func(), 64),
 		quit:            make(chan struct{}),
 	}
@@ -202,6 +212,9 @@ func (m *Master) Run() error {
 	defer m.closing.Wait()
 	defer func() { m.endpoints.closeAll() }()
 	m.supervise(sigs)
+	if m.fatal != nil {
+		return m.fatal
+	}
 	return nil
 }
 
@@ -303,7 +316,12 @@ func (m *Master) cleanup() {
 		w.proc.KillTree(m.otherChildren(w), false)
 		w.closeNotify()
 	}
+	for _, t := range m.templates {
+		t.proc.KillTree(m.skipForTemplate(t), false)
+		t.conn.Close()
+	}
 	m.world.notify.Close()
+	m.world.procs.Close()
 	if m.watcher != nil {
 		m.watcher.Close()
 	}
@@ -336,7 +354,7 @@ func (m *Master) cleanup() {
 // no worker left and nothing a worker left behind still being killed. A
 // lame duck waits for its delay to end even without workers.
 func (m *Master) finished() bool {
-	return m.shutdown >= graceful && len(m.workers) == 0 && m.treeKills == 0
+	return m.shutdown >= graceful && len(m.workers) == 0 && len(m.templates) == 0 && m.treeKills == 0
 }
 
 // after runs f on the master's goroutine once d has passed.
@@ -414,7 +432,13 @@ func (m *Master) onExit(e proc.Exit) {
 	}
 	if w, ok := m.workers[e.Pid]; ok {
 		m.onWorkerExit(w, e)
+		m.retireTemplates()
 		return
 	}
+	if t, ok := m.templates[e.Pid]; ok {
+		m.onTemplateExit(t, e)
+		return
+	}
+	m.rememberStray(e)
 	m.log.Debug("reaped a process that is not a worker", "pid", e.Pid, "status", proc.Describe(e.Status))
 }

@@ -102,6 +102,9 @@ type GenerationOptions struct {
 	MaxWorkerAgeJitter time.Duration
 	// RunAs, if set, is the user and group workers run as.
 	RunAs *syscall.Credential
+	// Preload, if set, are the Python modules a template imports once,
+	// to fork the generation's workers from (template.go).
+	Preload []string
 }
 
 // ReadyMode says how baton learns that a worker accepts connections.

@@ -229,6 +229,7 @@ func (m *Master) completeReload() {
 		m.succeedSlot(r.old, id)
 	}
 	m.current, m.reload = r.next, nil
+	m.retireTemplates()
 	m.commitMasterChange(r.settings)
 	m.armMemoryChecks()
 	m.checkListeners("reload", nil)
@@ -260,23 +261,9 @@ func (m *Master) completeReload() {
 // strength. culprit is the worker that failed, if any; its last stderr
 // lines are logged once its stderr has drained.
 func (m *Master) failReload(culprit *worker, reason string) {
-	r := m.reload
+	r := m.stopNewGeneration()
 	if r == nil {
 		return
-	}
-	m.reload = nil
-	m.discardMasterChange(r.settings)
-	for _, s := range r.next.slots {
-		s.pending = false
-		if s.worker != nil {
-			m.retire(s.worker)
-		}
-	}
-	for _, s := range r.old.slots {
-		if s.succeeded {
-			s.succeeded = false
-			m.spawn(s)
-		}
 	}
 	result := ReloadResult{Generation: r.next.num, OK: false, Started: r.started, Reason: reason}
 	if culprit != nil {
@@ -288,6 +275,50 @@ func (m *Master) failReload(culprit *worker, reason string) {
 	}
 	m.reportFailure(r, culprit, recorded)
 	m.startQueued()
+}
+
+// failReloadReport fails the reload in progress for a reason no worker
+// gave, reporting lines as its stderr: the preload template's traceback.
+func (m *Master) failReloadReport(reason string, lines []string) {
+	r := m.stopNewGeneration()
+	if r == nil {
+		return
+	}
+	res := m.endReload(ReloadResult{Generation: r.next.num, OK: false, Started: r.started, Reason: reason, Stderr: lines})
+	if m.metrics != nil {
+		m.metrics.ReloadFinished(false, res.Duration)
+	}
+	m.log.Error("reload failed", "generation", r.next.num, "reason", reason,
+		"serving_generation", r.old.num, "duration", res.Duration.Round(time.Millisecond).String(), "stderr", lines)
+	deliver(r.waiters, res)
+	m.startQueued()
+}
+
+// stopNewGeneration ends the reload in progress as failed: the new
+// generation is stopped, and the old one brought back to full strength.
+// It returns the reload, nil when none was in progress.
+func (m *Master) stopNewGeneration() *reload {
+	r := m.reload
+	if r == nil {
+		return nil
+	}
+	m.reload = nil
+	m.discardMasterChange(r.settings)
+	for _, s := range r.next.slots {
+		s.pending = false
+		m.cancelFork(s)
+		if s.worker != nil {
+			m.retire(s.worker)
+		}
+	}
+	for _, s := range r.old.slots {
+		if s.succeeded {
+			s.succeeded = false
+			m.spawn(s)
+		}
+	}
+	m.retireTemplates()
+	return r
 }
 
 // reportFailure logs a failed reload and tells its waiters, with the

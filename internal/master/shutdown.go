@@ -59,6 +59,8 @@ func (m *Master) shutdownCause(sig syscall.Signal) []any {
 		return []any{"signal", proc.SignalName(sig)}
 	case m.steppedDown:
 		return []any{"requested_by", "upgrade hand-over"}
+	case m.fatal != nil:
+		return []any{"reason", "the start failed"}
 	}
 	return []any{"requested_by", "control socket"}
 }
@@ -113,6 +115,11 @@ func (m *Master) stopAllForShutdown(mode shutdownMode, cause []any) {
 	timeout := m.shutdownTimeout(mode)
 	m.log.Info("shutting down", append(cause, "graceful", mode == graceful,
 		"workers", len(m.workers), "timeout", timeout.String())...)
+	for _, t := range m.templates {
+		if !t.retired {
+			m.retireTemplate(t)
+		}
+	}
 	for _, w := range m.workers {
 		w.state = draining
 		stopSig := w.gen.opts.StopSignal
@@ -147,6 +154,9 @@ func (m *Master) shutdownTimeout(mode shutdownMode) time.Duration {
 func (m *Master) killAll() {
 	for _, w := range m.workers {
 		m.killTree(w)
+	}
+	for _, t := range m.templates {
+		m.killTemplate(t)
 	}
 }
 

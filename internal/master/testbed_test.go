@@ -55,6 +55,8 @@ type fakeWorld struct {
 	// new image; execErr is what each returns.
 	execs   [][]string
 	execErr error
+	// templates are the preload templates' control sockets, by pid.
+	templates map[int]*fakeTemplate
 }
 
 type kill struct {

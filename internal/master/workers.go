@@ -55,6 +55,8 @@ type worker struct {
 	status  string // the last STATUS= it sent
 	ready   time.Duration
 	niced   bool // booting at a lower CPU priority (nice.go)
+	// template is the pid of the preload template that forked it.
+	template int
 	// watchdog.go: watched since its first WATCHDOG=1, last pinged then;
 	// hung once it missed one.
 	watched  bool
@@ -103,6 +105,10 @@ func (m *Master) workerAfter(w *worker, name string, d time.Duration, f func()) 
 // fork is treated like a crash, so the slot's backoff applies.
 func (m *Master) spawn(s *slot) {
 	s.pending = false
+	if len(s.gen.opts.Preload) > 0 {
+		m.spawnForked(s)
+		return
+	}
 	notify, err := m.world.notify.Open(notifyOwner(s.gen.opts.RunAs))
 	if err != nil {
 		m.log.Error("cannot open a notify socket for a worker", "slot", s.id, "err", err)
@@ -153,18 +159,7 @@ var reservedEnv = map[string]bool{
 }
 
 func (m *Master) workerEnv(s *slot, notifyAddr string) []string {
-	extra := s.gen.opts.Env
-	var env []string
-	for _, kv := range os.Environ() {
-		name, _, _ := strings.Cut(kv, "=")
-		if _, overridden := extra[name]; reservedEnv[name] || overridden {
-			continue
-		}
-		env = append(env, kv)
-	}
-	for k, v := range extra {
-		env = append(env, k+"="+v)
-	}
+	env := m.baseEnv(s.gen)
 	if s.gen.opts.ListenEnv {
 		names := make([]string, len(m.listeners))
 		for i, l := range m.listeners {
@@ -181,6 +176,24 @@ func (m *Master) workerEnv(s *slot, notifyAddr string) []string {
 		"BATON_GENERATION="+strconv.Itoa(s.gen.num),
 		proc.MasterPidEnv+"="+strconv.Itoa(m.pid),
 	)
+}
+
+// baseEnv is what every process of g gets: baton's environment without
+// the variables baton sets per worker, plus g's env settings.
+func (m *Master) baseEnv(g *generation) []string {
+	extra := g.opts.Env
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if _, overridden := extra[name]; reservedEnv[name] || overridden {
+			continue
+		}
+		env = append(env, kv)
+	}
+	for k, v := range extra {
+		env = append(env, k+"="+v)
+	}
+	return env
 }
 
 // watchReadiness starts whatever tells that w is ready: READY=1 on its
@@ -468,6 +481,9 @@ func (m *Master) otherChildren(w *worker) map[int]bool {
 		}
 	}
 	for pid := range m.helpers {
+		skip[pid] = true
+	}
+	for pid := range m.templates {
 		skip[pid] = true
 	}
 	if m.upgrade != nil {

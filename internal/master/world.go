@@ -61,6 +61,38 @@ type processes interface {
 	Reap() []proc.Exit
 	// SetGroupNice sets the nice value of process group pgid.
 	SetGroupNice(pgid, nice int) error
+	// StartTemplate starts a preload template for workers spec
+	// describes: the command's Python interpreter running the fork
+	// server, which imports preload and then forks on request (package
+	// forkserver).
+	StartTemplate(spec proc.Spec, preload []string) (pid int, p process, conn templateConn, err error)
+	// AdoptForked takes over the worker a template forked for req, now
+	// the master's child: with cgroups it moves it into a cgroup of its
+	// own first. The worker runs no code of its own until req.Go.
+	AdoptForked(pid int, req forkRequest) (process, error)
+	// Close removes what starting templates left on disk, when the
+	// master exits.
+	Close()
+}
+
+// templateConn is the master's end of a template's control socket.
+type templateConn interface {
+	// Receive calls handle with each message until the template closes
+	// the socket; it runs on a goroutine of its own.
+	Receive(handle func(templateMsg))
+	// Fork asks for a worker with env as its whole environment.
+	Fork(id int, env []string) (forkRequest, error)
+	// Close closes the socket: the template exits once it sees that.
+	Close() error
+}
+
+// forkRequest is one worker asked of a template.
+type forkRequest interface {
+	// Go lets the forked worker run.
+	Go() error
+	// Abort makes the forked worker exit without running anything (if it
+	// was forked at all).
+	Abort()
 }
 
 // process is one started worker.
@@ -234,6 +266,9 @@ type osProcesses struct {
 	// masters are the pidfds of the new masters upgrades started, by pid,
 	// until they are reaped; used on the master's goroutine only.
 	masters map[int]int
+	// forkServerPath is the fork server, once a template needed it
+	// (world_template.go).
+	forkServerPath string
 }
 
 func (o *osProcesses) StartWorker(spec proc.Spec) (int, process, error) {
@@ -478,3 +513,5 @@ func (i procInspector) Registrations(pid int) []readiness.Registration {
 func (i procInspector) ForeignListeners(pids []int) map[int][]string {
 	return i.probe.ForeignListeners(pids)
 }
+
+// StartTemplate, AdoptForked and Close: see world_template.go.

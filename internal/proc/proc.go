@@ -18,7 +18,9 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -41,8 +43,12 @@ type Spec struct {
 	Dir  string
 	Env  []string // complete environment, without LISTEN_PID (the shim adds it)
 	// Listeners are raw fds that become fds 3, 4, ... in the worker; no
-	// other fd above 2 reaches it.
+	// other fd above 2 reaches it but Extra.
 	Listeners []int
+	// Extra are raw fds that follow the listeners (a preload template's
+	// control socket): the command gets them, the listener guard does not
+	// cover them.
+	Extra []int
 	// Stdout is the raw fd the worker writes its stdout to (usually 1).
 	Stdout int
 	// Stderr receives the worker's stderr, through a pipe that keeps its
@@ -91,7 +97,11 @@ func mustOpenDevNull() int {
 func Start(spec Spec) (*Process, error) {
 	// The shim learns how many listeners follow the standard streams, so
 	// that it can keep those and no other descriptor.
-	argv := append([]string{"baton", ShimArg, strconv.Itoa(len(spec.Listeners)), spec.Path}, spec.Args...)
+	fdCount := strconv.Itoa(len(spec.Listeners))
+	if len(spec.Extra) > 0 {
+		fdCount += "+" + strconv.Itoa(len(spec.Extra))
+	}
+	argv := append([]string{"baton", ShimArg, fdCount, spec.Path}, spec.Args...)
 	errRead, errWrite, err := stderrPipe()
 	if err != nil {
 		return nil, fmt.Errorf("start worker: stderr pipe: %w", err)
@@ -100,7 +110,7 @@ func Start(spec Spec) (*Process, error) {
 	// would never see EOF.
 	defer errWrite.Close()
 	files := []uintptr{uintptr(devNull), uintptr(spec.Stdout), errWrite.Fd()}
-	for _, fd := range spec.Listeners {
+	for _, fd := range append(slices.Clip(spec.Listeners), spec.Extra...) {
 		files = append(files, uintptr(fd))
 	}
 	pidfd := -1
@@ -141,6 +151,21 @@ func Adopt(pid int, started time.Time, stderrFD int, stderr io.Writer) *Process 
 	unix.CloseOnExec(stderrFD)
 	pipe := os.NewFile(uintptr(stderrFD), "worker-stderr")
 	return &Process{Pid: pid, Started: started, Stderr: newTail(pipe, stderr), pidfd: pidfd, stderrPipe: pipe}
+}
+
+// AdoptForked takes over a worker that a preload template forked and
+// that became this process's child (it is a child subreaper): pid, and
+// the read end of the stderr pipe baton gave it. A pid that is gone
+// already is an error: its exit may have been reaped as a stranger's.
+func AdoptForked(pid int, stderrPipe *os.File, stderr io.Writer) (*Process, error) {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	switch {
+	case err == unix.ESRCH:
+		return nil, fmt.Errorf("forked worker %d is gone", pid)
+	case err != nil:
+		pidfd = -1 // a kernel without pidfd_open: signals by pid until reaped
+	}
+	return &Process{Pid: pid, Started: time.Now(), Stderr: newTail(stderrPipe, stderr), pidfd: pidfd, stderrPipe: stderrPipe}, nil
 }
 
 // KeepStderrOnExec makes the read end of the worker's stderr pipe survive
@@ -246,8 +271,9 @@ func masterPid() int {
 const MasterPidEnv = "BATON_MASTER_PID"
 
 // Shim is the body of baton's hidden "_exec" mode: args are the number N of
-// listeners the worker gets as fds 3, 4, ..., the resolved executable and
-// its argv. It marks every fd from 3+N up close-on-exec, so that the command
+// listeners the worker gets as fds 3, 4, ... ("N+M" when M more fds follow
+// them), the resolved executable and its argv. It marks every fd from
+// 3+N+M up close-on-exec, so that the command
 // starts with the listeners and its standard streams and nothing else the
 // master might hold; sets LISTEN_PID to its own pid, which execve keeps; and
 // replaces itself with the command. It returns only on failure, with the
@@ -259,14 +285,12 @@ const MasterPidEnv = "BATON_MASTER_PID"
 // the exec below. Neither the master nor the shim may call setrlimit for
 // RLIMIT_NOFILE, which would stop that (golang/go#46279).
 func Shim(args []string) int {
-	n := -1
+	n, extra := -1, 0
 	if len(args) >= 3 {
-		if v, err := strconv.Atoi(args[0]); err == nil {
-			n = v
-		}
+		n, extra = parseFdCount(args[0])
 	}
 	if n < 0 {
-		fmt.Fprintln(os.Stderr, "baton _exec: usage: baton _exec NLISTENERS PATH ARGV0 [ARGS...] (internal, started by the master)")
+		fmt.Fprintln(os.Stderr, "baton _exec: usage: baton _exec NLISTENERS[+NEXTRA] PATH ARGV0 [ARGS...] (internal, started by the master)")
 		return 2
 	}
 	path, argv := args[1], args[2:]
@@ -285,7 +309,7 @@ func Shim(args []string) int {
 	}
 	// Close-on-exec rather than closed: the Go runtime may hold fds of its
 	// own until the exec, and this process goes on if the exec fails.
-	if err := CloseOnExecFrom(3 + n); err != nil {
+	if err := CloseOnExecFrom(3 + n + extra); err != nil {
 		fmt.Fprintf(os.Stderr, "baton: cannot keep the master's file descriptors from %s: %v\n", path, err)
 		return 126
 	}
@@ -303,4 +327,20 @@ func Shim(args []string) int {
 		return 127
 	}
 	return 126
+}
+
+// parseFdCount reads the shim's "N" or "N+M"; n is -1 when it is neither.
+func parseFdCount(arg string) (n, extra int) {
+	listeners, more, hasExtra := strings.Cut(arg, "+")
+	n, err := strconv.Atoi(listeners)
+	if err != nil || n < 0 {
+		return -1, 0
+	}
+	if hasExtra {
+		extra, err = strconv.Atoi(more)
+		if err != nil || extra < 0 {
+			return -1, 0
+		}
+	}
+	return n, extra
 }
