@@ -364,7 +364,7 @@ func (m *Master) onTemplateExit(t *template, e proc.Exit) {
 	forks := t.forks
 	t.forks = map[int]*forking{}
 	if t.state == templateImporting {
-		m.withTemplateLines(t, func(lines []string) {
+		m.withStderrLines(t.proc, func(lines []string) {
 			m.failTemplate(t, "the preload template exited while importing the app: "+status, lines)
 		})
 	}
@@ -375,19 +375,6 @@ func (m *Master) onTemplateExit(t *template, e proc.Exit) {
 			m.failBoot(s, "the preload template exited before it forked the worker: "+status)
 		}
 	}
-}
-
-// withTemplateLines calls report on the master's goroutine with the
-// template's last stderr lines, once its stderr has closed (bounded).
-func (m *Master) withTemplateLines(t *template, report func([]string)) {
-	p := t.proc
-	offLoop(m, func() []string {
-		select {
-		case <-p.StderrClosed():
-		case <-time.After(stderrDrainWait):
-		}
-		return p.StderrLines(stderrFirstLines, stderrLastLines)
-	}, report)
 }
 
 // skipForTemplate: the workers a template forked are the master's
