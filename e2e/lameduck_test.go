@@ -193,13 +193,22 @@ func TestShutdownDelayServesWhileReadyzSays503(t *testing.T) {
 	b.assertNothingLeft(t)
 }
 
-// A second TERM during the delay stops the workers at once.
-func TestSecondTERMSkipsTheShutdownDelay(t *testing.T) {
-	t.Parallel()
+// startInLameDuck starts baton with one worker and a shutdown_delay far
+// longer than any test, sends it TERM and returns once its status shows the
+// lame-duck delay: what a test then does happens during the delay.
+func startInLameDuck(t *testing.T) *Baton {
+	t.Helper()
 	b := startBaton(t, "run", "-w", "1", "--shutdown-delay", "10m", "--", testworkerBin)
 	b.waitReady(t, 1)
 	b.signal(t, syscall.SIGTERM)
 	b.waitStatus(t, "the lame-duck delay", waitTimeout, func(st control.Status) bool { return st.LameDuck != nil })
+	return b
+}
+
+// A second TERM during the delay stops the workers at once.
+func TestSecondTERMSkipsTheShutdownDelay(t *testing.T) {
+	t.Parallel()
+	b := startInLameDuck(t)
 	b.signal(t, syscall.SIGTERM)
 	if code := b.waitExit(t, 2*waitTimeout); code != 0 {
 		t.Errorf("baton exited %d after a second TERM, want 0", code)
@@ -213,10 +222,7 @@ func TestSecondTERMSkipsTheShutdownDelay(t *testing.T) {
 // A reload during the delay is refused, and says why.
 func TestReloadDuringTheShutdownDelayIsRefused(t *testing.T) {
 	t.Parallel()
-	b := startBaton(t, "run", "-w", "1", "--shutdown-delay", "10m", "--", testworkerBin)
-	b.waitReady(t, 1)
-	b.signal(t, syscall.SIGTERM)
-	b.waitStatus(t, "the lame-duck delay", waitTimeout, func(st control.Status) bool { return st.LameDuck != nil })
+	b := startInLameDuck(t)
 	r := b.cli(t, "reload")
 	if r.code != 1 || !strings.Contains(r.stdout+r.stderr, "shutting down") {
 		t.Errorf("baton reload during the delay: exit %d, %q %q; want 1, shutting down", r.code, r.stdout, r.stderr)
