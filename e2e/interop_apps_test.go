@@ -115,14 +115,41 @@ def slow():
 `
 
 // waitressServe serves app.py with waitress on the listener baton passes
-// as fd 3 (waitress has no option for an inherited socket).
-const waitressServe = `import socket
+// as fd 3 (waitress has no option for an inherited socket), and drains on
+// SIGTERM, which waitress alone does not do (Python's default action ends
+// it at once, requests in flight included): it stops selecting on the
+// listener (the socket stays open: it is baton's), lets the requests it
+// accepted finish, and exits.
+const waitressServe = `import os
+import signal
+import socket
+import threading
+import time
 
-import waitress
+import waitress.server
 
 from app import app
 
-waitress.serve(app, sockets=[socket.socket(fileno=3)])
+server = waitress.server.create_server(app, sockets=[socket.socket(fileno=3)])
+
+
+def drain(signum, frame):
+    server.accepting = False  # waitress no longer selects on the listener
+
+    def exit_when_idle():
+        while server.active_channels:
+            for channel in list(server.active_channels.values()):
+                if not channel.requests:
+                    channel.will_close = True  # idle keep-alive connections
+            server.pull_trigger()
+            time.sleep(0.05)
+        os._exit(0)
+
+    threading.Thread(target=exit_when_idle, daemon=True).start()
+
+
+signal.signal(signal.SIGTERM, drain)
+server.run()
 `
 
 // djangoSettings, djangoURLs and djangoWSGI are a minimal Django project:

@@ -129,23 +129,13 @@ func TestPreloadForksWorkersThatReloadNewCodeAndRefuseABrokenImport(t *testing.T
 				version string
 			}{{2, "v2"}, {3, "v3"}} {
 				writeFile(t, dir, "VERSION", step.version, 0o644)
-				r := b.reload(t, step.gen)
-				if !r.OK {
-					t.Fatalf("reload to %s: %s", step.version, describeReload(&r))
+				if r := b.cli(t, "reload"); r.code != 0 {
+					t.Fatalf("reload to %s: exit %d\n%s%s", step.version, r.code, r.stdout, r.stderr)
 				}
 				st := b.mustStatus(t)
 				next := templateOf(t, st, step.gen)
-				// baton reload returns once the new generation is ready;
-				// the old workers may accept for a few ms more while
-				// they are made deaf, so wait for them to be gone.
-				b.waitStatus(t, "the old generation to exit", waitTimeout, func(st control.Status) bool {
-					for _, w := range st.WorkerList {
-						if w.Generation != step.gen {
-							return false
-						}
-					}
-					return true
-				})
+				// baton reload answers once the old workers accept no
+				// more: from then on only the new code answers.
 				for range 10 {
 					if p := getPreload(t, b.Addr()); p.Version != step.version || p.ImportPid != next.Pid {
 						t.Errorf("after the reload: %+v, want version %s imported by template %d", p, step.version, next.Pid)

@@ -16,7 +16,52 @@ const (
 	// connections it accepted just before, so its shutdown finds them in
 	// progress instead of idle.
 	readPause = 100 * time.Millisecond
+	// deafWait bounds how long a reload's answer waits for the old
+	// workers to stop accepting.
+	deafWait = 2 * time.Second
 )
+
+// whenOnlyServing calls then, on the master's goroutine, once no worker
+// but g's waits for connections on a listener, as /proc shows (what
+// ready = "auto" looks for: the retired workers were made deaf, or have
+// exited), or after deafWait at the most. A successful reload answers
+// then: when `baton reload` returns, a new connection reaches only the new
+// code.
+func (m *Master) whenOnlyServing(g *generation, then func()) {
+	deadline := time.Now().Add(deafWait)
+	var check func()
+	check = func() {
+		var old []int
+		for pid, w := range m.workers {
+			if w.gen != g {
+				old = append(old, pid)
+			}
+		}
+		if len(old) == 0 {
+			then()
+			return
+		}
+		offLoop(m, func() bool {
+			for _, pid := range old {
+				if m.world.inspect.Waiting(pid) {
+					return true
+				}
+			}
+			return false
+		}, func(accepting bool) {
+			switch {
+			case !accepting:
+				then()
+			case time.Now().After(deadline):
+				m.log.Warn("old workers still wait for connections; answering the reload anyway", "waited", deafWait.String())
+				then()
+			default:
+				m.after(autoProbeInterval, check)
+			}
+		})
+	}
+	check()
+}
 
 // unlistenThen removes the shared listeners from w's epoll sets, so it
 // accepts no new connection while the next generation does, and calls

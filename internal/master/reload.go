@@ -253,7 +253,7 @@ func (m *Master) completeReload() {
 	if m.metrics != nil {
 		m.metrics.ReloadFinished(true, res.Duration)
 	}
-	deliver(r.waiters, res)
+	m.whenOnlyServing(r.next, func() { deliver(r.waiters, res) })
 	m.startQueued()
 }
 

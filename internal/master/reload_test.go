@@ -346,3 +346,52 @@ func TestAConfigThatBlocksFailsTheReloadAndNeverStopsTheMaster(t *testing.T) {
 		}
 	})
 }
+
+// `baton reload` answers once the old workers no longer wait for
+// connections (they were made deaf, or exited): then a new connection
+// reaches only the new code. A worker that goes on accepting holds the
+// answer back for deafWait at the most.
+func TestReloadAnswersOnceTheOldWorkersStopAccepting(t *testing.T) {
+	serving(t, options(gen(2)), func(t *testing.T, tb *testbed) {
+		old := tb.workers(1, "ready")
+		tb.w.mu.Lock()
+		for _, pid := range old {
+			tb.w.waiting[pid] = true // accepting, as /proc would show
+			tb.w.procs[pid].stubborn = true
+		}
+		tb.w.mu.Unlock()
+		res := tb.reloadAsync()
+		tb.ready(tb.workers(2, "starting")...)
+		tb.wait(time.Second)
+		tb.noResult(res)
+		tb.w.mu.Lock()
+		tb.w.waiting[old[0]] = false
+		tb.w.mu.Unlock()
+		tb.wait(time.Second)
+		tb.noResult(res) // the other one still accepts
+		tb.w.mu.Lock()
+		tb.w.waiting[old[1]] = false
+		tb.w.mu.Unlock()
+		tb.wait(100 * time.Millisecond)
+		if r := tb.result(res); !r.OK {
+			t.Fatalf("reload: %+v", r)
+		}
+
+		// One that never stops accepting: the answer comes after deafWait.
+		serving := tb.workers(2, "ready")
+		tb.w.mu.Lock()
+		for _, pid := range serving {
+			tb.w.waiting[pid] = true
+			tb.w.procs[pid].stubborn = true
+		}
+		tb.w.mu.Unlock()
+		res = tb.reloadAsync()
+		tb.ready(tb.workers(3, "starting")...)
+		tb.wait(deafWait - 200*time.Millisecond)
+		tb.noResult(res)
+		tb.wait(time.Second)
+		if r := tb.result(res); !r.OK {
+			t.Fatalf("reload: %+v", r)
+		}
+	})
+}
