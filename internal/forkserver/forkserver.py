@@ -241,6 +241,43 @@ def server_modules(entry):
     return seen
 
 
+# Modules that servers import lazily in each worker, once it runs (uvicorn's
+# Config.load picks its loop and protocol implementations then): imported
+# once in the template instead, every worker shares them and skips the
+# import. Only for a server the template imported already; a module that
+# is not installed (httptools, websockets) is passed over without a word.
+LAZY_SERVER_MODULES = {
+    "uvicorn": [
+        "uvicorn.lifespan.on", "uvicorn.lifespan.off", "uvicorn.loops.auto", "uvicorn.loops.asyncio",
+        "uvicorn.loops.uvloop", "uvicorn.protocols.http.auto", "uvicorn.protocols.http.h11_impl",
+        "uvicorn.protocols.http.httptools_impl", "uvicorn.protocols.websockets.auto",
+        "uvicorn.protocols.websockets.wsproto_impl", "uvicorn.protocols.websockets.websockets_impl",
+        "uvicorn.middleware.proxy_headers", "uvicorn.logging",
+    ],
+    "gunicorn": [
+        "gunicorn.arbiter", "gunicorn.glogging", "gunicorn.workers.sync", "gunicorn.workers.gthread",
+        "gunicorn.app.wsgiapp",
+    ],
+    "hypercorn": ["hypercorn.asyncio", "hypercorn.asyncio.run", "hypercorn.config", "hypercorn.run"],
+}
+
+
+def warm_lazy_server_modules():
+    """Imports the lazily loaded modules of the servers already imported
+    (LAZY_SERVER_MODULES); returns those it imported."""
+    done = []
+    for server, names in LAZY_SERVER_MODULES.items():
+        if server not in sys.modules:
+            continue
+        for name in names:
+            try:
+                importlib.import_module(name)
+                done.append(name)
+            except Exception:  # noqa: BLE001  (not installed: the worker would not use it)
+                pass
+    return done
+
+
 def read_source(path):
     with open(path, "rb") as f:
         return f.read(1 << 20)
@@ -681,6 +718,7 @@ def main():
         start = time.monotonic()
         import_preloads(preload)
         servers = pre_import(server_modules_or_none(entry))
+        servers += warm_lazy_server_modules()
         seconds = time.monotonic() - start
     except BaseException as exc:  # noqa: BLE001  (SystemExit in an import too)
         message = error_message(exc)
@@ -689,10 +727,24 @@ def main():
         send(ctrl, message)
         return 1
     gc.freeze()
+    release_free_memory()
     send(ctrl, {"type": "ready", "pid": os.getpid(), "python": platform.python_version(),
                 "preloaded": preload, "server_modules": servers,
                 "import_seconds": round(seconds, 6)})
     return Template(ctrl, entry).serve()
+
+
+def release_free_memory():
+    """Gives the C heap's free pages back to the system (glibc's
+    malloc_trim): what the imports allocated and freed. Left in place, every
+    worker would inherit those pages, and each would copy the ones its own
+    allocations reuse, while the template kept the originals."""
+    if ctypes is None:
+        return
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def server_modules_or_none(entry):

@@ -103,6 +103,13 @@ func TestTemplateUvicorn(t *testing.T) {
 	if !slices.Contains(ready.ServerModules, "uvicorn.main") {
 		t.Errorf("ready = %+v; want uvicorn.main (the console script's entry point) pre-imported", ready)
 	}
+	// What uvicorn imports lazily in each worker (its loop and protocol
+	// implementations) is imported once, in the template.
+	for _, lazy := range []string{"uvicorn.protocols.http.auto", "uvicorn.loops.auto", "uvicorn.lifespan.on"} {
+		if !slices.Contains(ready.ServerModules, lazy) {
+			t.Errorf("ready.ServerModules = %v; want %s, which uvicorn loads lazily in each worker", ready.ServerModules, lazy)
+		}
+	}
 	env := append(baseEnv(), "LISTEN_FDS=1", "BATON_MASTER_PID="+strconv.Itoa(os.Getpid()), "NOTIFY_SOCKET=/nonexistent")
 	pids := map[int]bool{}
 	for id := 1; id <= 2; id++ {
