@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -31,10 +32,10 @@ type opResult struct {
 // HUP, then as many new "Application startup complete" lines as it has
 // workers.
 func (s *server) reloadWait(timeout time.Duration) (opResult, error) {
-	switch s.spec.kind {
-	case "baton":
+	switch family(s.spec.kind) {
+	case kindBaton:
 		return s.batonCommand("reload", timeout)
-	case "gunicorn":
+	case kindGunicorn:
 		before := s.countLines(s.readyMarker())
 		at, err := s.hup()
 		if err != nil {
@@ -79,7 +80,7 @@ func lastLine(s string) string {
 
 // pidFile is where the master writes its pid (see serverArgv).
 func (s *server) pidFile() string {
-	return filepath.Join(s.appDir, s.spec.kind+".pid")
+	return filepath.Join(s.appDir, family(s.spec.kind)+".pid")
 }
 
 func readPID(path string) int {
@@ -100,8 +101,8 @@ func readPID(path string) int {
 // the one the benchmark signals.
 func (s *server) upgradeWait(timeout time.Duration) (opResult, error) {
 	old := s.master()
-	switch s.spec.kind {
-	case "baton":
+	switch family(s.spec.kind) {
+	case kindBaton:
 		res, err := s.batonCommand("upgrade", timeout)
 		if err != nil {
 			return res, err
@@ -110,7 +111,7 @@ func (s *server) upgradeWait(timeout time.Duration) (opResult, error) {
 			s.masterPID.Store(int64(pid))
 		}
 		return res, nil
-	case "gunicorn":
+	case kindGunicorn:
 		before := s.countLines(s.readyMarker())
 		at, err := s.signal(syscall.SIGUSR2)
 		if err != nil {
@@ -146,19 +147,46 @@ func (s *server) upgradeWait(timeout time.Duration) (opResult, error) {
 }
 
 // workerPIDs lists the current master's worker processes: its children,
-// less baton's short-lived unlisten helper and a new master during an
-// upgrade.
+// less baton's short-lived unlisten helper, a new master during an
+// upgrade, and baton's preload templates (the processes that fork the
+// workers; they serve no request).
 func (s *server) workerPIDs() []int {
 	master := s.master()
 	newMaster := readPID(s.pidFile() + ".2")
+	templates := map[int]bool{}
+	if s.spec.kind == kindBatonPreload {
+		templates = s.templatePIDs()
+	}
 	var out []int
 	for _, p := range children(master) {
-		if p.state == "Z" || p.pid == newMaster || isUnlistenHelper(p.pid) {
+		if p.state == "Z" || p.pid == newMaster || templates[p.pid] || isUnlistenHelper(p.pid) {
 			continue
 		}
 		out = append(out, p.pid)
 	}
 	return out
+}
+
+// templatePIDs are the pids of baton's preload templates, from `baton
+// status --json` (the suite imports no baton package: it reads the one
+// field it needs).
+func (s *server) templatePIDs() map[int]bool {
+	out, err := exec.Command(s.cmd.Path, "status", "--json", "--pid", s.pidFile()).Output()
+	pids := map[int]bool{}
+	if err != nil {
+		return pids
+	}
+	var st struct {
+		Templates []struct {
+			Pid int `json:"pid"`
+		} `json:"templates"`
+	}
+	if json.Unmarshal(out, &st) == nil {
+		for _, t := range st.Templates {
+			pids[t.Pid] = true
+		}
+	}
+	return pids
 }
 
 // isUnlistenHelper tells baton's drain helper (`baton _unlisten`, a
