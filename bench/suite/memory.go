@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -92,7 +93,7 @@ func (r *memoryReport) failed() bool {
 }
 
 // djangoApp is how the servers name the Django project's ASGI app.
-var djangoApp = appSpec{target: "proj.asgi:application", module: "proj.asgi", pythonM: true}
+var djangoApp = appSpec{target: "proj.asgi:application", module: "proj.asgi", pythonM: true, getPath: "admin/login/"}
 
 func measureMemory(cfg *config, runDir string) measured {
 	rep := &memoryReport{cfg: cfg}
@@ -146,7 +147,7 @@ func measureOneMemory(cfg *config, kind, runDir string) *memoryRun {
 	time.Sleep(time.Second) // let the workers settle after their startup
 	m.Fresh = snapshotTree(srv, nil)
 	began := time.Now()
-	m.PerWorker, m.Requests, m.Failed, err = warmUp(srv.url()+"admin/login/", cfg.workers, cfg.warmup, cfg.timeout)
+	m.PerWorker, m.Requests, m.Failed, err = warmUp(srv.url()+djangoApp.getPath, cfg.workers, cfg.warmup, cfg.timeout)
 	m.WarmFor = time.Since(began)
 	if err != nil {
 		m.Err = err
@@ -344,8 +345,17 @@ func readRollup(pid int) (memProc, error) {
 		return p, fmt.Errorf("smaps_rollup of pid %d: %w", pid, err)
 	}
 	defer f.Close()
+	if p.PSS, p.USS, p.RSS, err = parseRollup(f); err != nil {
+		return p, fmt.Errorf("smaps_rollup of pid %d: %w", pid, err)
+	}
+	return p, nil
+}
+
+// parseRollup reads smaps_rollup's fields, in KiB: PSS is Pss + SwapPss,
+// USS is Private_Clean + Private_Dirty.
+func parseRollup(r io.Reader) (pss, uss, rss int64, err error) {
 	seen := false
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		name, v, ok := strings.Cut(sc.Text(), ":")
 		if !ok {
@@ -361,21 +371,21 @@ func readRollup(pid int) (memProc, error) {
 		}
 		switch name {
 		case "Pss", "SwapPss":
-			p.PSS += n
+			pss += n
 			seen = true
 		case "Private_Clean", "Private_Dirty":
-			p.USS += n
+			uss += n
 		case "Rss":
-			p.RSS = n
+			rss = n
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return p, fmt.Errorf("smaps_rollup of pid %d: %w", pid, err)
+		return 0, 0, 0, err
 	}
 	if !seen {
-		return p, fmt.Errorf("smaps_rollup of pid %d has no Pss line", pid)
+		return 0, 0, 0, errors.New("no Pss line")
 	}
-	return p, nil
+	return pss, uss, rss, nil
 }
 
 func mib(kib int64) float64 { return float64(kib) / 1024 }

@@ -127,6 +127,9 @@ type appSpec struct {
 	// pythonM: baton's workers run `python3 -m uvicorn` rather than the
 	// /usr/bin/uvicorn script.
 	pythonM bool
+	// getPath: the server is up once GET of this path answers 200 ("":
+	// once a POST to / does, as the load sends).
+	getPath string
 }
 
 func (a appSpec) orDefault() appSpec {
@@ -393,6 +396,15 @@ func processGone(pid int) bool {
 
 func (s *server) url() string { return fmt.Sprintf("http://127.0.0.1:%d/", s.port) }
 
+// probe reports whether the server answers its app's probe with 200 now.
+func (s *server) probe() bool {
+	if s.spec.app.getPath == "" {
+		return probe(s.url())
+	}
+	_, err := getWorkerPID(newClient(false, 2*time.Second), s.url()+s.spec.app.getPath)
+	return err == nil
+}
+
 // readyMarker is the log line each server writes once per worker that
 // is up: baton's "worker ready" records, uvicorn's startup line.
 func (s *server) readyMarker() string {
@@ -415,7 +427,7 @@ func (s *server) waitReady(limit time.Duration) (first200, allUp time.Duration, 
 		if time.Now().After(deadline) {
 			return 0, 0, fmt.Errorf("%s did not answer within %s; see %s", s.spec.kind, limit, s.logPath)
 		}
-		if probe(s.url()) {
+		if s.probe() {
 			first200 = time.Since(s.startedAt)
 			break
 		}
