@@ -421,6 +421,10 @@ type batonSpec struct {
 	// be a copy that user can execute (executableByAll). The test's temp
 	// dir, baton's working directory, is made reachable by that user.
 	cred *syscall.Credential
+	// output, if set, is a file baton's stdout and stderr are redirected
+	// to (appended), as a shell's "> FILE 2>&1" does, instead of pipes
+	// the harness reads; the harness reads the file when the test ends.
+	output string
 	// defaultControl: do not give baton a control socket of its own; the
 	// test checks where baton puts it by itself, and points the pidfile or
 	// $XDG_RUNTIME_DIR (in env) into a temp dir for that.
@@ -444,6 +448,7 @@ type Baton struct {
 
 	readers sync.WaitGroup
 	pipes   []*os.File // read ends of stdout and stderr
+	output  string     // the file stdout and stderr go to instead, if any
 
 	// Listeners from the "listening" records, in order: name -> addr.
 	listenerNames []string
@@ -498,6 +503,24 @@ func launch(t testing.TB, spec batonSpec) *Baton {
 			}
 		}
 	}
+	if spec.output != "" {
+		b.startWithOutputFile(t, cmd, spec.output)
+	} else {
+		b.startWithPipes(t, cmd)
+	}
+	go func() {
+		_ = cmd.Wait()
+		b.state = cmd.ProcessState
+		close(b.done)
+	}()
+	t.Cleanup(b.cleanup)
+	return b
+}
+
+// startWithPipes starts baton with its stdout and stderr on pipes the
+// harness reads line by line.
+func (b *Baton) startWithPipes(t testing.TB, cmd *exec.Cmd) {
+	t.Helper()
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -525,13 +548,27 @@ func launch(t testing.TB, spec batonSpec) *Baton {
 	watchDescendants(b)
 	b.readers.Go(func() { readLines(outR, b.stdout, nil) })
 	b.readers.Go(func() { readLines(errR, b.stderr, b.onRecord) })
-	go func() {
-		_ = cmd.Wait()
-		b.state = cmd.ProcessState
-		close(b.done)
-	}()
-	t.Cleanup(b.cleanup)
-	return b
+}
+
+// startWithOutputFile starts baton with its stdout and stderr appended to
+// path; the file becomes baton's stderr log when the test ends (cleanup).
+func (b *Baton) startWithOutputFile(t testing.TB, cmd *exec.Cmd, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd.Stdout, cmd.Stderr = f, f
+	t.Logf("starting %s > %s 2>&1", strings.Join(cmd.Args, " "), path)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting baton: %v", err)
+	}
+	b.cmd = cmd
+	b.Pid = cmd.Process.Pid
+	b.output = path
+	b.procs.add(b.Pid)
+	watchDescendants(b)
 }
 
 // withTestFlags adds what every test wants to run and demo: JSON logs
@@ -957,6 +994,11 @@ func (b *Baton) cleanup() {
 		p.Close() // unblocks a reader still waiting
 	}
 	b.readers.Wait()
+	if b.output != "" {
+		if data, err := os.ReadFile(b.output); err == nil {
+			readLines(strings.NewReader(string(data)), b.stderr, nil)
+		}
+	}
 	b.checkOutputForCrashes(t)
 	if t.Failed() {
 		t.Logf("baton %d stderr:\n%s", b.Pid, lastLines(b.stderr.text(), 300))

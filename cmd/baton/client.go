@@ -379,14 +379,7 @@ func printStatus(w io.Writer, st *control.Status) {
 	for _, l := range st.Listeners {
 		fmt.Fprintf(w, "listen   %s %s\n", l.Name, l.Addr)
 	}
-	state := "serving"
-	switch {
-	case st.ShuttingDown:
-		state = "shutting down"
-	case st.Reloading:
-		state = "reloading"
-	}
-	fmt.Fprintf(w, "state    %s, generation %d, %d workers\n", state, st.Generation, st.Workers)
+	fmt.Fprintf(w, "state    %s, %d ready, generation %d, %d workers\n", stateOf(st), st.ReadyWorkers, st.Generation, st.Workers)
 	for _, d := range st.Degraded {
 		fmt.Fprintf(w, "DEGRADED %s\n", d)
 	}
@@ -411,9 +404,36 @@ func printStatus(w io.Writer, st *control.Status) {
 	fmt.Fprintln(tw, "SLOT\tPID\tGEN\tSTATE\tUPTIME\tRSS\tRESTARTS\tSTATUS")
 	for _, wk := range st.WorkerList {
 		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%s\t%d\t%s\n", wk.Slot, wk.Pid, wk.Generation, wk.State,
-			seconds(wk.Uptime), mebibytes(wk.RSS), wk.Restarts, wk.Status)
+			seconds(wk.Uptime), mebibytes(wk.RSS), wk.Restarts, workerNotes(wk))
 	}
 	tw.Flush()
+}
+
+// workerNotes is a worker's STATUS= line and the sockets it listens on
+// that baton did not pass.
+func workerNotes(wk control.Worker) string {
+	notes := wk.Status
+	if len(wk.ForeignListeners) > 0 {
+		if notes != "" {
+			notes += "; "
+		}
+		notes += "foreign listeners: " + strings.Join(wk.ForeignListeners, ", ")
+	}
+	return notes
+}
+
+// stateOf is the master's state; a master older than the state field
+// gets the words it had then.
+func stateOf(st *control.Status) string {
+	switch {
+	case st.State != "":
+		return st.State
+	case st.ShuttingDown:
+		return control.StateStopping
+	case st.Reloading:
+		return control.StateReloading
+	}
+	return control.StateServing
 }
 
 func seconds(s float64) string {

@@ -72,12 +72,17 @@ func newCheckCommand() *cobra.Command {
 		Long: `check loads the config file and flags exactly as run would, reports every
 problem at once (file, line, key, what was expected) and exits 2 if there are
 any; otherwise it prints the effective configuration, a file that run -c reads
-back. Keys that a reload cannot change (it is refused) end with
+back. Settings that are valid but known to go wrong with the command (ready =
+"notify" with gunicorn) are warned about on stderr; they do not change the
+exit code. Keys that a reload cannot change (it is refused) end with
 "# restart to change".`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := config.Load(cmd.Flags(), args)
 			if err != nil {
 				return usageError(err)
+			}
+			for _, w := range cfg.Warnings() {
+				fmt.Fprintln(os.Stderr, "baton: warning: "+w.Error())
 			}
 			fmt.Print(cfg.TOML())
 			return nil
@@ -164,6 +169,9 @@ func runMaster(cfg *config.Config, load master.Loader) error {
 		return usageError(err)
 	}
 	defer logOut.Close()
+	for _, w := range cfg.Warnings() {
+		log.Warn("configuration: " + w.Error())
+	}
 	m := master.New(masterOptions(cfg), load, log, logOut)
 	err = m.Run()
 	var startErr *master.StartError

@@ -33,6 +33,7 @@ func masterOptions(cfg *config.Config) master.Options {
 			Listeners:       specs,
 			PidFile:         cfg.PIDFile,
 			ConfigFile:      cfg.Source(),
+			LogFile:         cfg.LogFile,
 			StartOnly:       cfg.StartOnlySettings(),
 			ControlPath:     controlPath(cfg),
 			ControlRequired: cfg.Control != "",

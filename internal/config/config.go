@@ -93,6 +93,8 @@ type Config struct {
 	LogFile     string // log_file: "" for stderr
 
 	source string // the config file read, "" if none
+	// warnings are valid settings known to go wrong (Warnings).
+	warnings Problems
 }
 
 // Source returns the path of the config file this Config was read from, as

@@ -565,6 +565,28 @@ func TestProblems(t *testing.T) {
 				`--env: expected NAME=VALUE, got "X"`,
 			},
 		},
+		{
+			name: "preload with a command that is not Python",
+			file: "preload = [\"proj.asgi\"]\n",
+			want: []string{`baton.toml:1: preload: preload needs a Python worker command; "app" is not a Python interpreter and app is a script for /bin/sh (#!/bin/sh), not for Python`},
+		},
+		{
+			name:    "preload of a file path",
+			args:    []string{"--preload", "proj/asgi.py"},
+			command: []string{"/usr/bin/python3", "-m", "uvicorn"},
+			want:    []string{`--preload: "proj/asgi.py" is not a Python module name (expected dotted names such as "proj.asgi"; give the module, not a file path or "module:attribute")`},
+		},
+		{
+			name:    "preload without the subreaper",
+			file:    "preload = [\"app\"]\nsubreaper = false\n",
+			command: []string{"/usr/bin/python3", "-m", "uvicorn"},
+			want:    []string{`baton.toml:1: preload: preload needs subreaper = true: the workers a template forks must become baton's own children`},
+		},
+		{
+			name:    "preload with a Python command",
+			file:    "preload = [\"app\", \"proj.settings\"]\n",
+			command: []string{"/usr/bin/python3", "-m", "uvicorn", "--fd", "3", "app:app"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -202,7 +202,7 @@ var keys = []key{
 	},
 	{
 		name: "watch_ignore", flag: flagRepeat,
-		usage:    "file name `PATTERN` that --watch ignores (repeat for more; default .git, __pycache__, *.pyc, *.swp, *~)",
+		usage:    "file name `PATTERN` that --watch ignores (repeat for more); given, the patterns replace the defaults .git, __pycache__, *.pyc, *.swp, *~, .#* and *.log (repeat those you want to keep). baton's own log file and output files are ignored either way",
 		lifetime: Reapplied,
 		setting:  func(c *Config) setting { return pathsSetting{&c.WatchIgnore} },
 	},
@@ -273,7 +273,7 @@ var keys = []key{
 	},
 	{
 		name:     "log_file",
-		usage:    "write logs to `FILE` instead of stderr",
+		usage:    "write baton's own log to `FILE` instead of stderr (the workers' output still goes to baton's stdout and stderr)",
 		lifetime: StartOnly,
 		setting:  func(c *Config) setting { return textSetting(&c.LogFile) },
 		check:    checkLogFile,

@@ -78,6 +78,7 @@ func Load(fs *pflag.FlagSet, command []string) (*Config, error) {
 	if len(l.problems) > 0 {
 		return nil, l.problems
 	}
+	l.warn()
 	return l.cfg, nil
 }
 

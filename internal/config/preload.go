@@ -3,11 +3,12 @@ package config
 import (
 	"errors"
 	"fmt"
+	"os"
 	"regexp"
 )
 
-// pythonModule is a dotted Python module name, as `import` takes it.
-var pythonModule = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$`)
+// moduleName is a dotted Python module name, as `import` takes it.
+var moduleName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$`)
 
 // checkPreload checks preload: module names, a Python worker command,
 // and the subreaper the forked workers need to become baton's children.
@@ -16,7 +17,7 @@ func checkPreload(c *Config) error {
 		return nil
 	}
 	for _, mod := range c.Preload {
-		if !pythonModule.MatchString(mod) {
+		if !moduleName.MatchString(mod) {
 			return fmt.Errorf("%q is not a Python module name (expected dotted names such as \"proj.asgi\"; give the module, not a file path or \"module:attribute\")", mod)
 		}
 	}
@@ -26,5 +27,9 @@ func checkPreload(c *Config) error {
 	if c.CommandPath == "" {
 		return nil // the command's own check reports it
 	}
-	return checkPreloadCommand(c.CommandPath, c.Command)
+	pathList, ok := c.Env["PATH"]
+	if !ok {
+		pathList = os.Getenv("PATH")
+	}
+	return checkPreloadCommand(c.CommandPath, c.Command, pathList)
 }

@@ -82,6 +82,30 @@ type ReloadResult struct {
 	Duration   float64   `json:"duration_seconds"`
 }
 
+// The master's states (Status.State): how it serves, in one word.
+const (
+	// StateStarting: the first generation boots; no slot crash-loops yet.
+	StateStarting = "starting"
+	// StateServing: every slot has a ready worker.
+	StateServing = "serving"
+	// StateDegraded: some workers serve, while other slots crash-loop or
+	// have no ready worker.
+	StateDegraded = "degraded"
+	// StateDown: no worker is ready, so no connection is answered (they
+	// queue in the listeners' backlog).
+	StateDown = "down"
+	// StateReloading: a reload (or an in-place upgrade's) is under way,
+	// with at least one worker ready.
+	StateReloading = "reloading"
+	// StateUpgrading: a new master is starting its workers.
+	StateUpgrading = "upgrading"
+	// StateStopped: WINCH stopped every worker on purpose; the listeners
+	// stay open.
+	StateStopped = "stopped"
+	// StateStopping: shutting down (TERM, INT, QUIT, baton stop).
+	StateStopping = "stopping"
+)
+
 // Status describes the master and its workers.
 type Status struct {
 	Pid        int       `json:"pid"`
@@ -90,10 +114,14 @@ type Status struct {
 	Uptime     float64   `json:"uptime_seconds"`
 	ConfigFile string    `json:"config_file,omitempty"`
 	// Containment says how the master holds its workers' processes: "cgroup PATH" or "process tree".
-	Containment  string        `json:"containment"`
-	Listeners    []Listener    `json:"listeners"`
-	Generation   int           `json:"generation"`
-	Workers      int           `json:"workers"` // the target count
+	Containment string     `json:"containment"`
+	Listeners   []Listener `json:"listeners"`
+	Generation  int        `json:"generation"`
+	Workers     int        `json:"workers"` // the target count
+	// State is one of the State* words; ReadyWorkers counts the workers
+	// that serve, of any generation.
+	State        string        `json:"state"`
+	ReadyWorkers int           `json:"ready_workers"`
 	Reloading    bool          `json:"reloading"`
 	ShuttingDown bool          `json:"shutting_down"`
 	LastReload   *ReloadResult `json:"last_reload,omitempty"`
@@ -147,6 +175,10 @@ type Worker struct {
 	// Template is the pid of the preload template that forked it, 0
 	// for a worker baton started itself.
 	Template int `json:"template,omitempty"`
+	// ForeignListeners are the TCP addresses its processes listen on
+	// besides baton's listeners ("0.0.0.0:9292"): a server that binds
+	// its own socket instead of using the one it inherited.
+	ForeignListeners []string `json:"foreign_listeners,omitempty"`
 }
 
 // Handler carries out requests; the master implements it. Every method may

@@ -85,6 +85,8 @@ func (m *Master) status() control.Status {
 		Uptime:       time.Since(m.started).Seconds(),
 		ConfigFile:   m.opts.ConfigFile,
 		Containment:  m.containment,
+		State:        m.serviceState(),
+		ReadyWorkers: m.readyWorkers(),
 		Reloading:    m.reloading(),
 		ShuttingDown: m.shutdown != running,
 		LastReload:   toControlResult(m.lastReload),
@@ -108,7 +110,7 @@ func (m *Master) status() control.Status {
 		st.WorkerList = append(st.WorkerList, control.Worker{
 			Slot: w.slot, Pid: pid, Generation: w.gen.num, State: w.state.String(),
 			Started: w.started, Uptime: time.Since(w.started).Seconds(),
-			Restarts: restarts, Status: w.status, Template: w.template, Watchdog: w.watched,
+			Restarts: restarts, Status: w.status, ForeignListeners: w.foreign, Template: w.template, Watchdog: w.watched,
 		})
 	}
 	st.Templates = m.templateStatus()

@@ -24,18 +24,32 @@ func (m *Master) crashLooping() []string {
 	sort.Ints(ids)
 	var out []string
 	for _, id := range ids {
-		out = append(out, fmt.Sprintf("slot %d: %d crashes in a row", id, m.current.slots[id].failures))
+		s := m.current.slots[id]
+		entry := fmt.Sprintf("slot %d: %d crashes in a row", id, s.failures)
+		if s.crashHint != "" {
+			entry += ": " + s.crashHint
+		}
+		out = append(out, entry)
 	}
 	return out
 }
 
-// logLastWords logs what a crashed worker wrote last on stderr.
+// logLastWords logs what a crashed worker wrote on stderr, and why it
+// crashed when that is understood (an address another worker holds).
 func (m *Master) logLastWords(w *worker, status string) {
 	m.withLastLines(w, func(lines []string) {
-		if len(lines) > 0 {
-			m.log.Warn("last stderr lines of the worker that exited", "slot", w.slot, "pid", w.pid,
-				"status", status, "stderr", lines)
+		hint := m.bindConflictHint(w, lines)
+		if s := w.gen.slots[w.slot]; s != nil {
+			s.crashHint = hint
 		}
+		if len(lines) == 0 {
+			return
+		}
+		attrs := []any{"slot", w.slot, "pid", w.pid, "status", status, "stderr", lines}
+		if hint != "" {
+			attrs = append(attrs, "hint", hint)
+		}
+		m.log.Warn("last stderr lines of the worker that exited", attrs...)
 	})
 }
 
@@ -50,6 +64,6 @@ func (m *Master) withLastLines(w *worker, then func(lines []string)) {
 		case <-p.StderrClosed():
 		case <-time.After(stderrDrainWait):
 		}
-		return p.StderrLines(stderrLines)
+		return p.StderrLines(stderrFirstLines, stderrLastLines)
 	}, then)
 }

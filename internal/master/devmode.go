@@ -2,6 +2,9 @@ package master
 
 import (
 	"io"
+	"os"
+	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/baton-pm/baton/internal/watch"
@@ -24,7 +27,11 @@ func (m *Master) startWatching() error {
 	return nil
 }
 
-// watch starts watching paths, or returns nil when there are none.
+// watch starts watching paths, or returns nil when there are none. baton's
+// own log file and the files its stdout and stderr go to are ignored
+// whatever the patterns: every reload writes to them, so with them inside
+// a watched directory (`baton run --watch . > out.txt 2>&1`) each log line
+// would be a change, and each reload would cause the next.
 func (m *Master) watch(paths, ignore []string) (io.Closer, error) {
 	if len(paths) == 0 {
 		return nil, nil
@@ -32,7 +39,11 @@ func (m *Master) watch(paths, ignore []string) (io.Closer, error) {
 	if len(ignore) == 0 {
 		ignore = watch.DefaultIgnore
 	}
-	w, err := watch.Start(paths, ignore, watchDebounce, func(path string) {
+	files := slices.Clone(m.outputFiles)
+	if m.opts.LogFile != "" {
+		files = append(files, m.opts.LogFile)
+	}
+	w, err := watch.Start(paths, ignore, files, watchDebounce, func(path string) {
 		m.post(func() {
 			m.log.Info("file changed; reloading", "path", path)
 			m.requestReload(nil)
@@ -41,6 +52,26 @@ func (m *Master) watch(paths, ignore []string) (io.Closer, error) {
 	if err != nil {
 		return nil, err
 	}
-	m.log.Info("dev mode: watching for changes", "paths", paths)
+	m.log.Info("dev mode: watching for changes", "paths", paths, "ignored_files", files)
 	return w, nil
+}
+
+// ownOutputFiles are the regular files baton's stdout and stderr point
+// to (shell redirections), read from /proc/self/fd; pipes, terminals and
+// sockets are left out.
+func ownOutputFiles() []string {
+	var files []string
+	for _, fd := range []string{"1", "2"} {
+		link := filepath.Join("/proc/self/fd", fd)
+		info, err := os.Stat(link)
+		if err != nil || !info.Mode().IsRegular() {
+			continue
+		}
+		target, err := os.Readlink(link)
+		if err != nil || slices.Contains(files, target) {
+			continue // 2>&1: one file
+		}
+		files = append(files, target)
+	}
+	return files
 }

@@ -29,6 +29,9 @@ type slot struct {
 	// forking: its worker is being forked by the generation's preload
 	// template (template.go).
 	forking *forking
+	// crashHint explains the last crash, when it is understood: another
+	// worker listens on the address it could not bind (foreign.go).
+	crashHint string
 }
 
 func (m *Master) newGeneration(opts GenerationOptions) *generation {

@@ -69,7 +69,10 @@ type Master struct {
 	recentlyStopped map[int]time.Time
 
 	current *generation
-	reload  *reload // the reload in progress, if any
+	// servedOnce: a generation had every slot ready once; until then the
+	// master is starting (state.go).
+	servedOnce bool
+	reload     *reload // the reload in progress, if any
 	// loadingConfig: a reload's configuration is being read (off the
 	// loop); the reload starts when it is.
 	loadingConfig bool
@@ -104,6 +107,9 @@ type Master struct {
 	// is dev mode's file watcher.
 	endpoints endpoints
 	watcher   io.Closer
+	// outputFiles are the regular files baton's stdout and stderr are
+	// redirected to, read once at start (devmode.go).
+	outputFiles []string
 	// closing counts endpoints being closed off the loop; Run waits.
 	closing sync.WaitGroup
 	// registry holds the Prometheus counters once an endpoint serves them.
@@ -116,6 +122,9 @@ type Master struct {
 	treeKills int
 	// memoryChecks: the max_worker_memory loop is armed (limits.go).
 	memoryChecks bool
+	// foreignScanning: a scan for foreign listeners is under way
+	// (foreign.go).
+	foreignScanning bool
 	// niceBoots: workers boot at a lower CPU priority while others serve;
 	// ownNice is baton's own nice value, which they get back when ready.
 	niceBoots bool
@@ -186,6 +195,7 @@ func (m *Master) Run() error {
 	}
 	err = m.openEndpoints()
 	if err == nil {
+		m.outputFiles = ownOutputFiles()
 		err = m.startWatching()
 	}
 	if err != nil {
@@ -225,6 +235,7 @@ func (m *Master) supervise(sigs <-chan os.Signal) {
 	m.startWatchdog()
 	m.armMemoryChecks()
 	m.startListenerChecks()
+	m.startForeignScans()
 	for !m.finished() {
 		select {
 		case sig := <-sigs:
@@ -308,6 +319,7 @@ func (m *Master) cleanup() {
 		t.conn.Close()
 	}
 	m.world.notify.Close()
+	m.world.procs.Close()
 	if m.watcher != nil {
 		m.watcher.Close()
 	}

@@ -25,6 +25,9 @@ type MasterOptions struct {
 	Listeners  []listener.Spec
 	PidFile    string
 	ConfigFile string // "" when there is none
+	// LogFile is baton's own log file, "" for stderr: dev mode's watch
+	// ignores it.
+	LogFile string
 	// Cgroup is "auto" (a cgroup per worker where baton may create them),
 	// "off", or the cgroup path of baton's tree.
 	Cgroup string

@@ -289,6 +289,7 @@ func (m *Master) adoptWorkers(st *reexecState) {
 		m.workerAfter(w, "kill", w.gen.opts.GracefulTimeout, func() { m.killTree(w) })
 	}
 	m.current = g
+	m.servedOnce = true // the previous image's workers served
 	m.inPlaceUpgrade = &upgrade{started: st.Started, inPlace: true}
 	m.log.Info("upgrade: this image took over", "from_version", st.From, "version", m.opts.Version,
 		"workers", len(m.workers), "generation", g.num)

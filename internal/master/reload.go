@@ -326,8 +326,11 @@ func (m *Master) stopNewGeneration() *reload {
 func (m *Master) reportFailure(r *reload, culprit *worker, res ReloadResult) {
 	report := func(lines []string) {
 		res.Stderr = lines
+		if hint := m.bindConflictHint(culprit, lines); culprit != nil && hint != "" {
+			res.Reason += "; " + hint
+		}
 		if m.lastReload != nil && m.lastReload.Generation == res.Generation {
-			m.lastReload.Stderr = lines
+			m.lastReload.Stderr, m.lastReload.Reason = lines, res.Reason
 		}
 		m.log.Error("reload failed", "generation", r.next.num, "reason", res.Reason,
 			"serving_generation", r.old.num, "duration", res.Duration.Round(time.Millisecond).String(), "stderr", lines)

@@ -31,7 +31,7 @@ type masterChange struct {
 // Settings that come from the process rather than the configuration are
 // carried over.
 func (m *Master) prepareMasterChange(o MasterOptions) (*masterChange, error) {
-	o.Listeners, o.PidFile, o.ConfigFile = m.opts.Listeners, m.opts.PidFile, m.opts.ConfigFile
+	o.Listeners, o.PidFile, o.ConfigFile, o.LogFile = m.opts.Listeners, m.opts.PidFile, m.opts.ConfigFile, m.opts.LogFile
 	o.Executable, o.Args, o.StartDir, o.Version = m.opts.Executable, m.opts.Args, m.opts.StartDir, m.opts.Version
 	c := &masterChange{opts: o}
 	eps, opened, err := m.prepareEndpoints(o)

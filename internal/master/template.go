@@ -386,7 +386,7 @@ func (m *Master) withTemplateLines(t *template, report func([]string)) {
 		case <-p.StderrClosed():
 		case <-time.After(stderrDrainWait):
 		}
-		return p.StderrLines(stderrLines)
+		return p.StderrLines(stderrFirstLines, stderrLastLines)
 	}, report)
 }
 

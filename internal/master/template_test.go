@@ -54,6 +54,8 @@ func (f *fakeWorld) StartTemplate(spec proc.Spec, preload []string) (int, proces
 	return p.pid, p, t, nil
 }
 
+func (f *fakeWorld) Close() {}
+
 func (f *fakeWorld) AdoptForked(pid int, req forkRequest) (process, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -41,9 +41,12 @@ type fakeWorld struct {
 	waiting map[int]bool
 	rss     map[int]uint64
 	regs    map[int][]readiness.Registration
-	rssRead int // Usage calls
-	nice    map[int]int
-	systemd []string // every assignment sent, in order
+	foreign map[int][]string // what each worker listens on of its own
+	// foreignScans counts ForeignListeners calls.
+	foreignScans int
+	rssRead      int // Usage calls
+	nice         map[int]int
+	systemd      []string // every assignment sent, in order
 	// startErr, if set, fails the next StartWorker.
 	startErr error
 	// kills are the signals sent with Kill (to new masters), in order.
@@ -91,6 +94,7 @@ func newFakeWorld() *fakeWorld {
 		waiting: map[int]bool{},
 		rss:     map[int]uint64{},
 		regs:    map[int][]readiness.Registration{},
+		foreign: map[int][]string{},
 		nice:    map[int]int{},
 	}
 }
@@ -200,6 +204,19 @@ func (f *fakeWorld) Registrations(pid int) []readiness.Registration {
 	return f.regs[pid]
 }
 
+func (f *fakeWorld) ForeignListeners(pids []int) map[int][]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.foreignScans++
+	found := map[int][]string{}
+	for _, pid := range pids {
+		if addrs := f.foreign[pid]; len(addrs) > 0 {
+			found[pid] = slices.Clone(addrs)
+		}
+	}
+	return found
+}
+
 func (f *fakeWorld) Send(assignments ...string) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -280,10 +297,16 @@ func (p *fakeProc) Release() {
 	p.released = true
 }
 
-func (p *fakeProc) StderrLines(n int) []string {
+// StderrLines keeps the first and the last lines as proc.Tail does.
+func (p *fakeProc) StderrLines(first, last int) []string {
 	p.w.mu.Lock()
 	defer p.w.mu.Unlock()
-	return p.stderr[max(0, len(p.stderr)-n):]
+	if len(p.stderr) <= first+last {
+		return slices.Clone(p.stderr)
+	}
+	out := slices.Clone(p.stderr[:first])
+	out = append(out, fmt.Sprintf("... %d lines omitted ...", len(p.stderr)-first-last))
+	return append(out, p.stderr[len(p.stderr)-last:]...)
 }
 
 func (p *fakeProc) StderrClosed() <-chan struct{} { return p.closed }

@@ -22,8 +22,11 @@ const (
 	// autoProbeInterval is how often /proc is looked at while a worker
 	// boots in ready = "auto" mode; it only delays a reload's hand-over.
 	autoProbeInterval = 25 * time.Millisecond
-	// stderrLines is how much of a failed worker's stderr is reported.
-	stderrLines = 10
+	// How much of a failed worker's stderr is reported: its first lines
+	// (Ruby and Java print the error's message first, then the
+	// backtrace) and its last (Python prints the message last).
+	stderrFirstLines = 10
+	stderrLastLines  = 20
 	// stderrDrainWait bounds the wait for a dead worker's stderr to close
 	// (a grandchild may keep it open) before its last lines are reported.
 	stderrDrainWait = 500 * time.Millisecond
@@ -62,6 +65,11 @@ type worker struct {
 	// timers pending about this worker, stopped when it exits
 	// (workerAfter).
 	timers map[string]*time.Timer
+	// foreign are the TCP addresses its tree listens on besides baton's
+	// listeners, as last read; nextForeignScan is when to read them
+	// again (foreign.go).
+	foreign         []string
+	nextForeignScan time.Time
 }
 
 func (w *worker) closeNotify() {
@@ -265,6 +273,7 @@ func (m *Master) markReady(w *worker, how string) {
 	}
 	w.state = ready
 	w.ready = time.Since(w.started)
+	w.nextForeignScan = time.Time{} // once more, now that it serves
 	m.restorePriority(w)
 	if m.metrics != nil {
 		m.metrics.WorkerBooted(w.ready)
@@ -276,6 +285,9 @@ func (m *Master) markReady(w *worker, how string) {
 	}
 	m.scheduleAgeLimit(w)
 	m.advanceReload()
+	if m.current != nil && m.current.allReady() {
+		m.servedOnce = true
+	}
 	m.notifyProgress()
 }
 

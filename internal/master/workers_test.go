@@ -2,6 +2,7 @@ package master
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"syscall"
@@ -58,18 +59,21 @@ func TestCrashedWorkerIsReplacedAfterABackoffThatGrowsAndResets(t *testing.T) {
 	})
 }
 
-func TestCrashReportKeepsTheWorkersLastStderrLines(t *testing.T) {
+// Ruby prints the error first and 39 lines of backtrace after it: the
+// report keeps the first 10 lines and the last 20.
+func TestCrashReportKeepsTheWorkersFirstAndLastStderrLines(t *testing.T) {
 	serving(t, options(gen(1)), func(t *testing.T, tb *testbed) {
 		res := tb.reloadAsync()
 		next := tb.workers(2, "starting")
-		lines := make([]string, 15)
+		lines := make([]string, 40)
 		for i := range lines {
-			lines[i] = "line " + string(rune('a'+i))
+			lines[i] = fmt.Sprintf("line %d", i+1)
 		}
 		tb.exit(next[0], 2, lines...)
 		r := tb.result(res)
-		if !slices.Equal(r.Stderr, lines[5:]) {
-			t.Errorf("stderr in the result = %q, want the last 10 lines", r.Stderr)
+		want := slices.Concat(lines[:10], []string{"... 10 lines omitted ..."}, lines[20:])
+		if !slices.Equal(r.Stderr, want) {
+			t.Errorf("stderr in the result = %q, want %q", r.Stderr, want)
 		}
 	})
 }

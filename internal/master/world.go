@@ -70,6 +70,9 @@ type processes interface {
 	// the master's child: with cgroups it moves it into a cgroup of its
 	// own first. The worker runs no code of its own until req.Go.
 	AdoptForked(pid int, req forkRequest) (process, error)
+	// Close removes what starting templates left on disk, when the
+	// master exits.
+	Close()
 }
 
 // templateConn is the master's end of a template's control socket.
@@ -111,8 +114,9 @@ type process interface {
 	// killed: its pidfd, its cgroup (off the loop: it waits for the
 	// cgroup to empty).
 	Release()
-	// StderrLines is the last n lines the worker wrote on stderr.
-	StderrLines(n int) []string
+	// StderrLines is the first first and the last last lines the worker
+	// wrote on stderr, with a line saying how many were left out between.
+	StderrLines(first, last int) []string
 	// StderrClosed is closed once every process of the worker closed its
 	// stderr.
 	StderrClosed() <-chan struct{}
@@ -157,6 +161,10 @@ type inspector interface {
 	// Registrations lists the epoll registrations of the listeners in
 	// pid's tree (drain_unlisten).
 	Registrations(pid int) []readiness.Registration
+	// ForeignListeners lists, for each of pids, the TCP addresses its
+	// tree listens on that are not the master's listeners (foreign.go);
+	// pids with none are left out.
+	ForeignListeners(pids []int) map[int][]string
 }
 
 // notifier opens the workers' notify sockets, as files in a directory of
@@ -258,6 +266,9 @@ type osProcesses struct {
 	// masters are the pidfds of the new masters upgrades started, by pid,
 	// until they are reaped; used on the master's goroutine only.
 	masters map[int]int
+	// forkServerPath is the fork server, once a template needed it
+	// (world_template.go).
+	forkServerPath string
 }
 
 func (o *osProcesses) StartWorker(spec proc.Spec) (int, process, error) {
@@ -499,4 +510,8 @@ func (i procInspector) Registrations(pid int) []readiness.Registration {
 	return i.probe.Registrations(pid)
 }
 
-// StartTemplate and AdoptForked: see world_template.go.
+func (i procInspector) ForeignListeners(pids []int) map[int][]string {
+	return i.probe.ForeignListeners(pids)
+}
+
+// StartTemplate, AdoptForked and Close: see world_template.go.

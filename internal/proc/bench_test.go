@@ -191,7 +191,7 @@ func benchStartReap(b *testing.B, shim string, workers int) {
 				// iteration with its pipe and goroutine gone too.
 				<-p.Stderr.Wait()
 				if !e.Status.Exited() || e.Status.ExitStatus() != 0 {
-					b.Fatalf("worker %s; its stderr: %q", proc.Describe(e.Status), p.Stderr.Lines(10))
+					b.Fatalf("worker %s; its stderr: %q", proc.Describe(e.Status), p.Stderr.Lines(10, 10))
 				}
 			}
 		}

@@ -176,8 +176,9 @@ func (p *Process) KeepStderrOnExec(keep bool) (int, error) {
 	return fdexec.KeepConn(p.stderrPipe, keep)
 }
 
-// StderrLines is the last n lines the worker wrote on stderr.
-func (p *Process) StderrLines(n int) []string { return p.Stderr.Lines(n) }
+// StderrLines is the first first and the last last lines the worker
+// wrote on stderr (see Tail.Lines).
+func (p *Process) StderrLines(first, last int) []string { return p.Stderr.Lines(first, last) }
 
 // StderrClosed is closed once every process of the worker closed its
 // stderr; callers bound the wait, since a grandchild may keep it open.

@@ -147,7 +147,7 @@ func shimFDs(t *testing.T, n int) map[int]string {
 	case <-time.After(10 * time.Second):
 	}
 	if !ws.Exited() || ws.ExitStatus() != 0 {
-		t.Fatalf("worker: %s; stderr: %q", proc.Describe(ws), p.StderrLines(10))
+		t.Fatalf("worker: %s; stderr: %q", proc.Describe(ws), p.StderrLines(10, 10))
 	}
 
 	fds := map[int]string{}

@@ -2,22 +2,37 @@ package proc
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 )
 
-// tailBytes bounds what is kept of a worker's stderr: enough for the
-// traceback of a failed boot, never a memory problem for a chatty worker.
-const tailBytes = 4096
+// What is kept of a worker's stderr: its first headBytes and its last
+// tailBytes, enough for a failed boot's message and the end of its
+// traceback, never a memory problem for a chatty worker. Both are needed:
+// Python prints the message last, Ruby and Java first, with the backtrace
+// after it.
+const (
+	headBytes = 2048
+	tailBytes = 4096
+)
 
 // Tail passes a worker's stderr through to baton's own, unmodified, and
-// keeps its last lines so a failed boot can be reported with them.
+// keeps its first and last lines so a failed boot can be reported with
+// them.
 type Tail struct {
 	mu   sync.Mutex
-	buf  []byte
-	done chan struct{}
+	head []byte // the first headBytes written
+	buf  []byte // the last tailBytes written
+	// newlines counts every '\n' written, written every byte, and last is
+	// the last byte: together they number the lines.
+	newlines int
+	written  int
+	last     byte
+	done     chan struct{}
 }
 
 // newTail copies from r to w until r reaches EOF (every process of the
@@ -47,25 +62,55 @@ func newTail(r io.ReadCloser, w io.Writer) *Tail {
 func (t *Tail) keep(p []byte) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if room := headBytes - len(t.head); room > 0 {
+		t.head = append(t.head, p[:min(room, len(p))]...)
+	}
+	t.newlines += bytes.Count(p, []byte{'\n'})
+	t.written += len(p)
+	t.last = p[len(p)-1]
 	t.buf = append(t.buf, p...)
 	if over := len(t.buf) - tailBytes; over > 0 {
 		t.buf = append(t.buf[:0], t.buf[over:]...)
 	}
 }
 
-// Lines returns up to n of the last complete or partial lines written.
-func (t *Tail) Lines(n int) []string {
+// Lines returns the first first and the last last lines written (a line
+// that is still being written counts), with a line "... N lines omitted
+// ..." between them when there were more; all of them when there were
+// not. A line longer than what is kept is cut.
+func (t *Tail) Lines(first, last int) []string {
 	t.mu.Lock()
-	text := string(bytes.TrimRight(t.buf, "\n"))
+	head, tail := splitLines(t.head), splitLines(t.buf)
+	total := t.newlines
+	if t.written > 0 && t.last != '\n' {
+		total++ // a last line without its newline yet
+	}
 	t.mu.Unlock()
-	if text == "" {
+	if total == 0 {
 		return nil
 	}
-	lines := strings.Split(text, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
+	// tail holds lines tailStart..total-1; its first one may be cut at
+	// the front. head holds lines 0..len(head)-1; its last one may be cut
+	// at the end.
+	tailStart := total - len(tail)
+	out := slices.Clone(head[:min(first, len(head))])
+	from := max(len(out), total-last, tailStart)
+	if omitted := from - len(out); omitted > 0 {
+		out = append(out, fmt.Sprintf("... %d lines omitted ...", omitted))
 	}
-	return lines
+	for i := from; i < total; i++ {
+		out = append(out, tail[i-tailStart])
+	}
+	return out
+}
+
+// splitLines splits kept bytes into lines, without the newline that
+// ends the last one.
+func splitLines(b []byte) []string {
+	if len(b) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
 }
 
 // Wait returns a channel that is closed once the worker's stderr is

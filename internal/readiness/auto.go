@@ -8,6 +8,10 @@
 // blocked in accept, poll or select on it (gunicorn's sync worker, plain
 // blocking servers). Listeners are matched by socket inode, not fd number,
 // because apps dup the inherited fds (uvicorn --fd 3 does).
+//
+// The same reading of a worker's sockets finds the TCP sockets it listens
+// on that are not baton's (foreign.go): a server that bound its own port
+// instead of using the one it inherited.
 package readiness
 
 import (

@@ -1,0 +1,77 @@
+package readiness
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A worker's tree that listens on sockets of its own, besides the one it
+// inherited as fd 3: one in the worker, one in a child, on IPv4 and IPv6,
+// and a mere connection. Only the two listening ones are foreign.
+func TestForeignListenersAreTheTreesOwnListeningSockets(t *testing.T) {
+	f, ino := listenerFile(t)
+	inherited := f.Name()
+	ports := filepath.Join(t.TempDir(), "ports")
+	cmd := startPython(t, f, fmt.Sprintf(`
+a = socket.socket(); a.bind(("127.0.0.1", 0)); a.listen()
+c = socket.create_connection(a.getsockname())  # a connection, not a listener
+if os.fork() == 0:
+    b = socket.socket(socket.AF_INET6); b.bind(("::1", 0)); b.listen()
+    open(%[1]q + ".tmp", "w").write("%%d %%d" %% (a.getsockname()[1], b.getsockname()[1]))
+    os.rename(%[1]q + ".tmp", %[1]q)
+    time.sleep(600)
+os.wait()
+`, ports))
+	var four, six int
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		data, err := os.ReadFile(ports)
+		if err == nil {
+			fmt.Sscanf(string(data), "%d %d", &four, &six)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the worker never wrote its ports")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p := NewProbe([]uint64{ino})
+	got := p.ForeignListeners([]int{cmd.Process.Pid, os.Getpid()})[cmd.Process.Pid]
+	want := []string{fmt.Sprintf("127.0.0.1:%d", four), fmt.Sprintf("[::1]:%d", six)}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("foreign listeners %q, want %q (not fd 3, %s, nor the connection)", got, want, inherited)
+	}
+}
+
+// A tree that listens only on what it inherited has none.
+func TestNoForeignListenersOnTheInheritedSocket(t *testing.T) {
+	f, ino := listenerFile(t)
+	cmd := startPython(t, f, wrapFD3+"s2 = socket.socket(fileno=os.dup(3))\nselect.select([s], [], [])")
+	p := NewProbe([]uint64{ino})
+	waitUntilWaiting(t, p, cmd.Process.Pid)
+	if got := p.ForeignListeners([]int{cmd.Process.Pid}); len(got) != 0 {
+		t.Errorf("foreign listeners %v for a worker that only uses fd 3", got)
+	}
+}
+
+func TestParseListening(t *testing.T) {
+	for line, want := range map[string]string{
+		"   0: 0100007F:4B5C 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1076 1 0 100 0 0 10 0":                         "127.0.0.1:19292",
+		"   1: 00000000:2454 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1077 1 0 100 0 0 10 0":                         "0.0.0.0:9300",
+		"   2: 00000000000000000000000000000000:0BB8 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 1078 1 0": "[::]:3000",
+		"   3: 0000000000000000FFFF00000100007F:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 1079 1 0": "127.0.0.1:80",
+		"   4: 0100007F:4B5C 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 1080 1 0 100 0 0 10 0":                         "",
+		"  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode":                                         "",
+	} {
+		_, addr, ok := parseListening(line)
+		if addr != want || ok != (want != "") {
+			t.Errorf("%s: got %q %v, want %q", strings.TrimSpace(line)[:20], addr, ok, want)
+		}
+	}
+}
