@@ -400,12 +400,12 @@ func (r *memoryReport) render(b *strings.Builder) {
 		"**Fresh**: 1 s after every worker was up. **Warm**: after each worker answered `GET /admin/login/` at least %d times (8 clients, a new connection per request), then 2 s. "+
 		"**USS** (Private_Clean + Private_Dirty) is what one worker's exit would free: the marginal cost of a worker. baton runs `python3 -m uvicorn --fd 3 --no-access-log proj.asgi:application` (with `--preload proj.asgi` for baton-preload); "+
 		"Gunicorn `-k uvicorn.workers.UvicornWorker proj.asgi:application` (with `--preload` for gunicorn-preload).\n\n", r.cfg.workers, r.cfg.warmup)
-	p("| server | processes | total PSS fresh | total PSS warm | ÷ gunicorn-preload (warm) | master PSS (warm) | template PSS (warm) | workers' PSS, sum (warm) | USS per worker, median (min–max), warm | warm-up |\n")
-	p("|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
+	p("| server | processes | total PSS fresh | total PSS warm | ÷ gunicorn-preload (warm) | master PSS (warm) | template PSS (warm) | workers' PSS, sum (warm) | USS per worker, median (min–max), fresh | warm | warm-up |\n")
+	p("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
 	ref := r.warmTotal(kindGunicornPreload)
 	for _, m := range r.runs {
 		if m.Err != nil && len(m.Warm.Procs) == 0 {
-			p("| %s | setup failed: %s |||||||||\n", m.Server, oneLine(m.Err.Error()))
+			p("| %s | setup failed: %s ||||||||||\n", m.Server, oneLine(m.Err.Error()))
 			continue
 		}
 		ratio := "–"
@@ -416,8 +416,8 @@ func (r *memoryReport) render(b *strings.Builder) {
 		if ts := m.Warm.role("template"); len(ts) > 0 {
 			template = fmtMiB(sumPSS(ts))
 		}
-		p("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", m.Server, len(m.Warm.Procs), fmtMiB(m.Fresh.total()), fmtMiB(m.Warm.total()), ratio,
-			fmtMiB(sumPSS(m.Warm.role("master"))), template, fmtMiB(sumPSS(m.Warm.role("worker"))), ussText(m.Warm.role("worker")), warmUpText(m))
+		p("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", m.Server, len(m.Warm.Procs), fmtMiB(m.Fresh.total()), fmtMiB(m.Warm.total()), ratio,
+			fmtMiB(sumPSS(m.Warm.role("master"))), template, fmtMiB(sumPSS(m.Warm.role("worker"))), ussText(m.Fresh.role("worker")), ussText(m.Warm.role("worker")), warmUpText(m))
 	}
 	p("\n")
 	for _, m := range r.runs {

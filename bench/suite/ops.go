@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -167,23 +166,23 @@ func (s *server) workerPIDs() []int {
 	return out
 }
 
-// templatePIDs are the pids of baton's preload templates, from `baton
-// status --json` (the suite imports no baton package: it reads the one
-// field it needs).
+// templatePIDs are the pids of baton's live preload templates, from its
+// log ("preload template started", "... exited"): asking the master
+// (`baton status`) would make it work, and grow its heap, just before the
+// memory scenario measures it.
 func (s *server) templatePIDs() map[int]bool {
-	out, err := exec.Command(s.cmd.Path, "status", "--json", "--pid", s.pidFile()).Output()
+	_, events := s.snapshot()
 	pids := map[int]bool{}
-	if err != nil {
-		return pids
-	}
-	var st struct {
-		Templates []struct {
-			Pid int `json:"pid"`
-		} `json:"templates"`
-	}
-	if json.Unmarshal(out, &st) == nil {
-		for _, t := range st.Templates {
-			pids[t.Pid] = true
+	for _, e := range events {
+		pid, err := strconv.Atoi(e.str("pid"))
+		if err != nil {
+			continue
+		}
+		switch e.Msg {
+		case "preload template started":
+			pids[pid] = true
+		case "preload template exited":
+			delete(pids, pid)
 		}
 	}
 	return pids
