@@ -99,7 +99,7 @@ func parseFlags(args []string) (*config, error) {
 	for i, sc := range scenarios {
 		names[i] = sc.name
 	}
-	scenarioList := fs.String("scenarios", strings.Join(names, ","), "scenarios to run, in this order")
+	scenarioList := fs.String("scenarios", strings.Join(names, ","), "scenarios to run, in this order; \"preload\" stands for "+strings.Join(preloadGroup, ","))
 	servers := fs.String("servers", strings.Join(serverKinds, ","), "servers to measure, where a scenario has them (bare: the workers with no master, steady scenario only; gunicorn-preload and baton-preload: with --preload)")
 	fs.Float64Var(&cfg.quietBelow, "quiet-below", 30, "before each run, wait for a second with the machine's CPUs less than this percent busy (0: don't wait)")
 	fs.DurationVar(&cfg.quietWait, "quiet-wait", 2*time.Minute, "wait at most this long for a quiet machine, then start anyway")
@@ -128,13 +128,34 @@ func parseFlags(args []string) (*config, error) {
 		}
 	}
 	cfg.modes = splitList(*modes)
-	cfg.scenarios = splitList(*scenarioList)
+	cfg.scenarios = expandScenarios(splitList(*scenarioList))
 	cfg.servers = splitList(*servers)
 	cfg.batonFlags = strings.Fields(*batonFlags)
 	if cfg.cmdline == "" {
 		cfg.cmdline = strings.Join(os.Args, " ")
 	}
 	return cfg, cfg.validate()
+}
+
+// preloadGroup is what -scenarios preload runs: issue 15's benchmarks,
+// each with every server it compares.
+var preloadGroup = []string{scenarioMemory, scenarioBoot, scenarioScale, scenarioHUPs}
+
+// expandScenarios replaces "preload" with its scenarios, once each.
+func expandScenarios(names []string) []string {
+	var out []string
+	for _, n := range names {
+		group := []string{n}
+		if n == "preload" {
+			group = preloadGroup
+		}
+		for _, g := range group {
+			if !slices.Contains(out, g) {
+				out = append(out, g)
+			}
+		}
+	}
+	return out
 }
 
 func splitList(s string) []string {

@@ -113,6 +113,13 @@ func TestPlanRunsEachScenarioWithItsServersOnly(t *testing.T) {
 	if p := plan(cfg); len(p) != 2 || p[0].Server != kindBaton || p[1].Server != kindBatonPreload {
 		t.Errorf("plan with -servers baton,baton-preload = %v", p)
 	}
+	cfg, err = parseFlags([]string{"-baton", "/b", "-scenarios", "hups,preload"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"hups", "preload-memory", "preload-boot", "scale"}; !slices.Equal(cfg.scenarios, want) {
+		t.Errorf("-scenarios hups,preload = %v, want %v", cfg.scenarios, want)
+	}
 	if _, err := parseFlags([]string{"-baton", "/b", "-servers", "baton-prelaod"}); err == nil {
 		t.Error("an unknown server was accepted")
 	}
