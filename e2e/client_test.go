@@ -261,6 +261,9 @@ type loadOptions struct {
 	maxDuration time.Duration // stop after this long at the latest
 	maxRequests int           // stop after this many requests at the latest (0: no limit)
 	timeout     time.Duration // per request; default 10s
+	// pause between one goroutine's requests (0: none), so that several
+	// tests' loads at once leave the machine's cores to the servers.
+	pause time.Duration
 }
 
 // load is a running load: concurrency goroutines, each making requests on
@@ -309,6 +312,12 @@ func startLoad(opts loadOptions) *load {
 				l.mu.Lock()
 				l.res.count(kind, pidFromBody(r.body), sample)
 				l.mu.Unlock()
+				if opts.pause > 0 {
+					select {
+					case <-l.stopped:
+					case <-time.After(opts.pause):
+					}
+				}
 			}
 		})
 	}

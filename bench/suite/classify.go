@@ -3,70 +3,30 @@ package main
 import (
 	"math"
 	"regexp"
-	"slices"
 	"strconv"
-	"strings"
 	"time"
+
+	"github.com/baton-pm/baton/bench/internal/httpload"
 )
 
-// Kind is what became of one request.
-type Kind int
+// Kind is what became of one request; the classification is shared with
+// the fleet rollout (bench/fleet) in httpload.
+type Kind = httpload.Kind
 
 // The kinds of outcome, in the report's column order.
 const (
-	OK      Kind = iota // 2xx, no error
-	Refused             // "connection refused": nothing was listening
-	Reset               // "connection reset": the server side aborted the connection
-	EOF                 // "EOF": the connection closed before a whole response
-	Timeout             // "timeout" / "deadline exceeded": no answer within the client's timeout
-	Non2xx              // status >= 300 (or < 200), or status 0 without a network error
-	Other               // any other error
-	numKinds
+	OK       = httpload.OK
+	Refused  = httpload.Refused
+	Reset    = httpload.Reset
+	EOF      = httpload.EOF
+	Timeout  = httpload.Timeout
+	Non2xx   = httpload.Non2xx
+	Other    = httpload.Other
+	numKinds = httpload.NumKinds
 )
 
-var kindNames = [numKinds]string{"ok", "refused", "reset", "EOF", "timeout", "non-2xx", "other"}
-
-func (k Kind) String() string {
-	if k < 0 || k >= numKinds {
-		return "?"
-	}
-	return kindNames[k]
-}
-
-// Classify sorts one result into a Kind from its status code and error
-// string, as vegeta reports them: code 0 means no response was read, and
-// for a response outside 1xx–3xx vegeta sets the error to the status line.
-func Classify(code uint16, errText string) Kind {
-	if code != 0 {
-		if code >= 200 && code < 300 {
-			if errText == "" {
-				return OK
-			}
-			// A 2xx whose body could not be read: the error says why.
-			return classifyError(errText)
-		}
-		return Non2xx
-	}
-	if errText == "" {
-		return Non2xx
-	}
-	return classifyError(errText)
-}
-
-func classifyError(errText string) Kind {
-	e := strings.ToLower(errText)
-	switch {
-	case strings.Contains(e, "connection refused"):
-		return Refused
-	case strings.Contains(e, "connection reset"):
-		return Reset
-	case strings.Contains(e, "eof"):
-		return EOF
-	case strings.Contains(e, "timeout"), strings.Contains(e, "deadline exceeded"):
-		return Timeout
-	}
-	return Other
-}
+// Classify sorts one result into a Kind (see httpload.Classify).
+func Classify(code uint16, errText string) Kind { return httpload.Classify(code, errText) }
 
 // sample is one request as the benchmark keeps it.
 type sample struct {
@@ -171,18 +131,9 @@ func computeStats(ss []sample, reloads []window, after time.Duration) stats {
 	return st
 }
 
-// percentile is the nearest-rank percentile p (0 < p <= 1) of ds; it sorts
-// a copy. Zero for no values.
-func percentile(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	c := slices.Clone(ds)
-	slices.Sort(c)
-	i := int(math.Ceil(p*float64(len(c)))) - 1
-	i = max(0, min(i, len(c)-1))
-	return c[i]
-}
+// percentile is the nearest-rank percentile p (0 < p <= 1) of ds (see
+// httpload.Percentile).
+func percentile(ds []time.Duration, p float64) time.Duration { return httpload.Percentile(ds, p) }
 
 var ephemeral = regexp.MustCompile(`(\d+\.\d+\.\d+\.\d+):\d+->`)
 

@@ -2,54 +2,15 @@ package main
 
 import (
 	"cmp"
-	"net"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/baton-pm/baton/bench/internal/httpload"
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 )
-
-// noReplay keeps net/http from ever sending a request twice. A POST is not
-// "replayable" in net/http, but the Transport still retries any request on
-// a reused connection when it wrote nothing before the connection failed,
-// if the body can be rewound (GetBody, which http.NewRequest sets for a
-// bytes.Reader body). Dropping GetBody turns that retry off too, so every
-// failure the server causes reaches the result.
-type noReplay struct{ next http.RoundTripper }
-
-func (n noReplay) RoundTrip(r *http.Request) (*http.Response, error) {
-	c := *r // a RoundTripper must not modify the caller's request
-	c.GetBody = nil
-	return n.next.RoundTrip(&c)
-}
-
-// newClient is vegeta's own client (same dialer and transport settings as
-// vegeta.KeepAlive and vegeta.Timeout would make), wrapped in noReplay.
-// keepAlive false opens a new connection for every request.
-func newClient(keepAlive bool, timeout time.Duration) *http.Client {
-	dialer := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
-	if !keepAlive {
-		dialer.KeepAlive = 0
-	}
-	tr := &http.Transport{
-		Proxy:               nil, // 127.0.0.1 only; never through a proxy from the environment
-		DialContext:         dialer.DialContext,
-		DisableKeepAlives:   !keepAlive,
-		MaxIdleConnsPerHost: vegeta.DefaultConnections,
-		MaxConnsPerHost:     vegeta.DefaultMaxConnections,
-		DisableCompression:  true,
-	}
-	return &http.Client{
-		Transport: noReplay{tr},
-		Timeout:   timeout,
-		CheckRedirect: func(*http.Request, []*http.Request) error {
-			return http.ErrUseLastResponse // a redirect is a non-2xx answer here
-		},
-	}
-}
 
 // attack runs a constant-rate, open-loop attack until stop is closed:
 // request n (from 0) is due at start + (n+1)/rate whatever happened to the
@@ -60,7 +21,7 @@ func newClient(keepAlive bool, timeout time.Duration) *http.Client {
 // scenario's schedule).
 func attack(url string, rate int, timeout time.Duration, keepAlive bool, start time.Time, stop <-chan struct{}) []sample {
 	atk := vegeta.NewAttacker(
-		vegeta.Client(newClient(keepAlive, timeout)),
+		vegeta.Client(httpload.NewClient(keepAlive, timeout)),
 		vegeta.Workers(64),
 		vegeta.MaxWorkers(1<<20),
 		vegeta.MaxBody(64),
@@ -108,7 +69,7 @@ func postTargeter(url string) vegeta.Targeter {
 // successful responses per second and the failures.
 func saturate(url string, conns int, d, timeout time.Duration, keepAlive bool) (perSec float64, failed int) {
 	atk := vegeta.NewAttacker(
-		vegeta.Client(newClient(keepAlive, timeout)),
+		vegeta.Client(httpload.NewClient(keepAlive, timeout)),
 		vegeta.Workers(uint64(conns)),
 		vegeta.MaxWorkers(uint64(conns)),
 		vegeta.MaxBody(64),
@@ -127,7 +88,7 @@ func saturate(url string, conns int, d, timeout time.Duration, keepAlive bool) (
 
 // probe reports whether the server answers 200 now.
 func probe(url string) bool {
-	c := newClient(false, 2*time.Second)
+	c := httpload.NewClient(false, 2*time.Second)
 	resp, err := c.Post(url, "text/plain", strings.NewReader("ping"))
 	if err != nil {
 		return false

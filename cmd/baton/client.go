@@ -379,7 +379,11 @@ func printStatus(w io.Writer, st *control.Status) {
 	for _, l := range st.Listeners {
 		fmt.Fprintf(w, "listen   %s %s\n", l.Name, l.Addr)
 	}
-	fmt.Fprintf(w, "state    %s, %d ready, generation %d, %d workers\n", stateOf(st), st.ReadyWorkers, st.Generation, st.Workers)
+	state := stateOf(st)
+	if st.LameDuck != nil {
+		state = fmt.Sprintf("stopping (lame duck, %s left)", seconds(st.LameDuck.Left))
+	}
+	fmt.Fprintf(w, "state    %s, %d ready, generation %d, %d workers\n", state, st.ReadyWorkers, st.Generation, st.Workers)
 	for _, d := range st.Degraded {
 		fmt.Fprintf(w, "DEGRADED %s\n", d)
 	}

@@ -46,6 +46,7 @@ func masterOptions(cfg *config.Config) master.Options {
 			Handover:        cfg.UpgradeHandover,
 			UpgradeMode:     cfg.UpgradeMode,
 			LogLevel:        cfg.LogLevel,
+			ShutdownDelay:   cfg.ShutdownDelay,
 			Executable:      executable,
 			Args:            os.Args,
 			StartDir:        startDir,

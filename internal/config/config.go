@@ -54,6 +54,9 @@ type Config struct {
 
 	StopSignal      syscall.Signal // stop_signal: asks a worker to stop gracefully
 	GracefulTimeout time.Duration  // graceful_timeout: how long a stopping worker may take
+	// ShutdownDelay (shutdown_delay): on TERM, how long the workers keep
+	// serving after /readyz turned 503, before they are told to stop.
+	ShutdownDelay time.Duration
 
 	Timeout        time.Duration // timeout: worker watchdog interval, 0 for off
 	Ready          Readiness     // ready: how a worker is seen to be ready

@@ -223,6 +223,24 @@ func TestDurationForms(t *testing.T) {
 	}
 }
 
+func TestShutdownDelay(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		file, flag string
+		want       time.Duration
+	}{
+		{want: 0},
+		{file: `"5s"`, want: 5 * time.Second},
+		{file: `2.5`, want: 2500 * time.Millisecond},
+		{file: `"5s"`, flag: "0", want: 0},
+		{flag: "1m", want: time.Minute},
+	} {
+		if got := loadForm(t, "shutdown_delay", tt.file, tt.flag).ShutdownDelay; got != tt.want {
+			t.Errorf("shutdown_delay file %q, flag %q: %v, want %v", tt.file, tt.flag, got, tt.want)
+		}
+	}
+}
+
 // loadForm loads a config that sets key to file in the TOML file (unless
 // "") and to flag on the command line (unless "").
 func loadForm(t *testing.T, key, file, flag string) *Config {
@@ -411,6 +429,15 @@ func TestProblems(t *testing.T) {
 			want: []string{
 				`baton.toml:1: graceful_timeout: expected a duration ("30s", "1m30s") or a number of seconds, got "5 s"`,
 				`--graceful-timeout: expected a duration ≥ 0, got -3`,
+			},
+		},
+		{
+			name: "bad shutdown_delay",
+			file: "workers = 2\nshutdown_delay = \"-5s\"\n",
+			args: []string{"--shutdown-delay", "soon"},
+			want: []string{
+				`baton.toml:2: shutdown_delay: expected a duration ≥ 0, got "-5s"`,
+				`--shutdown-delay: expected a duration ("30s", "1m30s") or a number of seconds, got "soon"`,
 			},
 		},
 		{
@@ -782,6 +809,7 @@ env = { A = "1", B = "2" }
 listen_env = true
 stop_signal = "TERM"
 graceful_timeout = "30s"
+shutdown_delay = "0s"
 timeout = "30s"
 ready = "auto"
 boot_timeout = "1m0s"

@@ -115,6 +115,12 @@ var keys = []key{
 		setting:  func(c *Config) setting { return positiveDurationSetting(&c.GracefulTimeout) },
 	},
 	{
+		name: "shutdown_delay", def: "0s",
+		usage:    "on TERM, turn /readyz to 503 at once but keep the workers serving for `DURATION` (lame duck) before stopping them gracefully, so load balancers take the host out first (0: stop at once)",
+		lifetime: Reapplied,
+		setting:  func(c *Config) setting { return durationSetting(&c.ShutdownDelay) },
+	},
+	{
 		name: "timeout", def: "30s",
 		usage:    "a worker that sent WATCHDOG=1 must send it again within `DURATION`, or it is killed and replaced (0: off; workers that never ping are not watched)",
 		lifetime: PerGeneration,

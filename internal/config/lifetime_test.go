@@ -20,7 +20,7 @@ var wantLifetimes = map[string]Lifetime{
 	"max_worker_age_jitter": PerGeneration, "user": PerGeneration, "group": PerGeneration,
 
 	"boot_nice": Reapplied, "watch": Reapplied, "watch_ignore": Reapplied, "subreaper": Reapplied, "cgroup": StartOnly, "preload": PerGeneration,
-	"upgrade_handover": Reapplied, "upgrade_mode": Reapplied, "control": Reapplied, "metrics_bind": Reapplied, "log_level": Reapplied,
+	"shutdown_delay": Reapplied, "upgrade_handover": Reapplied, "upgrade_mode": Reapplied, "control": Reapplied, "metrics_bind": Reapplied, "log_level": Reapplied,
 
 	"bind": StartOnly, "backlog": StartOnly, "unix_mode": StartOnly, "unix_owner": StartOnly,
 	"pid": StartOnly, "log_format": StartOnly, "log_file": StartOnly,

@@ -120,11 +120,14 @@ type Status struct {
 	Workers     int        `json:"workers"` // the target count
 	// State is one of the State* words; ReadyWorkers counts the workers
 	// that serve, of any generation.
-	State        string        `json:"state"`
-	ReadyWorkers int           `json:"ready_workers"`
-	Reloading    bool          `json:"reloading"`
-	ShuttingDown bool          `json:"shutting_down"`
-	LastReload   *ReloadResult `json:"last_reload,omitempty"`
+	State        string `json:"state"`
+	ReadyWorkers int    `json:"ready_workers"`
+	Reloading    bool   `json:"reloading"`
+	ShuttingDown bool   `json:"shutting_down"`
+	// LameDuck is set while a graceful shutdown waits out shutdown_delay:
+	// /readyz says 503 and the workers still serve.
+	LameDuck   *LameDuck     `json:"lame_duck,omitempty"`
+	LastReload *ReloadResult `json:"last_reload,omitempty"`
 	// Degraded lists the slots that keep crashing ("slot 2: 5 crashes in
 	// a row"); the others serve.
 	Degraded []string `json:"degraded,omitempty"`
@@ -145,6 +148,12 @@ type Template struct {
 	// ImportTime is how long importing the preload modules took.
 	ImportTime float64 `json:"import_seconds,omitempty"`
 	RSS        uint64  `json:"rss_bytes"`
+}
+
+// LameDuck is the lame-duck delay of a shutdown in progress.
+type LameDuck struct {
+	Delay float64 `json:"delay_seconds"` // shutdown_delay
+	Left  float64 `json:"left_seconds"`  // until the workers are told to stop
 }
 
 // Listener is one open listening socket.

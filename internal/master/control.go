@@ -94,6 +94,12 @@ func (m *Master) status() control.Status {
 	if m.current != nil {
 		st.Generation, st.Workers = m.current.num, m.current.size
 	}
+	if m.shutdown == lameDuck {
+		st.LameDuck = &control.LameDuck{
+			Delay: m.opts.ShutdownDelay.Seconds(),
+			Left:  m.lameDuckLeft().Seconds(),
+		}
+	}
 	for _, l := range m.listeners {
 		cl := control.Listener{Name: l.Name, Addr: l.Addr, State: "listening"}
 		if why, down := m.listenersDown[l.Name]; down {

@@ -265,6 +265,9 @@ func (s metricsSource) Health(ctx context.Context) (metrics.Snapshot, error) {
 
 func toSnapshot(st control.Status) metrics.Snapshot {
 	snap := metrics.Snapshot{ShuttingDown: st.ShuttingDown, Generation: st.Generation, Degraded: st.Degraded}
+	if st.LameDuck != nil {
+		snap.LameDuckLeft = time.Duration(st.LameDuck.Left * float64(time.Second))
+	}
 	for _, l := range st.Listeners {
 		if l.State == "down" {
 			snap.ListenersDown = append(snap.ListenersDown, "listener "+l.Name+" ("+l.Addr+") is down: "+l.Error)

@@ -141,8 +141,10 @@ type Master struct {
 	fatal *StartError
 
 	shutdown shutdownMode
-	events   chan func()
-	quit     chan struct{}
+	// lameDuckEnds is when the lame-duck delay ends (shutdown.go).
+	lameDuckEnds time.Time
+	events       chan func()
+	quit         chan struct{}
 }
 
 // New makes a master; nothing is opened until Run. load is called on HUP.
@@ -348,10 +350,11 @@ func (m *Master) cleanup() {
 	}
 }
 
-// finished: the master may exit once shutting down, with no worker left
-// and nothing a worker left behind still being killed.
+// finished: the master may exit once its workers were told to stop, with
+// no worker left and nothing a worker left behind still being killed. A
+// lame duck waits for its delay to end even without workers.
 func (m *Master) finished() bool {
-	return m.shutdown != running && len(m.workers) == 0 && len(m.templates) == 0 && m.treeKills == 0
+	return m.shutdown >= graceful && len(m.workers) == 0 && len(m.templates) == 0 && m.treeKills == 0
 }
 
 // after runs f on the master's goroutine once d has passed.

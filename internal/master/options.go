@@ -56,6 +56,9 @@ type MasterOptions struct {
 	// "new-master".
 	UpgradeMode string
 	LogLevel    string // "" leaves the logger's level alone
+	// ShutdownDelay (shutdown_delay) is how long a graceful shutdown
+	// keeps the workers serving after /readyz turned 503; 0 for none.
+	ShutdownDelay time.Duration
 
 	// Executable, Args and StartDir start a new master on upgrade: the
 	// binary path and arguments baton was started with, and its

@@ -11,6 +11,7 @@ import (
 // bringing up a generation.
 func (m *Master) scale(delta int) {
 	if m.shutdown != running {
+		m.log.Warn("not scaling: the master is shutting down")
 		return
 	}
 	if m.reloading() {

@@ -104,5 +104,6 @@ func changedMasterSettings(old, now MasterOptions) []string {
 	add("upgrade_handover", old.Handover != now.Handover)
 	add("upgrade_mode", old.UpgradeMode != now.UpgradeMode)
 	add("log_level", old.LogLevel != now.LogLevel)
+	add("shutdown_delay", old.ShutdownDelay != now.ShutdownDelay)
 	return keys
 }

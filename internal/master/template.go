@@ -371,7 +371,7 @@ func (m *Master) onTemplateExit(t *template, e proc.Exit) {
 	for _, f := range forks {
 		s := f.slot
 		m.dropFork(t, f)
-		if m.shutdown == running {
+		if m.shutdown < graceful { // a lame duck's slots still serve
 			m.failBoot(s, "the preload template exited before it forked the worker: "+status)
 		}
 	}
@@ -414,7 +414,7 @@ func (m *Master) skipForTemplate(t *template) map[int]bool {
 // itself, and is killed if it has not after its graceful timeout.
 func (m *Master) retireTemplates() {
 	for _, t := range m.templates {
-		if t.retired || (m.isLive(t.gen) && m.shutdown == running) || m.generationBusy(t) {
+		if t.retired || (m.isLive(t.gen) && m.shutdown < graceful) || m.generationBusy(t) {
 			continue
 		}
 		m.retireTemplate(t)

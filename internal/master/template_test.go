@@ -456,3 +456,24 @@ func TestPreloadShutdownClosesTheTemplates(t *testing.T) {
 		}
 	})
 }
+
+func TestPreloadLameDuckKeepsTheTemplateToReplaceACrashedWorker(t *testing.T) {
+	opts := options(preloadGen(1)) // its only worker crashes: no worker of it is left
+	opts.Master.ShutdownDelay = 5 * time.Second
+	servingPreloaded(t, opts, func(t *testing.T, tb *testbed, tmpl int) {
+		tb.signal(syscall.SIGTERM)
+		tb.exit(tb.workers(1, "ready")[0], 1, "boom")
+		tb.wait(time.Second)
+		if tb.template(tmpl).isClosed() {
+			t.Fatal("the template was closed during the lame-duck delay, while its slots still serve")
+		}
+		if n := len(tb.requests(tmpl)); n != 2 {
+			t.Fatalf("%d fork requests, want a second for the crashed worker", n)
+		}
+		tb.ready(tb.forkAll(tmpl)...)
+		tb.wait(5 * time.Second)
+		if !tb.template(tmpl).isClosed() {
+			t.Error("the template is open after the delay, once the shutdown stops the workers")
+		}
+	})
+}

@@ -344,7 +344,8 @@ func (m *Master) onCrash(w *worker, lived time.Duration, status string) {
 	if s != nil && s.outgoing == w {
 		s.outgoing = nil // its successor is booting already
 	}
-	if m.shutdown != running || s == nil || s.worker != w {
+	// A lame duck still serves: its crashed workers are replaced.
+	if m.shutdown >= graceful || s == nil || s.worker != w {
 		return
 	}
 	s.worker = nil
@@ -389,7 +390,7 @@ func (m *Master) scheduleRestart(s *slot, reason string) {
 	m.log.Log(context.Background(), level, "restarting worker", "slot", s.id, "generation", s.gen.num,
 		"delay", delay.String(), "failures", s.failures)
 	m.after(delay, func() {
-		if m.shutdown != running || !s.pending || s.succeeded || s.gen.slots[s.id] != s || !m.isLive(s.gen) {
+		if m.shutdown >= graceful || !s.pending || s.succeeded || s.gen.slots[s.id] != s || !m.isLive(s.gen) {
 			return
 		}
 		m.spawn(s)
@@ -491,8 +492,13 @@ func (m *Master) otherChildren(w *worker) map[int]bool {
 	return skip
 }
 
+// signalWorker sends sig to w's process group. The debug record says when
+// a worker was told to stop: the moment its in-flight requests start to
+// drain (the interop matrix's drain check waits for it).
 func (m *Master) signalWorker(w *worker, sig syscall.Signal) {
 	if err := w.proc.SignalGroup(sig); err != nil {
 		m.log.Warn("cannot signal worker", "pid", w.pid, "signal", proc.SignalName(sig), "err", err)
+		return
 	}
+	m.log.Debug("signalled worker", "slot", w.slot, "pid", w.pid, "generation", w.gen.num, "signal", proc.SignalName(sig))
 }

@@ -52,8 +52,8 @@ func (o *osProcesses) StartTemplate(spec proc.Spec, preload []string) (int, proc
 
 // forkServer installs the fork server, once per master process, in a
 // directory every worker's user can read and nobody else can write:
-// <base>/baton-forkserver-<pid>, base being systemd's RuntimeDirectory,
-// /run/baton as root, or the temporary directory.
+// <base>/baton-forkserver-<pid>, base being /run as root, else systemd's
+// RuntimeDirectory or the temporary directory.
 func (o *osProcesses) forkServer() (string, error) {
 	if o.forkServerPath != "" {
 		return o.forkServerPath, nil
@@ -72,13 +72,13 @@ func (o *osProcesses) forkServer() (string, error) {
 }
 
 func forkServerBase() string {
+	// As root, workers may run as another user: /run itself is open to
+	// all (0755), where /run/baton and a RuntimeDirectory may not be.
+	if os.Geteuid() == 0 {
+		return "/run"
+	}
 	if d := os.Getenv("RUNTIME_DIRECTORY"); d != "" {
 		return strings.Split(d, ":")[0]
-	}
-	if os.Geteuid() == 0 {
-		if err := os.MkdirAll("/run/baton", 0o755); err == nil {
-			return "/run/baton"
-		}
 	}
 	return os.TempDir()
 }

@@ -3,6 +3,7 @@ package metrics
 import (
 	"context"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -11,6 +12,9 @@ import (
 type Snapshot struct {
 	Workers      []Worker // every live worker process
 	ShuttingDown bool
+	// LameDuckLeft, during a shutdown's shutdown_delay, is how long the
+	// workers still serve; 0 otherwise.
+	LameDuckLeft time.Duration
 	Generation   int // current generation
 	// Degraded describes crash-looping slots; the host still serves.
 	Degraded []string

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -87,6 +88,9 @@ func (h handler) readyz(w http.ResponseWriter, r *http.Request) {
 
 // notReady returns why s should not get traffic, or "" if it should.
 func notReady(s Snapshot) string {
+	if s.ShuttingDown && s.LameDuckLeft > 0 {
+		return fmt.Sprintf("shutting down (lame duck: the workers serve for %s more)", s.LameDuckLeft.Round(100*time.Millisecond))
+	}
 	if s.ShuttingDown {
 		return "shutting down"
 	}

@@ -18,6 +18,10 @@ func TestReadyz(t *testing.T) {
 	src.set(func(f *fakeSource) { f.snap.ShuttingDown = true })
 	expect(t, base+"/readyz", http.StatusServiceUnavailable, "shutting down")
 
+	// The lame-duck delay: ready workers, still 503.
+	src.set(func(f *fakeSource) { f.snap.LameDuckLeft = 3240 * time.Millisecond })
+	expect(t, base+"/readyz", http.StatusServiceUnavailable, "shutting down (lame duck: the workers serve for 3.2s more)")
+
 	src.set(func(f *fakeSource) {
 		f.snap = Snapshot{Generation: 4, Workers: []Worker{
 			{Generation: 4, State: StateStarting},

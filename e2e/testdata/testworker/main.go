@@ -9,8 +9,16 @@
 //	                 of the listener that accepted the request), listen_fds,
 //	                 listen_fdnames, listen_pid_matched, child_pid
 //	GET /slow?ms=N   sleeps N ms, then replies "slow done"
+//	GET /gated       creates gated.started in the working directory, then
+//	                 replies like GET / once gated.release exists there (at
+//	                 most 60 s; 503 after): an in-flight request whose end
+//	                 the test decides (the interop matrix's drain check)
 //	GET /exit?code=N replies, then exits with code N
 //	GET /nonblock    JSON {"fd3_nonblocking": {"at_start": bool, "now": bool}}
+//
+// With -version-file F, the worker reads F at start, as an app reads its
+// code, and GET / reports it as "version"; it fails at boot, saying why,
+// when it cannot (a broken deploy).
 //
 // SIGTERM drains in-flight requests (at most -graceful) and exits 0; SIGINT
 // exits 0 at once. -epoll-sets N makes N idle epoll sets that each watch
@@ -35,6 +43,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -52,6 +61,7 @@ type options struct {
 	graceful    time.Duration
 	epollSets   int
 	shutdownFD3 bool
+	versionFile string
 }
 
 func parseFlags() options {
@@ -65,6 +75,7 @@ func parseFlags() options {
 	flag.DurationVar(&o.graceful, "graceful", 30*time.Second, "how long SIGTERM waits for in-flight requests")
 	flag.IntVar(&o.epollSets, "epoll-sets", 0, "make this many epoll sets that each watch fd 3 for input")
 	flag.BoolVar(&o.shutdownFD3, "shutdown-listener-on-term", false, "on SIGTERM, shutdown(SHUT_RDWR) the listener inherited as fd 3 before the graceful stop")
+	flag.StringVar(&o.versionFile, "version-file", "", "read the app's version from this file at start (GET / reports it)")
 	flag.Parse()
 	return o
 }
@@ -76,6 +87,7 @@ type startState struct {
 	listenPIDMatched         bool
 	fd3NonblockingAtStart    bool
 	childPID                 int
+	version                  string // from -version-file
 }
 
 func recordStartState() startState {
@@ -100,6 +112,7 @@ func main() {
 	// Signals first: a SIGTERM during boot must not kill us with the default action.
 	signals := watchSignals(opts.ignoreTerm)
 	start := recordStartState()
+	start.version = readVersion(opts.versionFile)
 	// Before taking the listeners, like an app's slow import: Go's poller
 	// registers a listener as soon as it is made, and baton's auto
 	// readiness would see that as ready.
@@ -142,6 +155,19 @@ func main() {
 	stopServing() // ServeHTTP sends STOPPING=1
 	shutdown(servers, opts.graceful)
 	os.Exit(0)
+}
+
+// readVersion is the trimmed content of file ("" when none is named); a
+// file that cannot be read fails the boot, as a broken deploy would.
+func readVersion(file string) string {
+	if file == "" {
+		return ""
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		fail(fmt.Errorf("reading the app's version: %w", err))
+	}
+	return strings.TrimSpace(string(data))
 }
 
 func watchSignals(ignoreTerm bool) <-chan os.Signal {
@@ -234,6 +260,13 @@ func (w *testWorker) routes(listenerName string) http.Handler {
 		w.whoami(rw, listenerName)
 	})
 	mux.HandleFunc("GET /slow", slow)
+	mux.HandleFunc("GET /gated", func(rw http.ResponseWriter, r *http.Request) {
+		if !gated(r.Context()) {
+			http.Error(rw, "gated.release did not appear", http.StatusServiceUnavailable)
+			return
+		}
+		w.whoami(rw, listenerName)
+	})
 	mux.HandleFunc("GET /exit", exitAfterReply)
 	mux.HandleFunc("GET /nonblock", w.nonblock)
 	mux.HandleFunc("GET /grow", grow)
@@ -251,6 +284,7 @@ func (w *testWorker) whoami(rw http.ResponseWriter, listenerName string) {
 		ListenFDNames    string `json:"listen_fdnames"`
 		ListenPIDMatched bool   `json:"listen_pid_matched"`
 		ChildPID         int    `json:"child_pid"`
+		Version          string `json:"version,omitempty"`
 	}{
 		PID:              os.Getpid(),
 		PPID:             os.Getppid(),
@@ -261,6 +295,7 @@ func (w *testWorker) whoami(rw http.ResponseWriter, listenerName string) {
 		ListenFDNames:    w.start.listenFDNames,
 		ListenPIDMatched: w.start.listenPIDMatched,
 		ChildPID:         w.start.childPID,
+		Version:          w.start.version,
 	})
 }
 
@@ -271,6 +306,28 @@ func slow(rw http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(rw, "slow done")
 	case <-r.Context().Done(): // the client gave up
 	}
+}
+
+// gated creates gated.started, then waits until gated.release exists (true),
+// the client gives up or 60 s pass (false).
+func gated(ctx context.Context) bool {
+	if err := os.WriteFile("gated.started", nil, 0o644); err != nil {
+		fmt.Fprintf(os.Stderr, "testworker: %v\n", err)
+		return false
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
+		if _, err := os.Stat("gated.release"); err == nil {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
+	return false
 }
 
 func exitAfterReply(rw http.ResponseWriter, r *http.Request) {

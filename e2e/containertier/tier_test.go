@@ -1,0 +1,159 @@
+//go:build containertier
+
+package containertier
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestContainerRecipe builds examples/container/Dockerfile and runs it as
+// shipped: baton as PID 1 serves uvicorn workers; orphans are reaped; a HUP
+// reloads under load with no failed request; podman stop is a lame-duck
+// drain ending in exit 0.
+func TestContainerRecipe(t *testing.T) {
+	requirements(t)
+	image := buildImage(t)
+	c := runContainer(t, image)
+	waitServing(t, c)
+
+	t.Run("baton is PID 1", func(t *testing.T) { checkPID1(t, c) })
+	t.Run("orphans are reaped", func(t *testing.T) { checkOrphansReaped(t, c) })
+	t.Run("HUP reloads under load", func(t *testing.T) { checkReload(t, c) })
+	t.Run("podman stop is a lame-duck drain", func(t *testing.T) { checkStop(t, c) })
+}
+
+// waitServing waits for /readyz to say 200 and the app to answer.
+func waitServing(t *testing.T, c *container) {
+	t.Helper()
+	if !waitFor(time.Minute, func() bool {
+		status, _, err := c.get(metricsAddr, "/readyz", 5*time.Second)
+		return err == nil && status == 200
+	}) {
+		t.Fatalf("/readyz never said 200; baton's log:\n%s", c.logs())
+	}
+	if status, body, err := c.get(appAddr, "/", 10*time.Second); err != nil || status != 200 || !strings.HasPrefix(body, "hello from pid ") {
+		t.Fatalf("GET / once ready: %d %q %v", status, body, err)
+	}
+}
+
+func checkPID1(t *testing.T, c *container) {
+	cmdline := mustPodman(t, time.Minute, "exec", c.name, "sh", "-c", `tr '\0' ' ' </proc/1/cmdline`)
+	t.Logf("PID 1: %s", cmdline)
+	if !strings.HasPrefix(cmdline, "baton run ") || !strings.Contains(cmdline, "--shutdown-delay 5s") {
+		t.Errorf("PID 1 is %q, want the recipe's baton run with --shutdown-delay 5s", cmdline)
+	}
+	if line, _, ok := c.logRecord("reaping orphaned processes (child subreaper)"); !ok || !strings.Contains(line, "pid1=true") {
+		t.Errorf("baton did not log that it reaps as PID 1: %q", line)
+	}
+}
+
+// checkOrphansReaped: a process whose parent exits inside the container
+// is adopted by PID 1; baton must reap it when it exits. A control first
+// shows that the check sees a zombie when there is one: a child of a
+// parent that never waits.
+func checkOrphansReaped(t *testing.T, c *container) {
+	mustPodman(t, time.Minute, "exec", "-d", c.name, "sh", "-c", "sleep 0.2 & exec sleep 3")
+	if !waitFor(10*time.Second, func() bool { return len(c.zombies(t)) > 0 }) {
+		t.Fatal("control: a child of a process that never waits did not show as a zombie: the check cannot see zombies")
+	}
+	// Orphans: the shell exits at once, its sleeps are PID 1's.
+	for range 5 {
+		mustPodman(t, time.Minute, "exec", c.name, "sh", "-c", "sleep 0.5 & sleep 1 & exit 0")
+	}
+	time.Sleep(5 * time.Second) // the control's parent and every orphan are gone by then
+	if z := c.zombies(t); len(z) > 0 {
+		t.Errorf("zombies in the container after its orphans exited: %v", z)
+	}
+	out := mustPodman(t, time.Minute, "exec", c.name, "sh", "-c", "grep -l '^sleep$' /proc/[0-9]*/comm 2>/dev/null || true")
+	if strings.TrimSpace(out) != "" {
+		t.Errorf("sleep processes still there: %s", out)
+	}
+}
+
+// checkReload: HUP under load, from inside the container's network; no
+// request fails, and new workers answer after it.
+func checkReload(t *testing.T, c *container) {
+	l := c.startLoad(t, 4)
+	time.Sleep(time.Second)
+	hupAt := time.Now()
+	mustPodman(t, time.Minute, "kill", "-s", "HUP", c.name)
+	line, doneAt := c.waitLog(t, "reload succeeded", 2*time.Minute)
+	time.Sleep(time.Second)
+	l.stop()
+	ok, failed, bodies := l.tally(time.Time{}, time.Now())
+	t.Logf("%s\n%d requests, failed %v, %d answering workers (old and new)", line, ok, failed, len(bodies))
+	if len(failed) > 0 {
+		t.Errorf("requests failed across the reload: %v", failed)
+	}
+	before, _, _ := l.tally(time.Time{}, hupAt)
+	_, _, afterBodies := l.tally(doneAt.Add(time.Second/2), time.Now())
+	_, _, beforeBodies := l.tally(time.Time{}, hupAt)
+	if before == 0 || len(afterBodies) == 0 {
+		t.Fatalf("no answers before the HUP (%d) or after the reload (%v)", before, afterBodies)
+	}
+	for body := range afterBodies {
+		if beforeBodies[body] > 0 {
+			t.Errorf("%q answered both before the HUP and after the reload: not a new worker", body)
+		}
+	}
+	if z := c.zombies(t); len(z) > 0 {
+		t.Errorf("zombies after the reload: %v", z)
+	}
+}
+
+// checkStop: podman stop sends TERM; /readyz is 503 at once while every
+// request still succeeds for shutdown_delay; then the drain, and baton
+// exits 0.
+func checkStop(t *testing.T, c *container) {
+	l := c.startLoad(t, 4)
+	time.Sleep(time.Second)
+	stop := exec.Command("podman", append(podmanGlobal, "stop", "-t", "60", c.name)...)
+	termAt := time.Now()
+	if err := stop.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var body string
+	if !waitFor(30*time.Second, func() bool {
+		var status int
+		status, body, _ = c.get(metricsAddr, "/readyz", 5*time.Second)
+		return status == 503
+	}) {
+		t.Fatalf("/readyz never said 503 after podman stop; baton's log:\n%s", c.logs())
+	}
+	seen503 := time.Now()
+	if !strings.Contains(body, "lame duck") {
+		t.Errorf("/readyz during the delay: %q, want the lame duck named", body)
+	}
+	if err := stop.Wait(); err != nil {
+		t.Fatalf("podman stop: %v", err)
+	}
+	stopped := time.Since(termAt)
+	l.stop()
+	_, overAt := c.waitLog(t, "shutdown_delay is over: stopping the workers", time.Second)
+	ok, failed, _ := l.tally(termAt, overAt)
+	okAfter503, _, _ := l.tally(seen503, overAt)
+	t.Logf("podman stop took %v; TERM to the end of the delay %v: %d requests ended in it (%d after /readyz was seen 503), failed %v",
+		stopped.Round(time.Millisecond), overAt.Sub(termAt).Round(time.Millisecond), ok, okAfter503, failed)
+	if len(failed) > 0 {
+		t.Errorf("requests failed during the lame-duck delay: %v", failed)
+	}
+	if okAfter503 == 0 {
+		t.Errorf("no request succeeded while /readyz said 503")
+	}
+	if stopped < shutdownDelay {
+		t.Errorf("podman stop took %v, less than shutdown_delay (%v)", stopped, shutdownDelay)
+	}
+	code := strings.TrimSpace(mustPodman(t, time.Minute, "inspect", "--format", "{{.State.ExitCode}}", c.name))
+	if code != "0" {
+		t.Errorf("baton exited %s, want 0; its log:\n%s", code, c.logs())
+	}
+	if _, _, ok := c.logRecord("shutdown complete"); !ok {
+		t.Errorf("no \"shutdown complete\" in baton's log:\n%s", c.logs())
+	}
+	if logs := c.logs(); strings.Contains(logs, "StopSignal SIGTERM failed") || strings.Contains(logs, "killing them") {
+		t.Errorf("the stop was not graceful:\n%s", logs)
+	}
+}
