@@ -15,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/baton-pm/baton/bench/internal/httpload"
 )
 
 // The preload-memory scenario: what a server's whole process tree costs
@@ -227,7 +229,7 @@ func warmUp(url string, workers, perWorker int, timeout time.Duration) (map[int]
 		}
 		return n >= workers
 	}
-	client := newClient(false, timeout)
+	client := httpload.NewClient(false, timeout)
 	var wg sync.WaitGroup
 	for range clients {
 		wg.Add(1)

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-pm/baton/bench/internal/httpload"
 )
 
 // logLine is one line a server wrote (stdout and stderr share one pipe, so
@@ -401,7 +403,7 @@ func (s *server) probe() bool {
 	if s.spec.app.getPath == "" {
 		return probe(s.url())
 	}
-	_, err := getWorkerPID(newClient(false, 2*time.Second), s.url()+s.spec.app.getPath)
+	_, err := getWorkerPID(httpload.NewClient(false, 2*time.Second), s.url()+s.spec.app.getPath)
 	return err == nil
 }
 
