@@ -33,6 +33,7 @@ type config struct {
 	bootWorkers  int
 	bootReloads  int
 	warmup       int
+	memoryRounds int
 	djangoAdmin  string
 	soakReloads  int
 	soakEvery    int
@@ -77,6 +78,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&cfg.bootWorkers, "boot-workers", 8, "preload-boot scenario: workers per server")
 	fs.IntVar(&cfg.bootReloads, "boot-reloads", 3, "preload-boot scenario: reloads, one after the other")
 	fs.IntVar(&cfg.warmup, "warmup", 300, "preload-memory scenario: requests each worker answers before memory is measured")
+	fs.IntVar(&cfg.memoryRounds, "memory-rounds", 3, "preload-memory scenario: measurements per server, in a rotating order (the median counts)")
 	fs.StringVar(&cfg.djangoAdmin, "django-admin", "/usr/bin/django-admin", "preload-memory scenario: django-admin that creates the Django project (Debian's python3-django)")
 	fs.IntVar(&cfg.soakReloads, "soak", 1000, "soak scenario: reloads back to back (each connection mode)")
 	fs.IntVar(&cfg.soakEvery, "soak-every", 10, "soak scenario: sample the master after every N reloads")
@@ -84,7 +86,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&cfg.conns, "conns", 32, "steady scenario, throughput part: concurrent closed-loop clients")
 	fs.DurationVar(&cfg.burst, "burst", 5*time.Second, "steady scenario, throughput part: length of each server's turn")
 	fs.IntVar(&cfg.rounds, "rounds", 5, "steady scenario, throughput part: turns per server (the median counts)")
-	fs.BoolVar(&cfg.quick, "quick", false, "fast check of the suite itself: -rate 200 -duration 12s -hups 2 -upgrades 1 -storm 10 -scale-workers 16 -soak 100 -rounds 2 -burst 3s -boot-reloads 2 -warmup 100 (explicit flags still win)")
+	fs.BoolVar(&cfg.quick, "quick", false, "fast check of the suite itself: -rate 200 -duration 12s -hups 2 -upgrades 1 -storm 10 -scale-workers 16 -soak 100 -rounds 2 -burst 3s -boot-reloads 2 -warmup 100 -memory-rounds 1 (explicit flags still win)")
 	fs.DurationVar(&cfg.window, "window", 3*time.Second, "reload window after each action: requests started in [action, action+window] (or until it took effect and the workers from before it exited, if later) are \"during a reload\"")
 	fs.IntVar(&cfg.workers, "workers", 4, "workers of each server")
 	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "client timeout of one request")
@@ -119,7 +121,8 @@ func parseFlags(args []string) (*config, error) {
 			"hups": func() { cfg.hups = 2 }, "upgrades": func() { cfg.upgrades = 1 }, "storm": func() { cfg.stormReloads = 10 },
 			"scale-workers": func() { cfg.scaleWorkers = 16 }, "soak": func() { cfg.soakReloads = 100 },
 			"boot-reloads": func() { cfg.bootReloads = 2 }, "warmup": func() { cfg.warmup = 100 },
-			"rounds": func() { cfg.rounds = 2 }, "burst": func() { cfg.burst = 3 * time.Second },
+			"memory-rounds": func() { cfg.memoryRounds = 1 },
+			"rounds":        func() { cfg.rounds = 2 }, "burst": func() { cfg.burst = 3 * time.Second },
 		}
 		for name, apply := range quick {
 			if !set[name] {
@@ -175,7 +178,7 @@ func (cfg *config) validate() error {
 	}
 	for name, v := range map[string]int{"-rate": cfg.rate, "-workers": cfg.workers, "-hups": cfg.hups, "-upgrades": cfg.upgrades,
 		"-storm": cfg.stormReloads, "-scale-workers": cfg.scaleWorkers, "-soak": cfg.soakReloads, "-soak-every": cfg.soakEvery,
-		"-boot-workers": cfg.bootWorkers, "-boot-reloads": cfg.bootReloads, "-warmup": cfg.warmup,
+		"-boot-workers": cfg.bootWorkers, "-boot-reloads": cfg.bootReloads, "-warmup": cfg.warmup, "-memory-rounds": cfg.memoryRounds,
 		"-conns": cfg.conns, "-rounds": cfg.rounds} {
 		if v <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, not %d", name, v))

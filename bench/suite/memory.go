@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -69,9 +70,10 @@ func (m memSnapshot) role(role string) []memProc {
 	return out
 }
 
-// memoryRun is one server's measurement.
+// memoryRun is one server's measurement in one round.
 type memoryRun struct {
 	Server    string
+	Round     int
 	Workers   int
 	Fresh     memSnapshot // once every worker was up
 	Warm      memSnapshot // after the warm-up
@@ -84,7 +86,7 @@ type memoryRun struct {
 	Err       error
 }
 
-// memoryReport is the scenario's result: one run per server.
+// memoryReport is the scenario's result: one run per server and round.
 type memoryReport struct {
 	cfg  *config
 	runs []*memoryRun
@@ -97,27 +99,36 @@ func (r *memoryReport) failed() bool {
 // djangoApp is how the servers name the Django project's ASGI app.
 var djangoApp = appSpec{target: "proj.asgi:application", module: "proj.asgi", pythonM: true, getPath: "admin/login/"}
 
+// measureMemory measures every server -memory-rounds times, round after
+// round in a rotating order, so that the machine drifting hits all of them
+// alike; the report takes each server's median round.
 func measureMemory(cfg *config, runDir string) measured {
 	rep := &memoryReport{cfg: cfg}
+	var kinds []string
 	for _, kind := range preloadServers { // the scenario's servers
-
-		if !slices.Contains(cfg.servers, kind) {
-			continue
+		if slices.Contains(cfg.servers, kind) {
+			kinds = append(kinds, kind)
 		}
-		fmt.Fprintf(os.Stderr, "      %s ...\n", kind)
-		m := measureOneMemory(cfg, kind, runDir)
-		if m.Err != nil {
-			fmt.Fprintf(os.Stderr, "      setup failed: %v\n", m.Err)
-		} else {
-			fmt.Fprintf(os.Stderr, "      total PSS %.1f MiB fresh, %.1f MiB after %d requests\n", mib(m.Fresh.total()), mib(m.Warm.total()), m.Requests)
+	}
+	for round := range cfg.memoryRounds {
+		for i := range kinds {
+			kind := kinds[(i+round)%len(kinds)]
+			fmt.Fprintf(os.Stderr, "      round %d · %s ...\n", round+1, kind)
+			m := measureOneMemory(cfg, kind, round, runDir)
+			if m.Err != nil {
+				fmt.Fprintf(os.Stderr, "      setup failed: %v\n", m.Err)
+			} else {
+				fmt.Fprintf(os.Stderr, "      total PSS %.1f MiB fresh, %.1f MiB after %d requests\n", mib(m.Fresh.total()), mib(m.Warm.total()), m.Requests)
+			}
+			rep.runs = append(rep.runs, m)
 		}
-		rep.runs = append(rep.runs, m)
 	}
 	return rep
 }
 
-func measureOneMemory(cfg *config, kind, runDir string) *memoryRun {
-	m := &memoryRun{Server: kind, Workers: cfg.workers, LogPath: filepath.Join(runDir, scenarioMemory+"-"+kind+".log")}
+func measureOneMemory(cfg *config, kind string, round int, runDir string) *memoryRun {
+	m := &memoryRun{Server: kind, Round: round + 1, Workers: cfg.workers,
+		LogPath: filepath.Join(runDir, fmt.Sprintf("%s-%s-%d.log", scenarioMemory, kind, round+1))}
 	if cfg.quietBelow > 0 {
 		waitQuiet(cfg.quietBelow, cfg.quietWait)
 	}
@@ -402,12 +413,14 @@ func (r *memoryReport) render(b *strings.Builder) {
 		"**Fresh**: 1 s after every worker was up. **Warm**: after each worker answered `GET /admin/login/` at least %d times (8 clients, a new connection per request), then 2 s. "+
 		"**USS** (Private_Clean + Private_Dirty) is what one worker's exit would free: the marginal cost of a worker. baton runs `python3 -m uvicorn --fd 3 --no-access-log proj.asgi:application` (with `--preload proj.asgi` for baton-preload); "+
 		"Gunicorn `-k uvicorn.workers.UvicornWorker proj.asgi:application` (with `--preload` for gunicorn-preload).\n\n", r.cfg.workers, r.cfg.warmup)
-	p("| server | processes | total PSS fresh | total PSS warm | ÷ gunicorn-preload (warm) | master PSS (warm) | template PSS (warm) | workers' PSS, sum (warm) | USS per worker, median (min–max), fresh | warm | warm-up |\n")
-	p("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
+	p("Each server was measured %d times, round after round in a rotating order; the row is its median round by warm total PSS, and the last column lists every round's.\n\n", r.cfg.memoryRounds)
+	p("| server | processes | total PSS fresh | total PSS warm | ÷ gunicorn-preload (warm) | master PSS (warm) | template PSS (warm) | workers' PSS, sum (warm) | USS per worker, median (min–max), fresh | warm | warm-up | warm total PSS, every round |\n")
+	p("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|\n")
 	ref := r.warmTotal(kindGunicornPreload)
-	for _, m := range r.runs {
-		if m.Err != nil && len(m.Warm.Procs) == 0 {
-			p("| %s | setup failed: %s ||||||||||\n", m.Server, oneLine(m.Err.Error()))
+	for _, kind := range r.kinds() {
+		m := r.median(kind)
+		if m == nil {
+			p("| %s | setup failed in every round: %s |||||||||||\n", kind, oneLine(r.firstErr(kind)))
 			continue
 		}
 		ratio := "–"
@@ -418,31 +431,36 @@ func (r *memoryReport) render(b *strings.Builder) {
 		if ts := m.Warm.role("template"); len(ts) > 0 {
 			template = fmtMiB(sumPSS(ts))
 		}
-		p("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", m.Server, len(m.Warm.Procs), fmtMiB(m.Fresh.total()), fmtMiB(m.Warm.total()), ratio,
-			fmtMiB(sumPSS(m.Warm.role("master"))), template, fmtMiB(sumPSS(m.Warm.role("worker"))), ussText(m.Fresh.role("worker")), ussText(m.Warm.role("worker")), warmUpText(m))
+		p("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", m.Server, len(m.Warm.Procs), fmtMiB(m.Fresh.total()), fmtMiB(m.Warm.total()), ratio,
+			fmtMiB(sumPSS(m.Warm.role("master"))), template, fmtMiB(sumPSS(m.Warm.role("worker"))), ussText(m.Fresh.role("worker")), ussText(m.Warm.role("worker")), warmUpText(m), r.roundsText(kind))
 	}
 	p("\n")
 	for _, m := range r.runs {
-		if len(m.Warm.Procs) == 0 {
+		if m.Err != nil {
+			p("- **%s**, round %d: **%s**\n", m.Server, m.Round, oneLine(m.Err.Error()))
+		}
+	}
+	for _, kind := range r.kinds() {
+		m := r.median(kind)
+		if m == nil {
 			continue
 		}
 		var procs []string
 		for _, pr := range m.Warm.Procs {
 			procs = append(procs, fmt.Sprintf("%s %d (%s) PSS %s, USS %s, RSS %s", pr.Role, pr.PID, pr.Comm, fmtMiB(pr.PSS), fmtMiB(pr.USS), fmtMiB(pr.RSS)))
 		}
-		p("- **%s**, warm: %s.", m.Server, strings.Join(procs, "; "))
-		if m.Err != nil {
-			p(" **%s**", oneLine(m.Err.Error()))
-		}
+		p("- **%s**, round %d (the median), warm: %s.", m.Server, m.Round, strings.Join(procs, "; "))
 		for _, s := range []memSnapshot{m.Fresh, m.Warm} {
 			if s.Err != "" {
 				p(" Not every process could be read: %s.", s.Err)
 			}
 		}
-		if len(m.Leftovers) > 0 {
-			p(" **Processes left behind after stop (killed by the benchmark): %s.**", strings.Join(m.Leftovers, "; "))
-		}
 		p("\n")
+	}
+	for _, m := range r.runs {
+		if len(m.Leftovers) > 0 {
+			p("- **%s**, round %d: processes left behind after stop (killed by the benchmark): %s.\n", m.Server, m.Round, strings.Join(m.Leftovers, "; "))
+		}
 	}
 	p("\n")
 }
@@ -458,14 +476,64 @@ func (r *memoryReport) targets(b *strings.Builder) {
 		scenarioTitle(scenarioMemory), fmtMiB(bp), fmtMiB(gp), float64(bp)/float64(gp), metStr(bp <= gp))
 }
 
-// warmTotal is the warm total PSS of kind's run, 0 if it has none.
+// warmTotal is the warm total PSS of kind's median round, 0 if it has none.
 func (r *memoryReport) warmTotal(kind string) int64 {
-	for _, m := range r.runs {
-		if m.Server == kind && m.Err == nil {
-			return m.Warm.total()
-		}
+	if m := r.median(kind); m != nil {
+		return m.Warm.total()
 	}
 	return 0
+}
+
+// kinds are the servers measured, in the scenario's order.
+func (r *memoryReport) kinds() []string {
+	var out []string
+	for _, kind := range preloadServers {
+		if slices.ContainsFunc(r.runs, func(m *memoryRun) bool { return m.Server == kind }) {
+			out = append(out, kind)
+		}
+	}
+	return out
+}
+
+// median is kind's round with the median warm total PSS among those that
+// succeeded (the lower middle one of an even count), nil if none did.
+func (r *memoryReport) median(kind string) *memoryRun {
+	var ok []*memoryRun
+	for _, m := range r.runs {
+		if m.Server == kind && m.Err == nil {
+			ok = append(ok, m)
+		}
+	}
+	if len(ok) == 0 {
+		return nil
+	}
+	slices.SortStableFunc(ok, func(a, b *memoryRun) int { return cmp.Compare(a.Warm.total(), b.Warm.total()) })
+	return ok[(len(ok)-1)/2]
+}
+
+func (r *memoryReport) firstErr(kind string) string {
+	for _, m := range r.runs {
+		if m.Server == kind && m.Err != nil {
+			return m.Err.Error()
+		}
+	}
+	return "not run"
+}
+
+// roundsText lists kind's warm totals in round order.
+func (r *memoryReport) roundsText(kind string) string {
+	var parts []string
+	for _, m := range r.runs {
+		if m.Server != kind {
+			continue
+		}
+		if m.Err != nil {
+			parts = append(parts, "failed")
+		} else {
+			parts = append(parts, fmt.Sprintf("%.1f", mib(m.Warm.total())))
+		}
+	}
+	return strings.Join(parts, ", ") + " MiB"
 }
 
 func sumPSS(ps []memProc) int64 {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"os/exec"
 	"slices"
 	"strings"
@@ -149,5 +150,49 @@ func TestAllNewAnsweredIsWhenTheLastNewWorkerFirstAnswered(t *testing.T) {
 	}
 	if _, seen := allNewAnswered(r, 1); seen {
 		t.Error("the second reload's one new worker was taken for both")
+	}
+}
+
+func TestMemoryReportTakesEachServersMedianRound(t *testing.T) {
+	snap := func(kib ...int64) memSnapshot {
+		var s memSnapshot
+		for i, k := range kib {
+			role := "worker"
+			if i == 0 {
+				role = "master"
+			}
+			s.Procs = append(s.Procs, memProc{PID: 100 + i, Role: role, PSS: k, USS: k / 2})
+		}
+		return s
+	}
+	run := func(kind string, round int, total int64) *memoryRun {
+		return &memoryRun{Server: kind, Round: round, Workers: 1, Fresh: snap(total/2, total/2), Warm: snap(total/2, total/2)}
+	}
+	rep := &memoryReport{cfg: &config{workers: 1, warmup: 1, memoryRounds: 3}, runs: []*memoryRun{
+		run(kindGunicornPreload, 1, 100<<10), run(kindBatonPreload, 1, 90<<10),
+		run(kindBatonPreload, 2, 130<<10), run(kindGunicornPreload, 2, 120<<10),
+		run(kindGunicornPreload, 3, 110<<10), {Server: kindBatonPreload, Round: 3, Err: errors.New("boom")},
+		run(kindBatonPreload, 4, 105<<10),
+	}}
+	if m := rep.median(kindGunicornPreload); m == nil || m.Round != 3 {
+		t.Fatalf("gunicorn-preload's median round = %+v, want round 3 (110 MiB of 100, 110, 120)", m)
+	}
+	if m := rep.median(kindBatonPreload); m == nil || m.Round != 4 {
+		t.Fatalf("baton-preload's median round = %+v, want round 4 (105 MiB of 90, 105, 130; the failed round left out)", m)
+	}
+	var b strings.Builder
+	rep.targets(&b)
+	if !strings.Contains(b.String(), "105.0 MiB ÷ 110.0 MiB") || !strings.Contains(b.String(), "| met |") {
+		t.Errorf("target row = %q, want 105.0 ÷ 110.0 MiB, met", b.String())
+	}
+	b.Reset()
+	rep.render(&b)
+	for _, want := range []string{"90.0, 130.0, failed, 105.0 MiB", "round 3: **boom**"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("the memory section lacks %q:\n%s", want, b.String())
+		}
+	}
+	if !rep.failed() {
+		t.Error("a failed round does not make the scenario report a failure")
 	}
 }
