@@ -2,12 +2,15 @@ package e2e
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // TestWorkersInheritOnlyTheListeners: a file baton inherited from its
@@ -44,8 +47,8 @@ func workersInheritOnlyTheListeners(t *testing.T, mode string) {
 	}
 	const secretFD = 7
 	sock := filepath.Join(t.TempDir(), "app.sock")
-	// The worker is sleep, which opens no fd of its own: its fd table is
-	// exactly what it inherited.
+	// The worker is sleep, which keeps no fd of its own open: once it
+	// sleeps, its fd table is exactly what it inherited (settledFDs).
 	b := launch(t, batonSpec{
 		args: []string{"run", "-w", "2", "--cgroup", mode, "--user", "nobody", "--unix-owner", "nobody", "--ready", "delay:0s",
 			"-b", "127.0.0.1:0", "-b", "unix:" + sock, "--", "sleep", "60"},
@@ -78,7 +81,7 @@ func workersInheritOnlyTheListeners(t *testing.T, mode string) {
 	}
 
 	for _, pid := range pids {
-		fds := fdTargets(t, pid)
+		fds := settledFDs(t, pid)
 		t.Logf("worker %d: %v", pid, fds)
 		for fd, target := range fds {
 			if fi, err := os.Stat(fmt.Sprintf("/proc/%d/fd/%d", pid, fd)); err == nil && os.SameFile(fi, secretInfo) {
@@ -139,4 +142,20 @@ func closeOnExec(pid, fd int) (bool, error) {
 		}
 	}
 	return false, fmt.Errorf("no flags in /proc/%d/fdinfo/%d", pid, fd)
+}
+
+// settledFDs is pid's fd table once sleep has started up: glibc opens
+// files of its own for a moment as it starts (gconv-modules.cache, for the
+// locale), so an fd above the listeners is looked at again for up to 5 s.
+// One that was inherited never goes away, and the caller reports it.
+func settledFDs(t *testing.T, pid int) map[int]string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fds := fdTargets(t, pid)
+		if !slices.ContainsFunc(slices.Collect(maps.Keys(fds)), func(fd int) bool { return fd > 4 }) || time.Now().After(deadline) {
+			return fds
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -5,86 +5,30 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/baton-pm/baton/e2e/internal/tiertest"
 	"github.com/baton-pm/baton/internal/control"
 )
 
-// timedOutcome is one request of timedLoad: when it started and ended and
-// how it ended (an outcome* kind).
-type timedOutcome struct {
-	start, end time.Time
-	kind       string
-	detail     string
-}
-
-// timedLoad is load that keeps every request's times, so that a test can
-// count the failures of a period (the lame-duck delay) exactly.
-type timedLoad struct {
-	mu       sync.Mutex
-	outcomes []timedOutcome
-	stopped  chan struct{}
-	wg       sync.WaitGroup
-}
-
 // startTimedLoad runs concurrency clients against addr, each making GET /
-// on a fresh connection, without retries, until stop.
-func startTimedLoad(addr string, concurrency int) *timedLoad {
-	l := &timedLoad{stopped: make(chan struct{})}
-	for range concurrency {
-		l.wg.Go(func() {
-			for {
-				select {
-				case <-l.stopped:
-					return
-				default:
-				}
-				start := time.Now()
-				r, err := get(addr, "/", 10*time.Second)
-				o := timedOutcome{start: start, end: time.Now(), kind: classify(r, err)}
-				if err != nil {
-					o.detail = err.Error()
-				} else if o.kind != outcomeOK {
-					o.detail = fmt.Sprintf("status %d", r.status)
-				}
-				l.mu.Lock()
-				l.outcomes = append(l.outcomes, o)
-				l.mu.Unlock()
-			}
-		})
-	}
-	return l
-}
-
-func (l *timedLoad) stop() []timedOutcome {
-	close(l.stopped)
-	l.wg.Wait()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.Clone(l.outcomes)
-}
-
-// between counts the requests that ended in [from, to): successes and
-// failures by kind, with a few failure details.
-func between(outcomes []timedOutcome, from, to time.Time) (ok int, failed map[string]int, samples []string) {
-	failed = map[string]int{}
-	for _, o := range outcomes {
-		if o.end.Before(from) || !o.end.Before(to) {
-			continue
+// on a fresh connection, without retries, until stopped. Every request's
+// times are kept, so that a test can count the failures of a period (the
+// lame-duck delay) exactly; a failure's detail is its error or status.
+func startTimedLoad(addr string, concurrency int) *tiertest.Load {
+	return tiertest.StartLoad(concurrency, 0, func() (string, string) {
+		r, err := get(addr, "/", 10*time.Second)
+		switch kind := classify(r, err); {
+		case kind == outcomeOK:
+			return "", ""
+		case err != nil:
+			return kind, err.Error()
+		default:
+			return kind, fmt.Sprintf("status %d", r.status)
 		}
-		if o.kind == outcomeOK {
-			ok++
-			continue
-		}
-		failed[o.kind]++
-		if len(samples) < 5 {
-			samples = append(samples, o.detail)
-		}
-	}
-	return ok, failed, samples
+	})
 }
 
 // readyzStatus is /readyz's status code and body.
@@ -114,18 +58,8 @@ func TestShutdownDelayServesWhileReadyzSays503(t *testing.T) {
 	}
 
 	l := startTimedLoad(b.Addr(), 4)
-	t.Cleanup(func() {
-		select {
-		case <-l.stopped:
-		default:
-			l.stop()
-		}
-	})
-	waitFor(t, waitTimeout, "the load to get answers", func() bool {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		return len(l.outcomes) >= 20
-	})
+	t.Cleanup(func() { l.Stop() })
+	waitFor(t, waitTimeout, "the load to get answers", func() bool { return l.Len() >= 20 })
 
 	termAt := time.Now()
 	b.signal(t, syscall.SIGTERM)
@@ -179,27 +113,36 @@ func TestShutdownDelayServesWhileReadyzSays503(t *testing.T) {
 	if code := b.waitExit(t, 2*waitTimeout); code != 0 {
 		t.Errorf("baton exited %d after the lame-duck drain, want 0", code)
 	}
-	outcomes := l.stop()
-	ok, failed, samples := between(outcomes, termAt, overAt)
-	if len(failed) > 0 {
-		t.Errorf("requests that ended between TERM and the end of the delay: %d ok, failed %v: %q", ok, failed, samples)
+	outcomes := l.Stop()
+	inDelay := tiertest.Count(outcomes, termAt, overAt)
+	if len(inDelay.Failed) > 0 {
+		t.Errorf("requests that ended between TERM and the end of the delay: %d ok, failed %v: %q", inDelay.OK, inDelay.Failed, inDelay.Samples)
 	}
-	okAfter503, _, _ := between(outcomes, seen503, overAt)
-	if okAfter503 == 0 {
+	after503 := tiertest.Count(outcomes, seen503, overAt)
+	if after503.OK == 0 {
 		t.Errorf("no request succeeded while /readyz said 503 (%d outcomes in all)", len(outcomes))
 	}
 	t.Logf("TERM to the end of the delay: %v; %d requests ended in it, %d of them after /readyz was seen 503, 0 failed",
-		overAt.Sub(termAt).Round(time.Millisecond), ok, okAfter503)
+		overAt.Sub(termAt).Round(time.Millisecond), inDelay.OK, after503.OK)
 	b.assertNothingLeft(t)
+}
+
+// startInLameDuck starts baton with one worker and a shutdown_delay far
+// longer than any test, sends it TERM and returns once its status shows the
+// lame-duck delay: what a test then does happens during the delay.
+func startInLameDuck(t *testing.T) *Baton {
+	t.Helper()
+	b := startBaton(t, "run", "-w", "1", "--shutdown-delay", "10m", "--", testworkerBin)
+	b.waitReady(t, 1)
+	b.signal(t, syscall.SIGTERM)
+	b.waitStatus(t, "the lame-duck delay", waitTimeout, func(st control.Status) bool { return st.LameDuck != nil })
+	return b
 }
 
 // A second TERM during the delay stops the workers at once.
 func TestSecondTERMSkipsTheShutdownDelay(t *testing.T) {
 	t.Parallel()
-	b := startBaton(t, "run", "-w", "1", "--shutdown-delay", "10m", "--", testworkerBin)
-	b.waitReady(t, 1)
-	b.signal(t, syscall.SIGTERM)
-	b.waitStatus(t, "the lame-duck delay", waitTimeout, func(st control.Status) bool { return st.LameDuck != nil })
+	b := startInLameDuck(t)
 	b.signal(t, syscall.SIGTERM)
 	if code := b.waitExit(t, 2*waitTimeout); code != 0 {
 		t.Errorf("baton exited %d after a second TERM, want 0", code)
@@ -213,10 +156,7 @@ func TestSecondTERMSkipsTheShutdownDelay(t *testing.T) {
 // A reload during the delay is refused, and says why.
 func TestReloadDuringTheShutdownDelayIsRefused(t *testing.T) {
 	t.Parallel()
-	b := startBaton(t, "run", "-w", "1", "--shutdown-delay", "10m", "--", testworkerBin)
-	b.waitReady(t, 1)
-	b.signal(t, syscall.SIGTERM)
-	b.waitStatus(t, "the lame-duck delay", waitTimeout, func(st control.Status) bool { return st.LameDuck != nil })
+	b := startInLameDuck(t)
 	r := b.cli(t, "reload")
 	if r.code != 1 || !strings.Contains(r.stdout+r.stderr, "shutting down") {
 		t.Errorf("baton reload during the delay: exit %d, %q %q; want 1, shutting down", r.code, r.stdout, r.stderr)

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-pm/baton/e2e/internal/tiertest"
 )
 
 // procStat is what /proc/PID/stat says about one process.
@@ -285,16 +287,7 @@ func waitAccepted(t testing.TB, addr string) {
 // waitUntil polls cond until it is true or timeout has passed, and returns
 // its last result.
 func waitUntil(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(pollInterval)
-	}
+	return tiertest.WaitUntil(timeout, pollInterval, cond)
 }
 
 // waitFor polls cond and fails the test if it is not true within timeout.

@@ -5,21 +5,16 @@ package containertier
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/baton-pm/baton/e2e/internal/tiertest"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,6 +32,10 @@ const (
 	metricsAddr   = "127.0.0.1:9100"
 	shutdownDelay = 5 * time.Second
 )
+
+// poll is how often the tier looks again: what it looks at is a podman
+// call or a request into the container, not free.
+const poll = 100 * time.Millisecond
 
 // podmanGlobal are the options every podman command gets. runc, because
 // Debian 12's crun refuses this machine's hybrid cgroup layout ("cgroups in
@@ -128,8 +127,8 @@ func goEnv(t *testing.T, name string) string {
 // container is one run of the image.
 type container struct {
 	name  string
-	pid   int      // its PID 1, as the host sees it
-	netns *os.File // its network namespace, held open
+	pid   int             // its PID 1, as the host sees it
+	netns *tiertest.Netns // its network namespace, held open
 }
 
 // runContainer starts image as `docker run -d` would, with no network but
@@ -160,7 +159,7 @@ func runContainer(t *testing.T, image string) *container {
 		t.Fatalf("the container's pid: %v (logs: %s)", err, c.logs())
 	}
 	c.pid = pid
-	if c.netns, err = os.Open(fmt.Sprintf("/proc/%d/ns/net", pid)); err != nil {
+	if c.netns, err = tiertest.OpenNetns(pid); err != nil {
 		t.Fatal(err)
 	}
 	return c
@@ -193,7 +192,7 @@ func (c *container) waitLog(t *testing.T, msg string, timeout time.Duration) (st
 	t.Helper()
 	var line string
 	var at time.Time
-	if !waitFor(timeout, func() bool {
+	if !tiertest.WaitUntil(timeout, poll, func() bool {
 		var ok bool
 		line, at, ok = c.logRecord(msg)
 		return ok
@@ -203,145 +202,17 @@ func (c *container) waitLog(t *testing.T, msg string, timeout time.Duration) (st
 	return line, at
 }
 
-// dial connects to addr from inside the container's network namespace: the
-// calling thread enters it for socket(2) and comes back at once (a socket
-// stays in the namespace it was made in).
-func (c *container) dial(addr string, timeout time.Duration) (net.Conn, error) {
-	runtime.LockOSThread()
-	host, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	defer host.Close()
-	if err := unix.Setns(int(c.netns.Fd()), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return nil, fmt.Errorf("setns into the container's network: %w", err)
-	}
-	conn, err := net.DialTimeout("tcp", addr, timeout)
-	if err := unix.Setns(int(host.Fd()), unix.CLONE_NEWNET); err != nil {
-		// The thread stays locked, so it ends with this goroutine.
-		if conn != nil {
-			conn.Close()
-		}
-		return nil, fmt.Errorf("setns back to the host's network: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return conn, err
-}
-
-// get makes one GET on a fresh connection (no keep-alive, no retry) and
-// returns the status and body.
-func (c *container) get(addr, path string, timeout time.Duration) (int, string, error) {
-	conn, err := c.dial(addr, timeout)
-	if err != nil {
-		return 0, "", err
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(timeout))
-	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n", path); err != nil {
-		return 0, "", err
-	}
-	data, err := io.ReadAll(conn)
-	if err != nil {
-		return 0, "", err
-	}
-	head, body, _ := strings.Cut(string(data), "\r\n\r\n")
-	var status int
-	if _, err := fmt.Sscanf(head, "HTTP/1.1 %d", &status); err != nil {
-		if len(data) == 0 {
-			return 0, "", io.EOF
-		}
-		return 0, "", fmt.Errorf("not an HTTP response: %q", data)
-	}
-	return status, strings.TrimSpace(body), nil
-}
-
-// failureKind sorts a request's outcome: "" for a 200, else refused,
-// reset, EOF, timeout, the status, or other.
-func failureKind(status int, err error) string {
-	var ne net.Error
-	switch {
-	case err == nil && status == 200:
-		return ""
-	case err == nil:
-		return fmt.Sprintf("status %d", status)
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "refused"
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-		return "reset"
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "EOF"
-	case errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
-	}
-	return "other: " + err.Error()
-}
-
-// outcome is one request of a load run.
-type outcome struct {
-	end     time.Time
-	failure string // "" for success
-	body    string
-}
-
-// load runs clients that each make requests to the app, one at a time,
-// each on a fresh connection, until stopped.
-type load struct {
-	mu       sync.Mutex
-	outcomes []outcome
-	stopped  chan struct{}
-	wg       sync.WaitGroup
-}
-
-func (c *container) startLoad(t *testing.T, clients int) *load {
-	l := &load{stopped: make(chan struct{})}
-	for range clients {
-		l.wg.Go(func() {
-			for {
-				select {
-				case <-l.stopped:
-					return
-				default:
-				}
-				status, body, err := c.get(appAddr, "/", 10*time.Second)
-				l.mu.Lock()
-				l.outcomes = append(l.outcomes, outcome{end: time.Now(), failure: failureKind(status, err), body: body})
-				l.mu.Unlock()
-			}
-		})
-	}
-	t.Cleanup(l.stop)
+// startLoad runs clients that each make requests to the app, one at a
+// time, each on a fresh connection, until stopped or the test ends. A
+// success's detail is its body ("hello from pid N"): the answers tell the
+// workers apart.
+func (c *container) startLoad(t *testing.T, clients int) *tiertest.Load {
+	l := tiertest.StartLoad(clients, 0, func() (string, string) {
+		status, body, err := c.netns.Get(appAddr, "/", 10*time.Second)
+		return tiertest.FailureKind(status, err), body
+	})
+	t.Cleanup(func() { l.Stop() })
 	return l
-}
-
-func (l *load) stop() {
-	select {
-	case <-l.stopped:
-	default:
-		close(l.stopped)
-	}
-	l.wg.Wait()
-}
-
-// tally counts the requests that ended in [from, to): successes, failures
-// by kind, and the bodies of the successes.
-func (l *load) tally(from, to time.Time) (ok int, failed map[string]int, bodies map[string]int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	failed, bodies = map[string]int{}, map[string]int{}
-	for _, o := range l.outcomes {
-		if o.end.Before(from) || !o.end.Before(to) {
-			continue
-		}
-		if o.failure != "" {
-			failed[o.failure]++
-			continue
-		}
-		ok++
-		bodies[o.body]++
-	}
-	return ok, failed, bodies
 }
 
 // zombies lists the container's zombie processes, read from its own /proc
@@ -362,17 +233,4 @@ func (c *container) zombies(t *testing.T) []string {
 		}
 	}
 	return zombies
-}
-
-func waitFor(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }

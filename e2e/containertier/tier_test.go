@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/baton-pm/baton/e2e/internal/tiertest"
 )
 
 // TestContainerRecipe builds examples/container/Dockerfile and runs it as
@@ -28,13 +30,13 @@ func TestContainerRecipe(t *testing.T) {
 // waitServing waits for /readyz to say 200 and the app to answer.
 func waitServing(t *testing.T, c *container) {
 	t.Helper()
-	if !waitFor(time.Minute, func() bool {
-		status, _, err := c.get(metricsAddr, "/readyz", 5*time.Second)
+	if !tiertest.WaitUntil(time.Minute, poll, func() bool {
+		status, _, err := c.netns.Get(metricsAddr, "/readyz", 5*time.Second)
 		return err == nil && status == 200
 	}) {
 		t.Fatalf("/readyz never said 200; baton's log:\n%s", c.logs())
 	}
-	if status, body, err := c.get(appAddr, "/", 10*time.Second); err != nil || status != 200 || !strings.HasPrefix(body, "hello from pid ") {
+	if status, body, err := c.netns.Get(appAddr, "/", 10*time.Second); err != nil || status != 200 || !strings.HasPrefix(body, "hello from pid ") {
 		t.Fatalf("GET / once ready: %d %q %v", status, body, err)
 	}
 }
@@ -56,7 +58,7 @@ func checkPID1(t *testing.T, c *container) {
 // parent that never waits.
 func checkOrphansReaped(t *testing.T, c *container) {
 	mustPodman(t, time.Minute, "exec", "-d", c.name, "sh", "-c", "sleep 0.2 & exec sleep 3")
-	if !waitFor(10*time.Second, func() bool { return len(c.zombies(t)) > 0 }) {
+	if !tiertest.WaitUntil(10*time.Second, poll, func() bool { return len(c.zombies(t)) > 0 }) {
 		t.Fatal("control: a child of a process that never waits did not show as a zombie: the check cannot see zombies")
 	}
 	// Orphans: the shell exits at once, its sleeps are PID 1's.
@@ -82,20 +84,19 @@ func checkReload(t *testing.T, c *container) {
 	mustPodman(t, time.Minute, "kill", "-s", "HUP", c.name)
 	line, doneAt := c.waitLog(t, "reload succeeded", 2*time.Minute)
 	time.Sleep(time.Second)
-	l.stop()
-	ok, failed, bodies := l.tally(time.Time{}, time.Now())
-	t.Logf("%s\n%d requests, failed %v, %d answering workers (old and new)", line, ok, failed, len(bodies))
-	if len(failed) > 0 {
-		t.Errorf("requests failed across the reload: %v", failed)
+	outcomes := l.Stop()
+	all := tiertest.Count(outcomes, time.Time{}, time.Now())
+	t.Logf("%s\n%d requests, failed %v, %d answering workers (old and new)", line, all.OK, all.Failed, len(all.Answers))
+	if len(all.Failed) > 0 {
+		t.Errorf("requests failed across the reload: %v", all.Failed)
 	}
-	before, _, _ := l.tally(time.Time{}, hupAt)
-	_, _, afterBodies := l.tally(doneAt.Add(time.Second/2), time.Now())
-	_, _, beforeBodies := l.tally(time.Time{}, hupAt)
-	if before == 0 || len(afterBodies) == 0 {
-		t.Fatalf("no answers before the HUP (%d) or after the reload (%v)", before, afterBodies)
+	before := tiertest.Count(outcomes, time.Time{}, hupAt)
+	after := tiertest.Count(outcomes, doneAt.Add(time.Second/2), time.Now())
+	if before.OK == 0 || len(after.Answers) == 0 {
+		t.Fatalf("no answers before the HUP (%d) or after the reload (%v)", before.OK, after.Answers)
 	}
-	for body := range afterBodies {
-		if beforeBodies[body] > 0 {
+	for body := range after.Answers {
+		if before.Answers[body] > 0 {
 			t.Errorf("%q answered both before the HUP and after the reload: not a new worker", body)
 		}
 	}
@@ -116,9 +117,9 @@ func checkStop(t *testing.T, c *container) {
 		t.Fatal(err)
 	}
 	var body string
-	if !waitFor(30*time.Second, func() bool {
+	if !tiertest.WaitUntil(30*time.Second, poll, func() bool {
 		var status int
-		status, body, _ = c.get(metricsAddr, "/readyz", 5*time.Second)
+		status, body, _ = c.netns.Get(metricsAddr, "/readyz", 5*time.Second)
 		return status == 503
 	}) {
 		t.Fatalf("/readyz never said 503 after podman stop; baton's log:\n%s", c.logs())
@@ -131,16 +132,16 @@ func checkStop(t *testing.T, c *container) {
 		t.Fatalf("podman stop: %v", err)
 	}
 	stopped := time.Since(termAt)
-	l.stop()
+	outcomes := l.Stop()
 	_, overAt := c.waitLog(t, "shutdown_delay is over: stopping the workers", time.Second)
-	ok, failed, _ := l.tally(termAt, overAt)
-	okAfter503, _, _ := l.tally(seen503, overAt)
+	delay := tiertest.Count(outcomes, termAt, overAt)
+	after503 := tiertest.Count(outcomes, seen503, overAt)
 	t.Logf("podman stop took %v; TERM to the end of the delay %v: %d requests ended in it (%d after /readyz was seen 503), failed %v",
-		stopped.Round(time.Millisecond), overAt.Sub(termAt).Round(time.Millisecond), ok, okAfter503, failed)
-	if len(failed) > 0 {
-		t.Errorf("requests failed during the lame-duck delay: %v", failed)
+		stopped.Round(time.Millisecond), overAt.Sub(termAt).Round(time.Millisecond), delay.OK, after503.OK, delay.Failed)
+	if len(delay.Failed) > 0 {
+		t.Errorf("requests failed during the lame-duck delay: %v", delay.Failed)
 	}
-	if okAfter503 == 0 {
+	if after503.OK == 0 {
 		t.Errorf("no request succeeded while /readyz said 503")
 	}
 	if stopped < shutdownDelay {

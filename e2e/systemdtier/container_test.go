@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-pm/baton/e2e/internal/tiertest"
 	"golang.org/x/sys/unix"
 )
 
@@ -55,7 +56,7 @@ type container struct {
 	nspawn int // host pid of systemd-nspawn
 	leader int // host pid of the container's PID 1 (systemd)
 	pidns  uint64
-	netns  *os.File
+	netns  *tiertest.Netns
 
 	stopOnce sync.Once
 }
@@ -130,7 +131,7 @@ func bootContainer(t *testing.T) *container {
 		t.Fatalf("container: %v", err)
 	}
 	c.pidns = st.Ino
-	if c.netns, err = os.Open(fmt.Sprintf("/proc/%d/ns/net", c.leader)); err != nil {
+	if c.netns, err = tiertest.OpenNetns(c.leader); err != nil {
 		t.Fatalf("container: %v", err)
 	}
 

@@ -303,16 +303,6 @@ func (c *container) journal(since time.Time) string {
 	return out
 }
 
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
+// poll is how often the tier looks again: what it looks at is a systemctl
+// call or a request into the container, not free.
+const poll = 100 * time.Millisecond

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/baton-pm/baton/e2e/internal/tiertest"
 )
 
 // importDelay is how long the app takes to import, in seconds: every start
@@ -58,7 +60,7 @@ func checkStart(t *testing.T, c *container) {
 	if strings.TrimSpace(state) != "active" {
 		t.Errorf("is-active right after systemctl start: %q", state)
 	}
-	if kind := failureKind(r, rerr); kind != "" {
+	if kind := tiertest.FailureKind(r.status, rerr); kind != "" {
 		t.Errorf("the first request after start failed: %s", kind)
 	} else if r.latency > time.Second {
 		t.Errorf("the first request after start took %v: the workers were not ready when start returned", r.latency)
@@ -119,11 +121,11 @@ func checkReload(t *testing.T, c *container) {
 	var late []string
 	for range 20 {
 		r, err := c.get("/", 10*time.Second)
-		if failureKind(r, err) != "" || r.gen != strconv.Itoa(after.Generation) {
-			late = append(late, fmt.Sprintf("%s gen %s", failureKind(r, err), r.gen))
+		if tiertest.FailureKind(r.status, err) != "" || r.gen != strconv.Itoa(after.Generation) {
+			late = append(late, fmt.Sprintf("%s gen %s", tiertest.FailureKind(r.status, err), r.gen))
 		}
 	}
-	res := l.stop()
+	res := resultOf(l.Stop())
 	t.Logf("systemctl reload took %v (app import %d s), generation %d -> %d; load: %v", took.Round(time.Millisecond), importDelay, before, after.Generation, res)
 	if err != nil {
 		t.Fatalf("systemctl reload: %v\n%s\n%s", err, out, c.journal(time.Now().Add(-time.Minute)))
@@ -167,7 +169,7 @@ func checkBrokenReload(t *testing.T, c *container) {
 	time.Sleep(500 * time.Millisecond)
 	out, took, err := c.timed("systemctl", "reload", unitName)
 	time.Sleep(time.Second)
-	res := l.stop()
+	res := resultOf(l.Stop())
 	props := c.show(t, unitName, "ActiveState", "SubState", "MainPID")
 	after := c.status(t)
 	journal := c.journal(since)
@@ -221,13 +223,13 @@ func checkKillMain(t *testing.T, c *container) {
 	time.Sleep(300 * time.Millisecond)
 	c.must(t, "kill", "-9", main)
 	var after map[string]string
-	restarted := waitFor(60*time.Second, func() bool {
+	restarted := tiertest.WaitUntil(60*time.Second, poll, func() bool {
 		after = c.show(t, unitName, "MainPID", "NRestarts", "ActiveState", "SubState")
 		return after["ActiveState"] == "active" && after["MainPID"] != main && after["MainPID"] != "0"
 	})
 	took := time.Since(since)
 	time.Sleep(500 * time.Millisecond)
-	res := l.stop()
+	res := resultOf(l.Stop())
 	now := c.unitProcesses(t)
 	t.Logf("kill -9 %s: unit %s/%s again after %v, MainPID %s, NRestarts %s -> %s; load (not checked: requests the killed workers held fail): %v",
 		main, after["ActiveState"], after["SubState"], took.Round(time.Millisecond), after["MainPID"], before["NRestarts"], after["NRestarts"], res)
@@ -258,8 +260,8 @@ func checkKillMain(t *testing.T, c *container) {
 			t.Errorf("process %d (%s, parent %d) in the unit's cgroup does not descend from the new master %d", p.pid, p.cmd, p.ppid, newMain)
 		}
 	}
-	if r, err := c.get("/", 10*time.Second); failureKind(r, err) != "" {
-		t.Errorf("a request after the restart: %s", failureKind(r, err))
+	if r, err := c.get("/", 10*time.Second); tiertest.FailureKind(r.status, err) != "" {
+		t.Errorf("a request after the restart: %s", tiertest.FailureKind(r.status, err))
 	}
 }
 
@@ -315,7 +317,7 @@ func checkStop(t *testing.T, c *container, what string) {
 	if err != nil {
 		t.Errorf("systemctl stop%s: %v\n%s", what, err, out)
 	}
-	if kind := failureKind(a.r, a.err); kind != "" {
+	if kind := tiertest.FailureKind(a.r.status, a.err); kind != "" {
 		t.Errorf("the request in flight during systemctl stop%s failed: %s", what, kind)
 	}
 	if props["Result"] != "success" || props["ActiveState"] != "inactive" {
@@ -330,7 +332,7 @@ func checkStop(t *testing.T, c *container, what string) {
 }
 
 func kindOrOK(r response, err error) string {
-	if kind := failureKind(r, err); kind != "" {
+	if kind := tiertest.FailureKind(r.status, err); kind != "" {
 		return kind
 	}
 	return fmt.Sprintf("200 from gen %s in %v", r.gen, r.latency.Round(time.Millisecond))
@@ -353,13 +355,13 @@ func checkSocketActivation(t *testing.T, c *container) {
 	since := time.Now()
 	l := c.startLoad(4, 30*time.Second)
 	var props map[string]string
-	active := waitFor(60*time.Second, func() bool {
+	active := tiertest.WaitUntil(60*time.Second, poll, func() bool {
 		props = c.show(t, unitName, "ActiveState", "MainPID")
 		return props["ActiveState"] == "active"
 	})
 	activeAfter := time.Since(since)
 	time.Sleep(time.Second)
-	res := l.stop()
+	res := resultOf(l.Stop())
 	t.Logf("requests to the stopped service: it was active %v later (app import %d s), MainPID %s; load: %v",
 		activeAfter.Round(time.Millisecond), slowImport, props["MainPID"], res)
 	if !active {

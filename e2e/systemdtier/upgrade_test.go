@@ -73,7 +73,7 @@ func checkUpgrade(t *testing.T, c *container) {
 		}
 		last = now
 	}
-	res := l.stop()
+	res := resultOf(l.Stop())
 	after := c.show(t, unitName, "MainPID", "NRestarts", "ActiveState", "SubState", "Result")
 	t.Logf("40 s after the upgrade: MainPID %s, NRestarts %s, %s/%s Result=%s; changes: %v; load during the upgrade and the 40 s: %v",
 		after["MainPID"], after["NRestarts"], after["ActiveState"], after["SubState"], after["Result"], changes, res)

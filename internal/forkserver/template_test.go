@@ -207,15 +207,23 @@ func mapsEqual(a, b map[string]string) bool {
 	return true
 }
 
+// startProbeTemplate starts a ready template that preloads app.py and whose
+// workers run probe.py (python3 -m probe), which writes its report to out.
+func startProbeTemplate(t *testing.T) (tp *template, out string) {
+	t.Helper()
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"app.py": appPy, "probe.py": probePy})
+	out = filepath.Join(dir, "report.json")
+	tp = startTemplate(t, templateSpec{dir: dir, command: []string{debianPython, "-m", "probe", out}, preload: []string{"app"}})
+	tp.expect(TypeReady)
+	return tp, out
+}
+
 // TestTemplateAbort: a worker whose go pipe closes without a byte exits 0
 // at once and runs nothing; the template forks the next one as usual.
 func TestTemplateAbort(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	writeFiles(t, dir, map[string]string{"app.py": appPy, "probe.py": probePy})
-	out := filepath.Join(dir, "report.json")
-	tp := startTemplate(t, templateSpec{dir: dir, command: []string{debianPython, "-m", "probe", out}, preload: []string{"app"}})
-	tp.expect(TypeReady)
+	tp, out := startProbeTemplate(t)
 	env := append(baseEnv(), "BATON_MASTER_PID="+strconv.Itoa(os.Getpid()))
 	pending, pid := tp.fork(1, env)
 	waitBlockedInRead(t, pid, out)
@@ -241,11 +249,7 @@ func TestTemplateAbort(t *testing.T) {
 // BATON_MASTER_PID (its master died between fork and go) starts nothing.
 func TestTemplateWorkerOfAnotherMaster(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	writeFiles(t, dir, map[string]string{"app.py": appPy, "probe.py": probePy})
-	out := filepath.Join(dir, "report.json")
-	tp := startTemplate(t, templateSpec{dir: dir, command: []string{debianPython, "-m", "probe", out}, preload: []string{"app"}})
-	tp.expect(TypeReady)
+	tp, out := startProbeTemplate(t)
 	pending, pid := tp.fork(1, append(baseEnv(), "BATON_MASTER_PID=1"))
 	if err := pending.Go(); err != nil {
 		t.Fatal(err)

@@ -55,10 +55,16 @@ func (m *Master) logLastWords(w *worker, status string) {
 
 // withLastLines calls then, on the master's goroutine, with the last lines
 // w wrote on stderr, once its stderr has drained: the pipe may still hold
-// them when its exit is reaped. It waits off the master's goroutine, at
-// most stderrDrainWait (a grandchild may keep stderr open).
+// them when its exit is reaped.
 func (m *Master) withLastLines(w *worker, then func(lines []string)) {
-	p := w.proc
+	m.withStderrLines(w.proc, then)
+}
+
+// withStderrLines calls then, on the master's goroutine, with the first
+// and last lines p (a worker or a preload template) wrote on stderr, once
+// its stderr has closed. It waits off the master's goroutine, at most
+// stderrDrainWait (a grandchild may keep stderr open).
+func (m *Master) withStderrLines(p process, then func(lines []string)) {
 	offLoop(m, func() []string {
 		select {
 		case <-p.StderrClosed():

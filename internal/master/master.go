@@ -313,11 +313,11 @@ func socketInodes(ls []*listener.Listener) ([]uint64, error) {
 // the pidfile and unix socket files go away.
 func (m *Master) cleanup() {
 	for _, w := range m.workers {
-		w.proc.KillTree(m.otherChildren(w), false)
+		w.proc.KillTree(m.childrenBut(w.pid), false)
 		w.closeNotify()
 	}
 	for _, t := range m.templates {
-		t.proc.KillTree(m.skipForTemplate(t), false)
+		t.proc.KillTree(m.childrenBut(t.pid), false)
 		t.conn.Close()
 	}
 	m.world.notify.Close()

@@ -355,7 +355,7 @@ func (m *Master) onTemplateExit(t *template, e proc.Exit) {
 	}
 	m.log.Log(context.Background(), level, "preload template exited", "generation", t.gen.num, "pid", t.pid, "status", status)
 	m.treeKills++
-	p, skip := t.proc, m.skipForTemplate(t)
+	p, skip := t.proc, m.childrenBut(t.pid)
 	offLoop(m, func() int {
 		n := p.KillTree(skip, true)
 		p.Release()
@@ -364,7 +364,7 @@ func (m *Master) onTemplateExit(t *template, e proc.Exit) {
 	forks := t.forks
 	t.forks = map[int]*forking{}
 	if t.state == templateImporting {
-		m.withTemplateLines(t, func(lines []string) {
+		m.withStderrLines(t.proc, func(lines []string) {
 			m.failTemplate(t, "the preload template exited while importing the app: "+status, lines)
 		})
 	}
@@ -375,38 +375,6 @@ func (m *Master) onTemplateExit(t *template, e proc.Exit) {
 			m.failBoot(s, "the preload template exited before it forked the worker: "+status)
 		}
 	}
-}
-
-// withTemplateLines calls report on the master's goroutine with the
-// template's last stderr lines, once its stderr has closed (bounded).
-func (m *Master) withTemplateLines(t *template, report func([]string)) {
-	p := t.proc
-	offLoop(m, func() []string {
-		select {
-		case <-p.StderrClosed():
-		case <-time.After(stderrDrainWait):
-		}
-		return p.StderrLines(stderrFirstLines, stderrLastLines)
-	}, report)
-}
-
-// skipForTemplate: the workers a template forked are the master's
-// children now, in process groups (and cgroups) of their own; without
-// cgroups, a kill of the template's tree must pass them over.
-func (m *Master) skipForTemplate(t *template) map[int]bool {
-	skip := map[int]bool{}
-	for pid := range m.workers {
-		skip[pid] = true
-	}
-	for pid := range m.helpers {
-		skip[pid] = true
-	}
-	for pid, other := range m.templates {
-		if other != t {
-			skip[pid] = true
-		}
-	}
-	return skip
 }
 
 // retireTemplates closes the control socket of every template whose
@@ -457,7 +425,7 @@ func (m *Master) generationBusy(t *template) bool {
 
 // killTemplate kills t's whole tree, off the master's goroutine.
 func (m *Master) killTemplate(t *template) {
-	p, skip := t.proc, m.skipForTemplate(t)
+	p, skip := t.proc, m.childrenBut(t.pid)
 	go p.KillTree(skip, false)
 }
 

@@ -447,7 +447,7 @@ func (m *Master) stopThenKill(w *worker, sig syscall.Signal) {
 // killTree kills everything of w, off the master's goroutine; its exit
 // is reaped as usual.
 func (m *Master) killTree(w *worker) {
-	p, skip := w.proc, m.otherChildren(w)
+	p, skip := w.proc, m.childrenBut(w.pid)
 	go p.KillTree(skip, false)
 }
 
@@ -456,7 +456,7 @@ func (m *Master) killTree(w *worker) {
 // would hold the listeners and serve old code with nobody to stop them.
 // Then the worker's pidfd and cgroup are released.
 func (m *Master) killRest(w *worker) {
-	p, skip := w.proc, m.otherChildren(w)
+	p, skip := w.proc, m.childrenBut(w.pid)
 	m.treeKills++
 	offLoop(m, func() int {
 		n := p.KillTree(skip, true)
@@ -471,24 +471,25 @@ func (m *Master) killRest(w *worker) {
 	})
 }
 
-// otherChildren are the master's children other than w: they, and what
-// they started, are never part of w's tree.
-func (m *Master) otherChildren(w *worker) map[int]bool {
+// childrenBut are the master's children other than pid: workers,
+// helpers, templates and a new master. They, and what they started, are
+// never part of pid's tree: the workers a template forked are the master's
+// children, in groups (and cgroups) of their own.
+func (m *Master) childrenBut(pid int) map[int]bool {
 	skip := map[int]bool{}
-	for pid, other := range m.workers {
-		if other != w {
-			skip[pid] = true
-		}
+	for other := range m.workers {
+		skip[other] = true
 	}
-	for pid := range m.helpers {
-		skip[pid] = true
+	for other := range m.helpers {
+		skip[other] = true
 	}
-	for pid := range m.templates {
-		skip[pid] = true
+	for other := range m.templates {
+		skip[other] = true
 	}
 	if m.upgrade != nil {
 		skip[m.upgrade.pid] = true
 	}
+	delete(skip, pid)
 	return skip
 }
 
