@@ -13,8 +13,6 @@ import time
 
 time.sleep(1.5)  # simulated import time
 
-PID = str(os.getpid()).encode()
-
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
@@ -35,14 +33,17 @@ async def app(scope, receive, send):
             return
         more = message.get("more_body", False)
     await asyncio.sleep(0.003)
+    # The pid of the process serving, read per request: with preload the
+    # module is imported once, in the process the workers are forked from.
+    pid = str(os.getpid()).encode()
     await send(
         {
             "type": "http.response.start",
             "status": 200,
             "headers": [
                 (b"content-type", b"text/plain"),
-                (b"content-length", str(len(PID)).encode()),
+                (b"content-length", str(len(pid)).encode()),
             ],
         }
     )
-    await send({"type": "http.response.body", "body": PID})
+    await send({"type": "http.response.body", "body": pid})

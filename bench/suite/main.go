@@ -30,6 +30,11 @@ type config struct {
 	killEvery    time.Duration
 	stormReloads int
 	scaleWorkers int
+	bootWorkers  int
+	bootReloads  int
+	warmup       int
+	memoryRounds int
+	djangoAdmin  string
 	soakReloads  int
 	soakEvery    int
 	maxRun       time.Duration
@@ -70,13 +75,18 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&cfg.killEvery, "kill-every", 5*time.Second, "kill scenario: SIGKILL a random worker this often")
 	fs.IntVar(&cfg.stormReloads, "storm", 100, "storm scenario: reloads back to back")
 	fs.IntVar(&cfg.scaleWorkers, "scale-workers", 64, "scale scenario: workers per server")
+	fs.IntVar(&cfg.bootWorkers, "boot-workers", 8, "preload-boot scenario: workers per server")
+	fs.IntVar(&cfg.bootReloads, "boot-reloads", 3, "preload-boot scenario: reloads, one after the other")
+	fs.IntVar(&cfg.warmup, "warmup", 300, "preload-memory scenario: requests each worker answers before memory is measured")
+	fs.IntVar(&cfg.memoryRounds, "memory-rounds", 3, "preload-memory scenario: measurements per server, in a rotating order (the median counts)")
+	fs.StringVar(&cfg.djangoAdmin, "django-admin", "/usr/bin/django-admin", "preload-memory scenario: django-admin that creates the Django project (Debian's python3-django)")
 	fs.IntVar(&cfg.soakReloads, "soak", 1000, "soak scenario: reloads back to back (each connection mode)")
 	fs.IntVar(&cfg.soakEvery, "soak-every", 10, "soak scenario: sample the master after every N reloads")
 	fs.DurationVar(&cfg.maxRun, "max-run", 20*time.Minute, "stop any run's load after this long")
 	fs.IntVar(&cfg.conns, "conns", 32, "steady scenario, throughput part: concurrent closed-loop clients")
 	fs.DurationVar(&cfg.burst, "burst", 5*time.Second, "steady scenario, throughput part: length of each server's turn")
 	fs.IntVar(&cfg.rounds, "rounds", 5, "steady scenario, throughput part: turns per server (the median counts)")
-	fs.BoolVar(&cfg.quick, "quick", false, "fast check of the suite itself: -rate 200 -duration 12s -hups 2 -upgrades 1 -storm 10 -scale-workers 16 -soak 100 -rounds 2 -burst 3s (explicit flags still win)")
+	fs.BoolVar(&cfg.quick, "quick", false, "fast check of the suite itself: -rate 200 -duration 12s -hups 2 -upgrades 1 -storm 10 -scale-workers 16 -soak 100 -rounds 2 -burst 3s -boot-reloads 2 -warmup 100 -memory-rounds 1 (explicit flags still win)")
 	fs.DurationVar(&cfg.window, "window", 3*time.Second, "reload window after each action: requests started in [action, action+window] (or until it took effect and the workers from before it exited, if later) are \"during a reload\"")
 	fs.IntVar(&cfg.workers, "workers", 4, "workers of each server")
 	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "client timeout of one request")
@@ -91,8 +101,8 @@ func parseFlags(args []string) (*config, error) {
 	for i, sc := range scenarios {
 		names[i] = sc.name
 	}
-	scenarioList := fs.String("scenarios", strings.Join(names, ","), "scenarios to run, in this order")
-	servers := fs.String("servers", "bare,gunicorn,baton", "servers to measure (bare: the workers with no master, steady scenario only)")
+	scenarioList := fs.String("scenarios", strings.Join(names, ","), "scenarios to run, in this order; \"preload\" stands for "+strings.Join(preloadGroup, ","))
+	servers := fs.String("servers", strings.Join(serverKinds, ","), "servers to measure, where a scenario has them (bare: the workers with no master, steady scenario only; gunicorn-preload and baton-preload: with --preload)")
 	fs.Float64Var(&cfg.quietBelow, "quiet-below", 30, "before each run, wait for a second with the machine's CPUs less than this percent busy (0: don't wait)")
 	fs.DurationVar(&cfg.quietWait, "quiet-wait", 2*time.Minute, "wait at most this long for a quiet machine, then start anyway")
 	batonFlags := fs.String("baton-flags", "", "extra flags for `baton run`, space-separated (say \"--reload-strategy rolling\"); the report shows them")
@@ -110,7 +120,9 @@ func parseFlags(args []string) (*config, error) {
 			"rate": func() { cfg.rate = 200 }, "duration": func() { cfg.duration = 12 * time.Second },
 			"hups": func() { cfg.hups = 2 }, "upgrades": func() { cfg.upgrades = 1 }, "storm": func() { cfg.stormReloads = 10 },
 			"scale-workers": func() { cfg.scaleWorkers = 16 }, "soak": func() { cfg.soakReloads = 100 },
-			"rounds": func() { cfg.rounds = 2 }, "burst": func() { cfg.burst = 3 * time.Second },
+			"boot-reloads": func() { cfg.bootReloads = 2 }, "warmup": func() { cfg.warmup = 100 },
+			"memory-rounds": func() { cfg.memoryRounds = 1 },
+			"rounds":        func() { cfg.rounds = 2 }, "burst": func() { cfg.burst = 3 * time.Second },
 		}
 		for name, apply := range quick {
 			if !set[name] {
@@ -119,13 +131,34 @@ func parseFlags(args []string) (*config, error) {
 		}
 	}
 	cfg.modes = splitList(*modes)
-	cfg.scenarios = splitList(*scenarioList)
+	cfg.scenarios = expandScenarios(splitList(*scenarioList))
 	cfg.servers = splitList(*servers)
 	cfg.batonFlags = strings.Fields(*batonFlags)
 	if cfg.cmdline == "" {
 		cfg.cmdline = strings.Join(os.Args, " ")
 	}
 	return cfg, cfg.validate()
+}
+
+// preloadGroup is what -scenarios preload runs: issue 15's benchmarks,
+// each with every server it compares.
+var preloadGroup = []string{scenarioMemory, scenarioBoot, scenarioScale, scenarioHUPs}
+
+// expandScenarios replaces "preload" with its scenarios, once each.
+func expandScenarios(names []string) []string {
+	var out []string
+	for _, n := range names {
+		group := []string{n}
+		if n == "preload" {
+			group = preloadGroup
+		}
+		for _, g := range group {
+			if !slices.Contains(out, g) {
+				out = append(out, g)
+			}
+		}
+	}
+	return out
 }
 
 func splitList(s string) []string {
@@ -140,11 +173,12 @@ func splitList(s string) []string {
 
 func (cfg *config) validate() error {
 	var errs []error
-	if cfg.baton == "" && slices.Contains(cfg.servers, "baton") {
+	if cfg.baton == "" && slices.ContainsFunc(cfg.servers, func(s string) bool { return family(s) == kindBaton }) {
 		errs = append(errs, errors.New("-baton: the path of the baton binary is required"))
 	}
 	for name, v := range map[string]int{"-rate": cfg.rate, "-workers": cfg.workers, "-hups": cfg.hups, "-upgrades": cfg.upgrades,
 		"-storm": cfg.stormReloads, "-scale-workers": cfg.scaleWorkers, "-soak": cfg.soakReloads, "-soak-every": cfg.soakEvery,
+		"-boot-workers": cfg.bootWorkers, "-boot-reloads": cfg.bootReloads, "-warmup": cfg.warmup, "-memory-rounds": cfg.memoryRounds,
 		"-conns": cfg.conns, "-rounds": cfg.rounds} {
 		if v <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, not %d", name, v))
@@ -164,8 +198,8 @@ func (cfg *config) validate() error {
 		}
 	}
 	for _, s := range cfg.servers {
-		if s != "gunicorn" && s != "baton" && s != "bare" {
-			errs = append(errs, fmt.Errorf("-servers: unknown server %q (want bare, gunicorn or baton)", s))
+		if !slices.Contains(serverKinds, s) {
+			errs = append(errs, fmt.Errorf("-servers: unknown server %q (want one of %s)", s, strings.Join(serverKinds, ", ")))
 		}
 	}
 	if _, err := hupSchedule(cfg.duration, cfg.hups, cfg.window); err != nil {
@@ -210,6 +244,26 @@ func joinDurations(ds []time.Duration) string {
 
 func itoa(n int) string { return fmt.Sprint(n) }
 
+// The app files in -app: the good app, the broken deploy, and the app
+// whose import burns CPU (the preload-boot scenario).
+const (
+	appGood   = "app.py"
+	appBroken = "app_broken.py"
+	appCPU    = "app_cpu.py"
+)
+
+func readApps(dir string) (map[string][]byte, error) {
+	apps := map[string][]byte{}
+	for _, name := range []string{appGood, appBroken, appCPU} {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return nil, err
+		}
+		apps[name] = b
+	}
+	return apps, nil
+}
+
 // badSchedule is when the broken deploy is HUPed: at 5 s, or a third of a
 // short run.
 func badSchedule(duration time.Duration) time.Duration {
@@ -238,6 +292,9 @@ func plan(cfg *config) []runSpec {
 	var specs []runSpec
 	for _, name := range cfg.scenarios {
 		sc, _ := scenarioByName(name)
+		if sc.measure != nil {
+			continue // not a run under load: measured on its own
+		}
 		for _, mode := range cfg.modes {
 			for _, srv := range sc.servers {
 				if slices.Contains(cfg.servers, srv) {
@@ -251,14 +308,11 @@ func plan(cfg *config) []runSpec {
 
 func run(cfg *config) (int, error) {
 	began := time.Now()
-	good, err := os.ReadFile(filepath.Join(cfg.appDir, "app.py"))
+	apps, err := readApps(cfg.appDir)
 	if err != nil {
 		return 1, err
 	}
-	broken, err := os.ReadFile(filepath.Join(cfg.appDir, "app_broken.py"))
-	if err != nil {
-		return 1, err
-	}
+	good := apps[appGood]
 	if err := becomeSubreaper(); err != nil {
 		return 1, fmt.Errorf("cannot become a child subreaper (needed to find every process a server leaves): %w", err)
 	}
@@ -280,7 +334,7 @@ func run(cfg *config) (int, error) {
 	failedSetup := false
 	for i, spec := range specs {
 		fmt.Fprintf(os.Stderr, "[%d/%d] %s · %s · %s ...\n", i+1, len(specs), scenarioTitle(spec.Scenario), spec.Server, modeTitle(spec.Mode))
-		res := runOne(cfg, spec, good, broken, runDir)
+		res := runOne(cfg, spec, apps, runDir)
 		if res.Err != nil {
 			failedSetup = true
 			fmt.Fprintf(os.Stderr, "      setup failed: %v\n", res.Err)
@@ -293,9 +347,20 @@ func run(cfg *config) (int, error) {
 		}
 		results = append(results, res)
 	}
+	var extra []measured
+	for _, name := range cfg.scenarios {
+		if sc, _ := scenarioByName(name); sc.measure != nil {
+			fmt.Fprintf(os.Stderr, "[%s] ...\n", sc.title)
+			m := sc.measure(cfg, runDir)
+			if m.failed() {
+				failedSetup = true
+			}
+			extra = append(extra, m)
+		}
+	}
 	plots := writePlots(cfg, results, runDir)
 	facts.elapsed = time.Since(began)
-	report := renderReport(cfg, facts, results, throughput, plots, runDir)
+	report := renderReport(cfg, facts, results, throughput, extra, plots, runDir)
 	fmt.Print(report)
 	path := filepath.Join(cfg.resultsDir, "suite-"+stamp+".md")
 	if err := os.WriteFile(path, []byte(report), 0o644); err != nil {

@@ -31,10 +31,10 @@ type opResult struct {
 // HUP, then as many new "Application startup complete" lines as it has
 // workers.
 func (s *server) reloadWait(timeout time.Duration) (opResult, error) {
-	switch s.spec.kind {
-	case "baton":
+	switch family(s.spec.kind) {
+	case kindBaton:
 		return s.batonCommand("reload", timeout)
-	case "gunicorn":
+	case kindGunicorn:
 		before := s.countLines(s.readyMarker())
 		at, err := s.hup()
 		if err != nil {
@@ -79,7 +79,7 @@ func lastLine(s string) string {
 
 // pidFile is where the master writes its pid (see serverArgv).
 func (s *server) pidFile() string {
-	return filepath.Join(s.appDir, s.spec.kind+".pid")
+	return filepath.Join(s.appDir, family(s.spec.kind)+".pid")
 }
 
 func readPID(path string) int {
@@ -100,8 +100,8 @@ func readPID(path string) int {
 // the one the benchmark signals.
 func (s *server) upgradeWait(timeout time.Duration) (opResult, error) {
 	old := s.master()
-	switch s.spec.kind {
-	case "baton":
+	switch family(s.spec.kind) {
+	case kindBaton:
 		res, err := s.batonCommand("upgrade", timeout)
 		if err != nil {
 			return res, err
@@ -110,7 +110,7 @@ func (s *server) upgradeWait(timeout time.Duration) (opResult, error) {
 			s.masterPID.Store(int64(pid))
 		}
 		return res, nil
-	case "gunicorn":
+	case kindGunicorn:
 		before := s.countLines(s.readyMarker())
 		at, err := s.signal(syscall.SIGUSR2)
 		if err != nil {
@@ -146,19 +146,46 @@ func (s *server) upgradeWait(timeout time.Duration) (opResult, error) {
 }
 
 // workerPIDs lists the current master's worker processes: its children,
-// less baton's short-lived unlisten helper and a new master during an
-// upgrade.
+// less baton's short-lived unlisten helper, a new master during an
+// upgrade, and baton's preload templates (the processes that fork the
+// workers; they serve no request).
 func (s *server) workerPIDs() []int {
 	master := s.master()
 	newMaster := readPID(s.pidFile() + ".2")
+	templates := map[int]bool{}
+	if s.spec.kind == kindBatonPreload {
+		templates = s.templatePIDs()
+	}
 	var out []int
 	for _, p := range children(master) {
-		if p.state == "Z" || p.pid == newMaster || isUnlistenHelper(p.pid) {
+		if p.state == "Z" || p.pid == newMaster || templates[p.pid] || isUnlistenHelper(p.pid) {
 			continue
 		}
 		out = append(out, p.pid)
 	}
 	return out
+}
+
+// templatePIDs are the pids of baton's live preload templates, from its
+// log ("preload template started", "... exited"): asking the master
+// (`baton status`) would make it work, and grow its heap, just before the
+// memory scenario measures it.
+func (s *server) templatePIDs() map[int]bool {
+	_, events := s.snapshot()
+	pids := map[int]bool{}
+	for _, e := range events {
+		pid, err := strconv.Atoi(e.str("pid"))
+		if err != nil {
+			continue
+		}
+		switch e.Msg {
+		case "preload template started":
+			pids[pid] = true
+		case "preload template exited":
+			delete(pids, pid)
+		}
+	}
+	return pids
 }
 
 // isUnlistenHelper tells baton's drain helper (`baton _unlisten`, a

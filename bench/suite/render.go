@@ -25,15 +25,19 @@ type plotFile struct {
 	Scenario, Mode, Path string
 }
 
-func renderReport(cfg *config, f facts, results []*runResult, tp []throughputResult, plots []plotFile, runDir string) string {
+func renderReport(cfg *config, f facts, results []*runResult, tp []throughputResult, extra []measured, plots []plotFile, runDir string) string {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	p("# baton vs Gunicorn: chaos and performance suite\n\n")
 	p("%s. Same ASGI app, same load, same machine, same run; every run starts fresh servers.\n\n", f.date)
 	renderSetup(&b, cfg, f, runDir)
 	renderTable(&b, cfg, results)
-	renderTargets(&b, cfg, results, tp)
+	renderTargets(&b, cfg, results, tp, extra)
 	renderThroughput(&b, cfg, tp)
+	for _, m := range extra {
+		m.render(&b)
+	}
+	renderPreload(&b, cfg, results)
 	renderFootprint(&b, results)
 	renderSoak(&b, cfg, results)
 	renderPlots(&b, plots)
@@ -57,15 +61,18 @@ func renderSetup(b *strings.Builder, cfg *config, f facts, runDir string) {
 		cfg.rate, cfg.timeout)
 	p("| workers | %d per server (scale scenario: %d) |\n", cfg.workers, cfg.scaleWorkers)
 	p("| app | pure ASGI; import sleeps 1.5 s; each request sleeps 3 ms and answers 200 with the worker's pid |\n")
-	bt := serverArgv(cfg, serverSpec{kind: "baton", workers: cfg.workers}, "APPDIR", 0)
-	g := serverArgv(cfg, serverSpec{kind: "gunicorn", workers: cfg.workers}, "APPDIR", 0)
-	p("| servers | Gunicorn: `%s` · baton: `%s` · bare: %d × `uvicorn --fd 3 --no-access-log app:app` on one socket the benchmark bound (TCP_NODELAY, backlog 2048), under an idle bash |\n",
+	bt := serverArgv(cfg, serverSpec{kind: kindBaton, workers: cfg.workers}, "APPDIR", 0)
+	g := serverArgv(cfg, serverSpec{kind: kindGunicorn, workers: cfg.workers}, "APPDIR", 0)
+	p("| servers | Gunicorn: `%s` · baton: `%s` · bare: %d × `uvicorn --fd 3 --no-access-log app:app` on one socket the benchmark bound (TCP_NODELAY, backlog 2048), under an idle bash · gunicorn-preload and baton-preload: the same with `--preload` (baton: `--preload app`, the module) |\n",
 		strings.Join(g[1:], " "), strings.Join(bt[1:], " "), cfg.workers)
 	for _, name := range cfg.scenarios {
 		sc, _ := scenarioByName(name)
 		length := fmt.Sprintf("%s of load", cfg.duration)
 		if !sc.fixed {
 			length = "load until done + " + sc.tail.String()
+		}
+		if sc.measure != nil {
+			length = "no load"
 		}
 		p("| %s | %s (%s; servers: %s) |\n", sc.title, sc.describe(cfg), length, strings.Join(sc.servers, ", "))
 	}
@@ -114,7 +121,7 @@ func actionDurations(r *runResult) []time.Duration {
 			ds = append(ds, a.Done-a.At)
 		}
 	}
-	if !waited && r.Server == "baton" {
+	if !waited && family(r.Server) == kindBaton {
 		for _, o := range r.Reloads {
 			if d, err := time.ParseDuration(o.Duration); err == nil {
 				ds = append(ds, d)
@@ -133,7 +140,7 @@ func durationCell(r *runResult) string {
 	}
 	ds := actionDurations(r)
 	if len(ds) == 0 {
-		if r.Server == "gunicorn" {
+		if family(r.Server) == kindGunicorn {
 			return "not reported by Gunicorn"
 		}
 		return "none logged"
@@ -160,7 +167,7 @@ func outcomes(r *runResult) (ok, failed int) {
 			failed++
 		}
 	}
-	if counted || r.Server != "baton" {
+	if counted || family(r.Server) != kindBaton {
 		return ok, failed
 	}
 	for _, o := range r.Reloads {
@@ -174,13 +181,16 @@ func outcomes(r *runResult) (ok, failed int) {
 	return ok, failed
 }
 
-func renderTargets(b *strings.Builder, cfg *config, results []*runResult, tp []throughputResult) {
+func renderTargets(b *strings.Builder, cfg *config, results []*runResult, tp []throughputResult, extra []measured) {
 	p := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }
 	p("## baton's targets\n\n")
-	p("Set before the run (issue 7) and checked against the numbers above; the scenarios are not tuned to pass them.\n\n")
+	p("Set before the run (issue 7; preload: issue 15) and checked against the numbers above; the scenarios are not tuned to pass them. baton-preload rows are baton with `--preload`.\n\n")
 	p("| target | run | measured | |\n|---|---|---|---|\n")
-	for _, r := range filter(results, func(r *runResult) bool { return r.Server == "baton" }) {
+	for _, r := range filter(results, func(r *runResult) bool { return family(r.Server) == kindBaton }) {
 		run := scenarioTitle(r.Scenario) + ", " + modeTitle(r.Mode)
+		if r.Server != kindBaton {
+			run = r.Server + ": " + run
+		}
 		if r.Err != nil {
 			p("| all | %s | setup failed | **NOT met** |\n", run)
 			continue
@@ -196,7 +206,7 @@ func renderTargets(b *strings.Builder, cfg *config, results []*runResult, tp []t
 		switch r.Scenario {
 		case scenarioBad:
 			p("| the bad deploy reported failed, old workers serving | %s | %d reported failed | %s |\n", run, failed, metStr(failed == 1 && ok == 0))
-		case scenarioHUPs, scenarioUpgrade, scenarioStorm, scenarioScale, scenarioSoak:
+		case scenarioHUPs, scenarioUpgrade, scenarioStorm, scenarioScale, scenarioSoak, scenarioBoot:
 			want := 0
 			for _, a := range r.Actions {
 				if a.Err == "" {
@@ -211,7 +221,11 @@ func renderTargets(b *strings.Builder, cfg *config, results []*runResult, tp []t
 			}
 		}
 	}
-	if rss, run := maxMasterRSS(results, "baton"); rss > 0 {
+	preloadTargets(b, cfg, results)
+	for _, m := range extra {
+		m.targets(b)
+	}
+	if rss, run := maxMasterRSS(results, kindBaton); rss > 0 {
 		p("| master RSS ≤ %d MiB | largest over all baton runs (%s) | %.1f MiB | %s |\n", targetRSSKiB/1024, run, float64(rss)/1024, metStr(rss <= targetRSSKiB))
 	}
 	for _, t := range tp {
@@ -251,7 +265,7 @@ func maxMasterRSS(results []*runResult, server string) (int64, string) {
 	var best int64
 	var run string
 	for _, r := range results {
-		if r.Server != server || r.Err != nil {
+		if family(r.Server) != server || r.Err != nil {
 			continue
 		}
 		rss := max(r.MemStart.RSS, r.MemEnd.RSS)
@@ -304,8 +318,8 @@ func renderFootprint(b *strings.Builder, results []*runResult) {
 	p("## Footprint (scenario 9)\n\n")
 	p("The master's resident memory (VmRSS = anonymous + file-backed: the heap and stacks, and the pages of its program and libraries, which the page cache shares) once all workers were up and when the load ended; the time from starting the server to its first 200 (polled every 10 ms) and to every worker up. Medians over the runs named; bare has no master (its idle bash is not counted).\n\n")
 	p("| server | workers | runs | master RSS at start (anon + file) | master RSS at end (anon + file) | first 200 after | all workers up after |\n|---|--:|---|--:|--:|--:|--:|\n")
-	for _, sc := range []string{scenarioSteady, scenarioScale} {
-		for _, srv := range []string{"bare", "gunicorn", "baton"} {
+	for _, sc := range []string{scenarioSteady, scenarioScale, scenarioBoot} {
+		for _, srv := range serverKinds {
 			rs := filter(results, func(r *runResult) bool { return r.Err == nil && r.Scenario == sc && r.Server == srv })
 			if len(rs) == 0 {
 				continue
@@ -317,7 +331,7 @@ func renderFootprint(b *strings.Builder, results []*runResult) {
 				first, up = append(first, r.First200), append(up, r.AllUp)
 			}
 			mem := func(ms []memory) string {
-				if srv == "bare" {
+				if srv == kindBare {
 					return "–"
 				}
 				m := medianMemory(ms)
@@ -385,7 +399,7 @@ func renderDetails(b *strings.Builder, cfg *config, results []*runResult) {
 		}
 		p("**%s · %s · %s**: ", scenarioTitle(r.Scenario), r.Server, modeTitle(r.Mode))
 		p("%s ", actionsText(r))
-		if r.Server == "baton" && r.Scenario != scenarioSteady {
+		if family(r.Server) == kindBaton && r.Scenario != scenarioSteady {
 			if r.Queued > 0 {
 				p("%d HUP(s) arrived while a reload was running and were queued. ", r.Queued)
 			}
@@ -473,7 +487,7 @@ func writePlots(cfg *config, results []*runResult, runDir string) []plotFile {
 		}
 		for _, mode := range cfg.modes {
 			var panels []plotPanel
-			for _, srv := range []string{"gunicorn", "baton"} {
+			for _, srv := range serverKinds {
 				i := slices.IndexFunc(results, func(r *runResult) bool {
 					return r.Err == nil && r.Scenario == name && r.Server == srv && r.Mode == mode
 				})
@@ -498,7 +512,7 @@ func writePlots(cfg *config, results []*runResult, runDir string) []plotFile {
 }
 
 func panelOf(r *runResult) plotPanel {
-	name := map[string]string{"gunicorn": "Gunicorn", "baton": "baton"}[r.Server]
+	name := map[string]string{kindGunicorn: "Gunicorn", kindGunicornPreload: "Gunicorn --preload", kindBaton: "baton", kindBatonPreload: "baton --preload"}[r.Server]
 	pp := plotPanel{Title: fmt.Sprintf("%s: %d of %d failed, p99 %s", name, r.Stats.Failed, r.Stats.Requests, fmtDur(r.Stats.P99)),
 		Samples: r.Samples}
 	label := len(r.Actions) <= 8

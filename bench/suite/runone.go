@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,6 +29,7 @@ type action struct {
 	Retired time.Duration
 	Result  string // as the benchmark saw it: "succeeded", "failed: …", "sent"
 	Err     string // why it was not done
+	Before  []int  // the workers that served before it
 }
 
 // reloadOutcome is one reload as baton's log reported it.
@@ -114,7 +116,7 @@ func (rc *runCtx) record(a action) int {
 // recordOp records an operation that waited for its outcome, and tracks
 // the retirement of the workers that served before it.
 func (rc *runCtx) recordOp(kind string, before []int, res opResult, err error) {
-	a := action{Kind: kind}
+	a := action{Kind: kind, Before: before}
 	if err != nil {
 		a.Err = err.Error()
 	} else {
@@ -128,8 +130,8 @@ func (rc *runCtx) recordOp(kind string, before []int, res opResult, err error) {
 
 // deployAndHUP replaces app.py and sends HUP, fire and forget.
 func (rc *runCtx) deployAndHUP(name string, source []byte) {
-	a := action{Kind: "HUP", Deploy: name, Result: "sent"}
 	before := rc.srv.workerPIDs()
+	a := action{Kind: "HUP", Deploy: name, Result: "sent", Before: before}
 	if err := deploy(rc.appDir, source); err != nil {
 		a.Err = "deploy: " + err.Error()
 	} else if at, err := rc.srv.hup(); err != nil {
@@ -168,8 +170,9 @@ func (rc *runCtx) trackRetirement(i int, pids []int) {
 	}()
 }
 
-func runOne(cfg *config, spec runSpec, good, broken []byte, runDir string) *runResult {
+func runOne(cfg *config, spec runSpec, apps map[string][]byte, runDir string) *runResult {
 	sc, _ := scenarioByName(spec.Scenario)
+	good, broken := apps[cmp.Or(sc.app, appGood)], apps[appBroken]
 	res := &runResult{runSpec: spec, LogPath: filepath.Join(runDir, spec.name()+".log"), Workers: sc.workerCount(cfg)}
 	res.Quiet = true
 	if cfg.quietBelow > 0 {
@@ -189,7 +192,7 @@ func runOne(cfg *config, spec runSpec, good, broken []byte, runDir string) *runR
 		return res
 	}
 
-	sspec := serverSpec{kind: spec.Server, workers: res.Workers, demo: sc.demo && spec.Server == "baton"}
+	sspec := serverSpec{kind: spec.Server, workers: res.Workers, demo: sc.demo && spec.Server == kindBaton}
 	if spec.Scenario == scenarioSoak {
 		if sspec.metrics, err = freePort(); err != nil {
 			res.Err = err
@@ -267,7 +270,7 @@ func runOne(cfg *config, spec runSpec, good, broken []byte, runDir string) *runR
 	}
 	start := rc.start
 	// Let baton log the outcome of a reload still going when the load ended.
-	if spec.Server == "baton" && spec.Scenario != scenarioSteady {
+	if family(spec.Server) == kindBaton && spec.Scenario != scenarioSteady {
 		deadline := time.Now().Add(15 * time.Second)
 		for time.Now().Before(deadline) && srv.alive() {
 			_, events := srv.snapshot()
@@ -308,7 +311,7 @@ func (res *runResult) collectLog(srv *server, start, stopAt time.Time) {
 			break
 		}
 		res.Lines = append(res.Lines, timedLine{l.At.Sub(start), l.Text})
-		if res.Server != "gunicorn" {
+		if family(res.Server) != kindGunicorn {
 			continue
 		}
 		text := strings.TrimSpace(l.Text)
@@ -321,7 +324,7 @@ func (res *runResult) collectLog(srv *server, start, stopAt time.Time) {
 			res.Notable = append(res.Notable, fmt.Sprintf("t=%s %s", fmtSecs(l.At.Sub(start)), text))
 		}
 	}
-	if res.Server != "baton" {
+	if family(res.Server) != kindBaton {
 		return
 	}
 	res.Reloads = batonReloads(events, start)

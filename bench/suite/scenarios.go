@@ -2,6 +2,7 @@ package main
 
 import (
 	"math/rand/v2"
+	"slices"
 	"time"
 )
 
@@ -20,8 +21,13 @@ type scenario struct {
 	// demo: baton serves its bundled Go demo worker instead of the
 	// Python app (see the soak).
 	demo bool
+	// app is the file of -app the servers run ("": app.py).
+	app string
 	// drive performs the scenario's actions, from the start of the load.
 	drive func(rc *runCtx)
+	// measure, for a scenario that is not a run under load, measures it
+	// on its own, every server in turn.
+	measure func(cfg *config, runDir string) measured
 	// describe says what the scenario does, for the report.
 	describe func(cfg *config) string
 }
@@ -35,7 +41,13 @@ const (
 	scenarioStorm   = "storm"
 	scenarioScale   = "scale"
 	scenarioSoak    = "soak"
+	scenarioMemory  = "preload-memory"
+	scenarioBoot    = "preload-boot"
 )
+
+// preloadServers are the servers the preload scenarios compare: each
+// master with and without --preload.
+var preloadServers = []string{kindGunicorn, kindGunicornPreload, kindBaton, kindBatonPreload}
 
 var scenarios = []scenario{
 	{
@@ -47,7 +59,7 @@ var scenarios = []scenario{
 	},
 	{
 		name: scenarioHUPs, title: "2. four HUPs", fixed: true,
-		servers: []string{"gunicorn", "baton"},
+		servers: []string{kindGunicorn, kindBaton, kindBatonPreload},
 		drive:   driveHUPs,
 		describe: func(cfg *config) string {
 			return "redeploy the same good app.py and HUP at " + joinDurations(mustHUPs(cfg)) + " (fire and forget, as `kill -HUP` is)"
@@ -88,7 +100,7 @@ var scenarios = []scenario{
 	},
 	{
 		name: scenarioScale, title: "7. scale: many workers reloaded", tail: 5 * time.Second,
-		servers: []string{"gunicorn", "baton"},
+		servers: []string{kindGunicorn, kindBaton, kindBatonPreload},
 		workers: func(cfg *config) int { return cfg.scaleWorkers },
 		drive:   driveOneReload,
 		describe: func(cfg *config) string {
@@ -101,6 +113,24 @@ var scenarios = []scenario{
 		drive:   driveSoak,
 		describe: func(cfg *config) string {
 			return itoa(cfg.soakReloads) + " `baton reload`s back to back under load, with baton's bundled Go demo worker (it boots in milliseconds, where the Python app's import takes 1.5 s: 1,000 reloads of it would take over half an hour); the master's open fds, RSS, threads, goroutines and zombie children sampled before the first reload and after every " + itoa(cfg.soakEvery)
+		},
+	},
+	{
+		name: scenarioMemory, title: "10. preload: memory",
+		servers: preloadServers,
+		measure: measureMemory,
+		describe: func(cfg *config) string {
+			return "a Django project (`django-admin startproject proj`, ASGI) with " + itoa(cfg.workers) + " workers, no load: the total PSS of the server's whole process tree once every worker is up, and again after each worker answered `GET /admin/login/` " + itoa(cfg.warmup) + " times (a new connection per request)"
+		},
+	},
+	{
+		name: scenarioBoot, title: "11. preload: boot", tail: 3 * time.Second,
+		servers: preloadServers,
+		workers: func(cfg *config) int { return cfg.bootWorkers },
+		app:     appCPU,
+		drive:   driveBootReloads,
+		describe: func(cfg *config) string {
+			return itoa(cfg.bootWorkers) + " workers of an app whose import burns 1 s of CPU; " + itoa(cfg.bootReloads) + " reloads from 5 s, each once the last one's old workers are gone (+2 s): `baton reload`; Gunicorn HUP, then wait for all new workers' startup lines (with --preload, Gunicorn's HUP forks the new workers from its master's import: it does not load new code); the load goes on 3 s after the last"
 		},
 	},
 }
@@ -188,6 +218,35 @@ func driveOneReload(rc *runCtx) {
 	before := rc.srv.workerPIDs()
 	res, err := rc.srv.reloadWait(3 * time.Minute)
 	rc.recordOp("reload", before, res, err)
+}
+
+// driveBootReloads redeploys the same app and reloads, waiting for each
+// reload and for the workers from before it to be gone (so that one
+// reload's boots do not overlap the next), plus 2 s.
+func driveBootReloads(rc *runCtx) {
+	rc.sleepUntil(5 * time.Second)
+	for range rc.cfg.bootReloads {
+		if !rc.srv.alive() {
+			return
+		}
+		before := rc.srv.workerPIDs()
+		if err := deploy(rc.appDir, rc.good); err != nil {
+			rc.record(action{Kind: "reload", Err: "deploy: " + err.Error()})
+			return
+		}
+		res, err := rc.srv.reloadWait(2 * time.Minute)
+		rc.recordOp("reload", before, res, err)
+		waitGone(before, time.Minute)
+		time.Sleep(2 * time.Second)
+	}
+}
+
+// waitGone waits until every one of pids has exited, or limit.
+func waitGone(pids []int, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for slices.ContainsFunc(pids, func(pid int) bool { return !processGone(pid) }) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // driveSoak reloads back to back and samples the master between reloads.

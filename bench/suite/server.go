@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-pm/baton/bench/internal/httpload"
 )
 
 // logLine is one line a server wrote (stdout and stderr share one pipe, so
@@ -93,10 +95,50 @@ func serverEnv() []string {
 // serverSpec is what a run starts: which server, how many workers, and
 // which app.
 type serverSpec struct {
-	kind    string // "gunicorn", "baton" or "bare"
+	kind    string // one of serverKinds
 	workers int
-	demo    bool // baton with its bundled Go demo worker instead of the Python app (the soak)
-	metrics int  // baton: serve /metrics on this port (0: off)
+	demo    bool    // baton with its bundled Go demo worker instead of the Python app (the soak)
+	metrics int     // baton: serve /metrics on this port (0: off)
+	app     appSpec // the ASGI app; the zero value is bench/app's app.py
+}
+
+// The servers the suite knows. The -preload kinds are the same masters
+// with the app imported once and the workers forked from that process:
+// Gunicorn's --preload (its master imports the app) and baton's --preload
+// (a template process per generation imports it).
+const (
+	kindBare            = "bare"
+	kindGunicorn        = "gunicorn"
+	kindGunicornPreload = "gunicorn-preload"
+	kindBaton           = "baton"
+	kindBatonPreload    = "baton-preload"
+)
+
+var serverKinds = []string{kindBare, kindGunicorn, kindGunicornPreload, kindBaton, kindBatonPreload}
+
+// family is the master a kind runs: "baton", "gunicorn" or "bare".
+func family(kind string) string { return strings.TrimSuffix(kind, "-preload") }
+
+// preloads reports whether kind imports the app once and forks workers.
+func preloads(kind string) bool { return strings.HasSuffix(kind, "-preload") }
+
+// appSpec is the ASGI app a server runs, as each server names it.
+type appSpec struct {
+	target string // module:attribute, for uvicorn and Gunicorn
+	module string // what --preload imports
+	// pythonM: baton's workers run `python3 -m uvicorn` rather than the
+	// /usr/bin/uvicorn script.
+	pythonM bool
+	// getPath: the server is up once GET of this path answers 200 ("":
+	// once a POST to / does, as the load sends).
+	getPath string
+}
+
+func (a appSpec) orDefault() appSpec {
+	if a.target == "" {
+		return appSpec{target: "app:app", module: "app"}
+	}
+	return a
 }
 
 // serverArgv is the exact command line of each server (the same app, the
@@ -105,29 +147,43 @@ type serverSpec struct {
 func serverArgv(cfg *config, spec serverSpec, appDir string, port int) []string {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	w := strconv.Itoa(spec.workers)
-	switch spec.kind {
-	case "gunicorn":
-		return []string{cfg.gunicorn, "-k", "uvicorn.workers.UvicornWorker", "-w", w, "-b", addr,
-			"--graceful-timeout", "30", "-p", filepath.Join(appDir, "gunicorn.pid"), "app:app"}
-	case "baton":
+	app := spec.app.orDefault()
+	switch family(spec.kind) {
+	case kindGunicorn:
+		argv := []string{cfg.gunicorn, "-k", "uvicorn.workers.UvicornWorker", "-w", w, "-b", addr,
+			"--graceful-timeout", "30", "-p", filepath.Join(appDir, "gunicorn.pid")}
+		if preloads(spec.kind) {
+			argv = append(argv, "--preload")
+		}
+		return append(argv, app.target)
+	case kindBaton:
 		argv := []string{cfg.baton, "run", "-b", addr, "-w", w, "--log-format", "json",
 			"--graceful-timeout", "30s", "--chdir", appDir, "--pid", filepath.Join(appDir, "baton.pid")}
 		if spec.metrics != 0 {
 			argv = append(argv, "--metrics-bind", fmt.Sprintf("127.0.0.1:%d", spec.metrics))
 		}
+		if preloads(spec.kind) {
+			argv = append(argv, "--preload", app.module)
+		}
 		argv = append(argv, cfg.batonFlags...)
 		if spec.demo {
 			return append(argv, "--", cfg.baton, "_demo-worker")
 		}
+		argv = append(argv, "--")
+		if app.pythonM {
+			argv = append(argv, cfg.python, "-m", "uvicorn")
+		} else {
+			argv = append(argv, cfg.uvicorn)
+		}
 		// uvicorn's access log is off, as it is by default under Gunicorn, so
 		// both servers do the same work per request.
-		return append(argv, "--", cfg.uvicorn, "--fd", "3", "--no-access-log", "app:app")
-	case "bare":
+		return append(argv, "--fd", "3", "--no-access-log", app.target)
+	case kindBare:
 		// The same uvicorn workers with no master: bash starts them on the
 		// socket the benchmark bound (fd 3) and then only waits, as the
 		// baseline for what a master costs.
 		script := `trap 'kill -TERM $pids 2>/dev/null; wait' TERM INT; pids=; ` +
-			`for i in $(seq ` + w + `); do "$0" --fd 3 --no-access-log app:app & pids="$pids $!"; done; wait`
+			`for i in $(seq ` + w + `); do "$0" --fd 3 --no-access-log ` + app.target + ` & pids="$pids $!"; done; wait`
 		return []string{"/bin/bash", "-c", script, cfg.uvicorn}
 	}
 	panic("unknown server " + spec.kind)
@@ -178,7 +234,7 @@ func startServer(cfg *config, spec serverSpec, appDir, logPath string) (*server,
 	cmd.Env = serverEnv()
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if spec.kind == "bare" {
+	if spec.kind == kindBare {
 		sock, err := bareListener(port)
 		if err != nil {
 			r.Close()
@@ -342,10 +398,19 @@ func processGone(pid int) bool {
 
 func (s *server) url() string { return fmt.Sprintf("http://127.0.0.1:%d/", s.port) }
 
+// probe reports whether the server answers its app's probe with 200 now.
+func (s *server) probe() bool {
+	if s.spec.app.getPath == "" {
+		return probe(s.url())
+	}
+	_, err := getWorkerPID(httpload.NewClient(false, 2*time.Second), s.url()+s.spec.app.getPath)
+	return err == nil
+}
+
 // readyMarker is the log line each server writes once per worker that
 // is up: baton's "worker ready" records, uvicorn's startup line.
 func (s *server) readyMarker() string {
-	if s.spec.kind == "baton" {
+	if family(s.spec.kind) == kindBaton {
 		return `"msg":"worker ready"`
 	}
 	return "Application startup complete"
@@ -364,7 +429,7 @@ func (s *server) waitReady(limit time.Duration) (first200, allUp time.Duration, 
 		if time.Now().After(deadline) {
 			return 0, 0, fmt.Errorf("%s did not answer within %s; see %s", s.spec.kind, limit, s.logPath)
 		}
-		if probe(s.url()) {
+		if s.probe() {
 			first200 = time.Since(s.startedAt)
 			break
 		}
