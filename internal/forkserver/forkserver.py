@@ -23,6 +23,7 @@ gc.disable()
 
 import asyncio  # noqa: E402  (imported for the watchdog hook, before uvloop)
 import asyncio.events  # noqa: E402
+import array  # noqa: E402
 import ast  # noqa: E402
 import atexit  # noqa: E402
 import importlib  # noqa: E402
@@ -432,47 +433,92 @@ def single_threaded():
     return True
 
 
+def receive(sock, flags):
+    """One datagram and the fds it carries (at most 2). socket.recv_fds
+    would do, but it drops its flags argument (MSG_DONTWAIT) before 3.13."""
+    ancillary = socket.CMSG_LEN(2 * array.array("i").itemsize)
+    data, ancdata, _, _ = sock.recvmsg(MAX_MESSAGE, ancillary, flags)
+    fds = array.array("i")
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds)
+
+
 class Template:
     def __init__(self, ctrl, entry):
         self.ctrl = ctrl
         self.entry = entry
         self.warned_threads = False
+        # Fds the template holds for requests other than the one being
+        # forked (their stderr and go pipes, their intermediates' report
+        # pipes): a child closes them first, or a worker would hold another
+        # worker's stderr open.
+        self.held = set()
 
     def serve(self):
-        """Answers fork requests until baton closes the control socket."""
+        """Answers fork requests until baton closes the control socket.
+        The requests already queued are taken together: their
+        intermediates are all forked first and their reports collected
+        after, so that a reload of many workers does not wait for each
+        intermediate in turn."""
         while True:
-            data, fds, _, _ = socket.recv_fds(self.ctrl, MAX_MESSAGE, 2)
-            if not data:
-                return 0
-            try:
-                self.handle(data, fds)
-            finally:
+            batch, eof = self.receive_batch()
+            started = []
+            for data, fds in batch:
                 for fd in fds:
-                    os.close(fd)
+                    self.held.discard(fd)
+                try:
+                    fork = self.handle(data, fds)
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                if fork is not None:
+                    started.append(fork)
+                    self.held.add(fork[2])
+            for req_id, pid, report_r in started:
+                self.held.discard(report_r)
+                self.report(req_id, pid, report_r)
+            if eof:
+                return 0
+
+    def receive_batch(self):
+        """The next request, waiting for it, and every one queued behind it;
+        eof once baton closed the socket."""
+        batch = []
+        data, fds = receive(self.ctrl, 0)
+        while data:
+            batch.append((data, fds))
+            self.held.update(fds)
+            try:
+                data, fds = receive(self.ctrl, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return batch, False
+        return batch, True
 
     def handle(self, data, fds):
+        """Starts the fork a request asks for: (id, intermediate pid, its
+        report pipe), or None when it was answered already."""
         try:
             request = json.loads(data)
         except ValueError as exc:
             log("ignoring a request that is not JSON: %s" % exc)
-            return
+            return None
         if request.get("type") != "fork":
             log("ignoring a request of type %r" % request.get("type"))
-            return
+            return None
         req_id = request.get("id")
         env = request.get("env")
         if len(fds) != 2 or not isinstance(env, list):
             send(self.ctrl, {"type": "fork_failed", "id": req_id,
                              "error": "a fork request needs an env list and 2 fds (stderr, go), got %d fds" % len(fds)})
-            return
-        self.fork(req_id, env, fds[0], fds[1])
+            return None
+        return self.fork(req_id, env, fds[0], fds[1])
 
     def fork(self, req_id, env, stderr_fd, go_fd):
         """Double fork: an intermediate process forks the worker and exits,
         so the worker is orphaned and adopted by baton, the child
-        subreaper. "forked" goes out only once the intermediate is reaped:
-        by then the worker is baton's child (the kernel reparents before it
-        reports the exit), so go may come at once."""
+        subreaper. Returns (id, intermediate, report pipe) for report."""
         if not self.warned_threads and not single_threaded():
             self.warned_threads = True
             log("warning: the template runs more than one thread (a preloaded module started one?); "
@@ -487,10 +533,12 @@ class Template:
             os.close(report_r)
             os.close(report_w)
             send(self.ctrl, {"type": "fork_failed", "id": req_id, "error": "fork: %s" % exc})
-            return
+            return None
         if pid == 0:
             code = 70
             try:
+                for fd in self.held:
+                    os.close(fd)
                 os.close(report_r)
                 code = self.intermediate(env, stderr_fd, go_fd, report_w)
             except BaseException:  # noqa: BLE001
@@ -498,6 +546,12 @@ class Template:
             finally:
                 os._exit(code)
         os.close(report_w)
+        return req_id, pid, report_r
+
+    def report(self, req_id, pid, report_r):
+        """Sends "forked" once the intermediate is reaped: by then the
+        worker is baton's child (the kernel reparents before it reports the
+        exit), so go may come at once."""
         report = read_all(report_r)
         os.close(report_r)
         _, status = os.waitpid(pid, 0)

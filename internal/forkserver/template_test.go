@@ -369,3 +369,59 @@ func TestTemplateWarnsAboutThreads(t *testing.T) {
 		t.Errorf("template stderr %q; want the thread warning", stderr)
 	}
 }
+
+// TestTemplateForksQueuedRequestsTogether: requests queued at once (a
+// reload of many workers) are forked together, and still each worker holds
+// only its own pipes: no other worker's stderr or go pipe, no report pipe
+// of the template.
+func TestTemplateForksQueuedRequestsTogether(t *testing.T) {
+	t.Parallel()
+	tp, out := startProbeTemplate(t)
+	env := append(baseEnv(), "BATON_MASTER_PID="+strconv.Itoa(os.Getpid()))
+	const n = 6
+	pending := map[int]*Pending{}
+	for id := 1; id <= n; id++ {
+		p, err := tp.conn.Fork(id, env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pending[id] = p
+	}
+	pids := map[int]int{} // request id -> worker
+	for range n {
+		m := tp.expect(TypeForked)
+		if _, dup := pids[m.ID]; dup || pending[m.ID] == nil || m.Pid <= 0 {
+			t.Fatalf("forked %+v: unknown or repeated request", m)
+		}
+		pids[m.ID] = m.Pid
+		tp.workers[m.Pid] = false
+	}
+	owner := map[string]int{} // pipe -> the worker holding it
+	for id, pid := range pids {
+		waitBlockedInRead(t, pid, out)
+		var held []string
+		entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+			if strings.HasPrefix(target, "pipe:") {
+				held = append(held, target)
+				if other, ok := owner[target]; ok {
+					t.Errorf("workers %d and %d both hold %s", other, pid, target)
+				}
+				owner[target] = pid
+			}
+		}
+		if len(held) != 2 {
+			t.Errorf("worker %d (request %d) holds pipes %v; want 2, its stderr and its go pipe", pid, id, held)
+		}
+	}
+	for id, pid := range pids {
+		pending[id].Abort()
+		if ws := tp.reap(pid); !ws.Exited() || ws.ExitStatus() != 0 {
+			t.Errorf("aborted worker %d: %v; want exit status 0", pid, ws)
+		}
+	}
+}
