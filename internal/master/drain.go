@@ -16,51 +16,70 @@ const (
 	// connections it accepted just before, so its shutdown finds them in
 	// progress instead of idle.
 	readPause = 100 * time.Millisecond
-	// deafWait bounds how long a reload's answer waits for the old
+	// deafWaitLimit bounds how long a reload's answer waits for the old
 	// workers to stop accepting.
-	deafWait = 2 * time.Second
+	deafWaitLimit = 2 * time.Second
 )
 
 // whenOnlyServing calls then, on the master's goroutine, once no worker
-// but g's waits for connections on a listener, as /proc shows (what
-// ready = "auto" looks for: the retired workers were made deaf, or have
-// exited), or after deafWait at the most. A successful reload answers
-// then: when `baton reload` returns, a new connection reaches only the new
-// code.
+// but g's can accept a connection: every other one was made deaf (its
+// unlisten helpers removed each of its listeners' epoll registrations),
+// or has exited; after deafWait at the most. A worker that waits in poll,
+// select or accept (gunicorn's sync worker, puma) cannot be made deaf, and
+// between two requests it is not even seen waiting: only its exit tells.
+// A successful reload answers then: when `baton reload` returns, a new
+// connection reaches only the new code.
 func (m *Master) whenOnlyServing(g *generation, then func()) {
-	deadline := time.Now().Add(deafWait)
-	var check func()
-	check = func() {
-		var old []int
-		for pid, w := range m.workers {
-			if w.gen != g {
-				old = append(old, pid)
-			}
-		}
-		if len(old) == 0 {
-			then()
-			return
-		}
-		offLoop(m, func() bool {
-			for _, pid := range old {
-				if m.world.inspect.Waiting(pid) {
-					return true
-				}
-			}
-			return false
-		}, func(accepting bool) {
-			switch {
-			case !accepting:
-				then()
-			case time.Now().After(deadline):
-				m.log.Warn("old workers still wait for connections; answering the reload anyway", "waited", deafWait.String())
-				then()
-			default:
-				m.after(autoProbeInterval, check)
-			}
-		})
+	if m.accepting(g) == 0 {
+		then()
+		return
 	}
-	check()
+	d := &deafWait{gen: g, then: then}
+	m.deafWaits = append(m.deafWaits, d)
+	m.after(deafWaitLimit, func() {
+		if !d.done {
+			m.log.Warn("old workers may still accept connections; answering the reload anyway",
+				"workers", m.accepting(g), "waited", deafWaitLimit.String())
+			d.done = true
+			d.then()
+		}
+	})
+}
+
+// deafWait is a reload's answer waiting for the old workers to stop
+// accepting (whenOnlyServing).
+type deafWait struct {
+	gen  *generation
+	then func()
+	done bool
+}
+
+// accepting counts the workers other than g's that may still accept a
+// connection: neither made deaf nor exited.
+func (m *Master) accepting(g *generation) int {
+	n := 0
+	for _, w := range m.workers {
+		if w.gen != g && !w.deaf {
+			n++
+		}
+	}
+	return n
+}
+
+// answerDeafWaits answers the reloads whose old workers all stopped
+// accepting; it runs after each worker exit and each unlisten.
+func (m *Master) answerDeafWaits() {
+	waiting := m.deafWaits[:0]
+	for _, d := range m.deafWaits {
+		if !d.done && m.accepting(d.gen) == 0 {
+			d.done = true
+			d.then()
+		}
+		if !d.done {
+			waiting = append(waiting, d)
+		}
+	}
+	m.deafWaits = waiting
 }
 
 // unlistenThen removes the shared listeners from w's epoll sets, so it
@@ -92,6 +111,8 @@ func (m *Master) startUnlisten(w *worker, targets []unlisten.Target, then func()
 	finish := func() {
 		if !finished {
 			finished = true
+			w.deaf = removed == len(targets)
+			m.answerDeafWaits()
 			m.log.Debug("retiring worker no longer accepts", "slot", w.slot, "pid", w.pid,
 				"removed", removed, "registrations", len(targets), "helpers", helpers)
 			m.after(readPause, then)

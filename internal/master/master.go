@@ -136,6 +136,9 @@ type Master struct {
 	// children reaped before a template named them (template.go).
 	templates map[int]*template
 	strays    map[int]proc.Exit
+	// deafWaits are reload answers waiting for the old workers to stop
+	// accepting (drain.go).
+	deafWaits []*deafWait
 	// fatal ends Run with a start error once the loop has shut down: the
 	// first generation's template could not import the app.
 	fatal *StartError
@@ -433,6 +436,7 @@ func (m *Master) onExit(e proc.Exit) {
 	if w, ok := m.workers[e.Pid]; ok {
 		m.onWorkerExit(w, e)
 		m.retireTemplates()
+		m.answerDeafWaits()
 		return
 	}
 	if t, ok := m.templates[e.Pid]; ok {

@@ -8,6 +8,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-pm/baton/internal/listener"
+	"github.com/baton-pm/baton/internal/readiness"
 )
 
 func TestStartFillsEverySlotAndTellsSystemdOnceAllAreReady(t *testing.T) {
@@ -347,51 +350,59 @@ func TestAConfigThatBlocksFailsTheReloadAndNeverStopsTheMaster(t *testing.T) {
 	})
 }
 
-// `baton reload` answers once the old workers no longer wait for
-// connections (they were made deaf, or exited): then a new connection
-// reaches only the new code. A worker that goes on accepting holds the
-// answer back for deafWait at the most.
+// `baton reload` answers once no old worker can accept a connection: it
+// was made deaf (its unlisten removed every registration) or exited. Then
+// a new connection reaches only the new code. One that can be neither
+// (a select-based server ignoring its stop signal) holds the answer back
+// for deafWait at the most.
 func TestReloadAnswersOnceTheOldWorkersStopAccepting(t *testing.T) {
-	serving(t, options(gen(2)), func(t *testing.T, tb *testbed) {
+	g := gen(2)
+	g.DrainUnlisten = true
+	serving(t, options(g), func(t *testing.T, tb *testbed) {
 		old := tb.workers(1, "ready")
+		ls, err := listener.Open([]listener.Spec{{Name: "http", Network: "tcp", Address: "127.0.0.1:0", Backlog: 8}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer listener.CloseAll(ls)
+		if err := tb.m.call(context.Background(), func() { tb.m.listeners, tb.m.listenerInodes = ls, []uint64{42} }); err != nil {
+			t.Fatal(err)
+		}
 		tb.w.mu.Lock()
+		// old[0] waits in epoll (it can be made deaf), old[1] in select
+		// (no registration: only its exit tells); neither exits.
+		tb.w.regs[old[0]] = []readiness.Registration{{Pid: old[0], EpollFD: 5, FD: 3, Inode: 42}}
 		for _, pid := range old {
-			tb.w.waiting[pid] = true // accepting, as /proc would show
 			tb.w.procs[pid].stubborn = true
 		}
 		tb.w.mu.Unlock()
 		res := tb.reloadAsync()
 		tb.ready(tb.workers(2, "starting")...)
-		tb.wait(time.Second)
-		tb.noResult(res)
-		tb.w.mu.Lock()
-		tb.w.waiting[old[0]] = false
-		tb.w.mu.Unlock()
-		tb.wait(time.Second)
-		tb.noResult(res) // the other one still accepts
-		tb.w.mu.Lock()
-		tb.w.waiting[old[1]] = false
-		tb.w.mu.Unlock()
-		tb.wait(100 * time.Millisecond)
+		tb.wait(deafWaitLimit - 200*time.Millisecond)
+		tb.noResult(res) // old[1] may still accept
+		tb.wait(300 * time.Millisecond)
 		if r := tb.result(res); !r.OK {
 			t.Fatalf("reload: %+v", r)
 		}
 
-		// One that never stops accepting: the answer comes after deafWait.
+		// Made deaf, or exited: the answer comes at once.
+		tb.wait(31 * time.Second) // graceful_timeout: generation 1's stubborn workers are killed
+		if tb.alive(old[0]) || tb.alive(old[1]) {
+			t.Fatal("generation 1's workers outlived graceful_timeout")
+		}
 		serving := tb.workers(2, "ready")
 		tb.w.mu.Lock()
-		for _, pid := range serving {
-			tb.w.waiting[pid] = true
-			tb.w.procs[pid].stubborn = true
-		}
+		tb.w.regs[serving[0]] = []readiness.Registration{{Pid: serving[0], EpollFD: 5, FD: 3, Inode: 42}}
+		tb.w.procs[serving[0]].stubborn = true
 		tb.w.mu.Unlock()
 		res = tb.reloadAsync()
 		tb.ready(tb.workers(3, "starting")...)
-		tb.wait(deafWait - 200*time.Millisecond)
-		tb.noResult(res)
-		tb.wait(time.Second)
+		tb.wait(50 * time.Millisecond)
 		if r := tb.result(res); !r.OK {
 			t.Fatalf("reload: %+v", r)
+		}
+		if !tb.alive(serving[0]) {
+			t.Fatal("the deaf old worker exited; the test wants it running")
 		}
 	})
 }

@@ -369,6 +369,7 @@ func TestPreloadRetiredGenerationsTemplateExitsWithItsLastWorker(t *testing.T) {
 		next := tb.started("template")[1]
 		tb.templateSays(next, templateMsg{Type: "ready"})
 		tb.ready(tb.forkAll(next)...)
+		tb.wait(deafWaitLimit) // the stubborn old worker may still accept: the answer waits
 		if r := tb.result(res); !r.OK {
 			t.Fatalf("reload: %+v", r)
 		}

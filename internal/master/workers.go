@@ -55,6 +55,8 @@ type worker struct {
 	status  string // the last STATUS= it sent
 	ready   time.Duration
 	niced   bool // booting at a lower CPU priority (nice.go)
+	// deaf: retiring, it accepts no connection any more (drain.go).
+	deaf bool
 	// template is the pid of the preload template that forked it.
 	template int
 	// watchdog.go: watched since its first WATCHDOG=1, last pinged then;

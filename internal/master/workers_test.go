@@ -329,8 +329,9 @@ func TestGracefulTimeoutKillsTheWholeTree(t *testing.T) {
 		tb.stubborn(old)
 		res := tb.reloadAsync()
 		tb.ready(tb.workers(2, "starting")...)
+		tb.wait(deafWaitLimit) // the stubborn old worker may still accept: the answer waits
 		tb.result(res)
-		tb.wait(30*time.Second - time.Millisecond)
+		tb.wait(30*time.Second - deafWaitLimit - time.Millisecond)
 		if !tb.alive(old) {
 			t.Fatal("killed before graceful_timeout")
 		}
