@@ -12,6 +12,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -244,8 +245,9 @@ func joinDurations(ds []time.Duration) string {
 
 func itoa(n int) string { return fmt.Sprint(n) }
 
-// The app files in -app: the good app, the broken deploy, and the app
-// whose import burns CPU (the preload-boot scenario).
+// The app files in -app: the good app and the broken deploy; appCPU is
+// the good app whose import burns CPU (the preload-boot scenario), made
+// from app.py by cpuImport.
 const (
 	appGood   = "app.py"
 	appBroken = "app_broken.py"
@@ -254,14 +256,39 @@ const (
 
 func readApps(dir string) (map[string][]byte, error) {
 	apps := map[string][]byte{}
-	for _, name := range []string{appGood, appBroken, appCPU} {
+	for _, name := range []string{appGood, appBroken} {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			return nil, err
 		}
 		apps[name] = b
 	}
+	cpu, err := cpuImport(apps[appGood])
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, appGood), err)
+	}
+	apps[appCPU] = cpu
 	return apps, nil
+}
+
+// The line of app.py that simulates its import time, and what the
+// preload-boot scenario's app does instead: burn 1 s of this process's CPU
+// time (not the wall clock), as a large project's import does. Every
+// process that imports it needs a CPU for a second; a preload template
+// imports it once and forks the workers.
+const (
+	sleepImport = "time.sleep(1.5)  # simulated import time\n"
+	burnImport  = "_deadline = time.process_time() + 1.0\n" +
+		"while time.process_time() < _deadline:  # 1 s of CPU, not of the wall clock\n" +
+		"    pass\n"
+)
+
+// cpuImport is app.py with its simulated import time spent on the CPU.
+func cpuImport(app []byte) ([]byte, error) {
+	if !bytes.Contains(app, []byte(sleepImport)) {
+		return nil, fmt.Errorf("no line %q to turn into a CPU-bound import", strings.TrimSpace(sleepImport))
+	}
+	return bytes.Replace(app, []byte(sleepImport), []byte(burnImport), 1), nil
 }
 
 // badSchedule is when the broken deploy is HUPed: at 5 s, or a third of a

@@ -84,7 +84,7 @@ func renderPreload(b *strings.Builder, cfg *config, results []*runResult) {
 	p := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }
 	if len(boot) > 0 {
 		p("## Preload: boot (scenario 11)\n\n")
-		p("%d workers of `app_cpu.py`, whose import burns 1 s of CPU in a busy loop, on %s CPUs, under the %d req/s load. "+
+		p("%d workers of `app.py` whose import burns 1 s of CPU in a busy loop instead of sleeping 1.5 s, on %s CPUs, under the %d req/s load. "+
 			"**reload takes**: `baton reload` from the command's start to its exit; Gunicorn: from HUP until as many new \"Application startup complete\" lines as workers (its best case). "+
 			"**all new workers answered**: from the reload until the last of the %d new worker pids first answered a request of the load (the same rule for every server; with keep-alive the client's connections stay with the workers that accepted them, so \"not all seen\" there says nothing about the server). "+
 			"Gunicorn's HUP with `--preload` forks the new workers from its master, which imported the app once at start: it does **not** load new code, so its time is not a code reload.\n\n",

@@ -196,3 +196,19 @@ func TestMemoryReportTakesEachServersMedianRound(t *testing.T) {
 		t.Error("a failed round does not make the scenario report a failure")
 	}
 }
+
+// The preload-boot app is app.py with its simulated import time spent on
+// the CPU; an app.py without the line is an error, not a silent sleep.
+func TestCPUImportTurnsTheSleepIntoABusyLoop(t *testing.T) {
+	apps, err := readApps("../app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpu := string(apps[appCPU])
+	if strings.Contains(cpu, "time.sleep(1.5)") || !strings.Contains(cpu, "time.process_time() < _deadline") {
+		t.Errorf("the CPU app still sleeps or does not burn CPU:\n%s", cpu)
+	}
+	if _, err := cpuImport([]byte("import time\n")); err == nil {
+		t.Error("an app without the sleep line was turned into a CPU app")
+	}
+}
