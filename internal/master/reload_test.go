@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-pm/baton/internal/listener"
 	"github.com/baton-pm/baton/internal/readiness"
 )
 
@@ -360,14 +359,7 @@ func TestReloadAnswersOnceTheOldWorkersStopAccepting(t *testing.T) {
 	g.DrainUnlisten = true
 	serving(t, options(g), func(t *testing.T, tb *testbed) {
 		old := tb.workers(1, "ready")
-		ls, err := listener.Open([]listener.Spec{{Name: "http", Network: "tcp", Address: "127.0.0.1:0", Backlog: 8}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer listener.CloseAll(ls)
-		if err := tb.m.call(context.Background(), func() { tb.m.listeners, tb.m.listenerInodes = ls, []uint64{42} }); err != nil {
-			t.Fatal(err)
-		}
+		tb.listen(42)
 		tb.w.mu.Lock()
 		// old[0] waits in epoll (it can be made deaf), old[1] in select
 		// (no registration: only its exit tells); neither exits.

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/baton-pm/baton/internal/control"
+	"github.com/baton-pm/baton/internal/listener"
 	"github.com/baton-pm/baton/internal/proc"
 	"github.com/baton-pm/baton/internal/readiness"
 	"github.com/baton-pm/baton/internal/sdnotify"
@@ -650,4 +651,24 @@ func serving(t *testing.T, opts Options, f func(t *testing.T, tb *testbed)) {
 
 func options(g GenerationOptions) Options {
 	return Options{Generation: g}
+}
+
+// listen gives the master a real TCP listener for each inode: the fake
+// /proc knows each listener's socket by that inode (in registrations).
+// They are closed when the test ends.
+func (tb *testbed) listen(inodes ...uint64) []*listener.Listener {
+	tb.t.Helper()
+	specs := make([]listener.Spec, len(inodes))
+	for i := range inodes {
+		specs[i] = listener.Spec{Name: fmt.Sprintf("l%d", i), Network: "tcp", Address: "127.0.0.1:0", Backlog: 8}
+	}
+	ls, err := listener.Open(specs)
+	if err != nil {
+		tb.t.Fatal(err)
+	}
+	tb.t.Cleanup(func() { listener.CloseAll(ls) })
+	if err := tb.m.call(context.Background(), func() { tb.m.listeners, tb.m.listenerInodes = ls, inodes }); err != nil {
+		tb.t.Fatal(err)
+	}
+	return ls
 }

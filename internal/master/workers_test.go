@@ -1,7 +1,6 @@
 package master
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -9,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-pm/baton/internal/listener"
 	"github.com/baton-pm/baton/internal/readiness"
 )
 
@@ -264,14 +262,7 @@ func TestReplacedWorkerStopsAcceptingBeforeItsStopSignal(t *testing.T) {
 			{Pid: old + 102, EpollFD: 7, FD: 3, Inode: 42}, {Pid: old + 102, EpollFD: 7, FD: 4, Inode: 99},
 		}
 		tb.w.mu.Unlock()
-		ls, err := listener.Open([]listener.Spec{{Name: "http", Network: "tcp", Address: "127.0.0.1:0", Backlog: 8}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer listener.CloseAll(ls)
-		if err := tb.m.call(context.Background(), func() { tb.m.listeners, tb.m.listenerInodes = ls, []uint64{42} }); err != nil {
-			t.Fatal(err)
-		}
+		ls := tb.listen(42)
 		res := tb.reloadAsync()
 		tb.ready(tb.workers(2, "starting")...)
 		tb.result(res)
@@ -359,17 +350,7 @@ func TestReplacedWorkerWithTwoListenersAtOneFdNumberGetsTwoHelpers(t *testing.T)
 			{Pid: old + 1, EpollFD: 5, FD: 3, Inode: 43}, {Pid: old + 2, EpollFD: 6, FD: 3, Inode: 42},
 		}
 		tb.w.mu.Unlock()
-		ls, err := listener.Open([]listener.Spec{
-			{Name: "a", Network: "tcp", Address: "127.0.0.1:0", Backlog: 8},
-			{Name: "b", Network: "tcp", Address: "127.0.0.1:0", Backlog: 8},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer listener.CloseAll(ls)
-		if err := tb.m.call(context.Background(), func() { tb.m.listeners, tb.m.listenerInodes = ls, []uint64{42, 43} }); err != nil {
-			t.Fatal(err)
-		}
+		tb.listen(42, 43)
 		res := tb.reloadAsync()
 		tb.ready(tb.workers(2, "starting")...)
 		tb.result(res)
