@@ -801,12 +801,21 @@ def release_free_memory():
         pass
 
 
+# Servers whose modules must not be imported before the fork: importing
+# them opens what every worker would then share. daphne's cli imports
+# daphne.server, which installs Twisted's reactor and with it an epoll
+# instance: forked workers registering their listener in that one instance
+# fail with EEXIST ("Listen failure: [Errno 17] File exists").
+NOT_PRE_IMPORTED = ("daphne", "twisted")
+
+
 def server_modules_or_none(entry):
     try:
-        return server_modules(entry)
+        names = server_modules(entry)
     except Exception as exc:  # noqa: BLE001  (only an optimisation)
         log("not pre-importing the server's modules: %s" % exc)
         return []
+    return [name for name in names if name.split(".")[0] not in NOT_PRE_IMPORTED]
 
 
 if __name__ == "__main__":

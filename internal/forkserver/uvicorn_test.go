@@ -140,6 +140,73 @@ func TestTemplateUvicorn(t *testing.T) {
 	}
 }
 
+// TestTemplateDaphneWorkersShareNoEventLoop: daphne's modules install
+// Twisted's reactor, an epoll instance, when imported; imported in the
+// template, its forked workers would all share that instance and fail to
+// register their listener ("Listen failure: [Errno 17] File exists"). The
+// template does not pre-import them, holds no epoll instance, and two
+// forked daphne workers both serve.
+func TestTemplateDaphneWorkersShareNoEventLoop(t *testing.T) {
+	t.Parallel()
+	requireFile(t, "/usr/bin/daphne", "daphne")
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"app.py": asgiApp})
+	listener, addr := tcpListener(t)
+	tp := startTemplate(t, templateSpec{
+		dir:      dir,
+		command:  []string{"/usr/bin/daphne", "--fd", "3", "app:app"},
+		preload:  []string{"app"},
+		listener: listener,
+	})
+	ready := tp.expect(TypeReady)
+	for _, mod := range ready.ServerModules {
+		if strings.HasPrefix(mod, "daphne") || strings.HasPrefix(mod, "twisted") {
+			t.Errorf("the template pre-imported %s (ServerModules %v)", mod, ready.ServerModules)
+		}
+	}
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", tp.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", tp.cmd.Process.Pid, e.Name())); strings.Contains(target, "eventpoll") {
+			t.Errorf("the template holds an epoll instance (fd %s) its workers would share", e.Name())
+		}
+	}
+	env := append(baseEnv(), "LISTEN_FDS=1", "BATON_MASTER_PID="+strconv.Itoa(os.Getpid()))
+	pids := map[int]bool{}
+	for id := 1; id <= 2; id++ {
+		pending, pid := tp.fork(id, env)
+		pids[pid] = true
+		go io.Copy(io.Discard, pending.Stderr())
+		t.Cleanup(func() { pending.Stderr().Close() })
+		if err := pending.Go(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[int]bool{}
+	deadline := time.Now().Add(patience)
+	for len(seen) < 2 && time.Now().Before(deadline) {
+		for pid := range pids {
+			if procState(t, pid) == "Z" {
+				t.Fatalf("daphne worker %d exited; template stderr:\n%s", pid, tp.stderrText())
+			}
+		}
+		if s, err := request(addr, "/"); err == nil && pids[s.Pid] {
+			seen[s.Pid] = true
+		} else {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if len(seen) < 2 {
+		t.Errorf("daphne workers %v answered; want both of %v", seen, pids)
+	}
+	for pid := range pids {
+		unix.Kill(pid, unix.SIGTERM)
+		tp.reap(pid)
+	}
+}
+
 // TestTemplateWatchdog: a worker with WATCHDOG_USEC pings WATCHDOG=1 from
 // its event loop, every WATCHDOG_USEC/2, and not while a handler blocks
 // the loop; with asyncio's loop, and with uvloop imported by the template
