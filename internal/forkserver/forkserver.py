@@ -433,6 +433,26 @@ def single_threaded():
     return True
 
 
+def warn_shared_fds(ctrl_fd):
+    """Warns, on stderr, of each socket, event loop or other kernel object
+    the imports left open: every worker inherits the same one (a database
+    connection answering two workers' queries mixed, an epoll instance whose
+    registrations collide). Expected are stdio, the listeners (3 up to the
+    control socket) and the control socket."""
+    for name in sorted(os.listdir("/proc/self/fd"), key=int):
+        fd = int(name)
+        if fd <= ctrl_fd:
+            continue
+        try:
+            target = os.readlink("/proc/self/fd/" + name)
+        except OSError:
+            continue  # the directory listing's own fd, closed by now
+        if target.startswith(("socket:", "anon_inode:")):
+            log("warning: importing the preload modules left fd %d open (%s); every worker shares it: "
+                "open connections and event loops in the worker (lazily, or in the server's startup hook), "
+                "not at import" % (fd, target))
+
+
 def receive(sock, flags):
     """One datagram and the fds it carries (at most 2). socket.recv_fds
     would do, but it drops its flags argument (MSG_DONTWAIT) before 3.13."""
@@ -782,6 +802,7 @@ def main():
         return 1
     gc.freeze()
     release_free_memory()
+    warn_shared_fds(ctrl.fileno())
     send(ctrl, {"type": "ready", "pid": os.getpid(), "python": platform.python_version(),
                 "preloaded": preload, "server_modules": servers,
                 "import_seconds": round(seconds, 6)})

@@ -370,6 +370,36 @@ func TestTemplateWarnsAboutThreads(t *testing.T) {
 	}
 }
 
+// TestTemplateWarnsAboutSharedSockets: a preloaded module that opens a
+// socket at import (a database connection, say) gets a warning naming the
+// fd, since every worker would share it; a module that opens none gets no
+// warning.
+func TestTemplateWarnsAboutSharedSockets(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, module string
+		warns        bool
+	}{
+		{"a socket", "import socket\nCONNECTION = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n", true},
+		{"nothing", "import json\nSETTINGS = json.loads('{}')\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			writeFiles(t, dir, map[string]string{"db.py": tc.module})
+			tp := startTemplate(t, templateSpec{dir: dir, command: []string{debianPython, "-m", "http.server"}, preload: []string{"db"}})
+			tp.expect(TypeReady)
+			warned := strings.Contains(tp.stderrText(), "every worker shares it")
+			if warned != tc.warns {
+				t.Errorf("template stderr %q; want a shared-fd warning: %v", tp.stderrText(), tc.warns)
+			}
+			if tc.warns && !strings.Contains(tp.stderrText(), "socket:[") {
+				t.Errorf("the warning does not name the socket: %q", tp.stderrText())
+			}
+		})
+	}
+}
+
 // TestTemplateForksQueuedRequestsTogether: requests queued at once (a
 // reload of many workers) are forked together, and still each worker holds
 // only its own pipes: no other worker's stderr or go pipe, no report pipe

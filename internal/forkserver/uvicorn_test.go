@@ -100,6 +100,9 @@ func TestTemplateUvicorn(t *testing.T) {
 		listener: listener,
 	})
 	ready := tp.expect(TypeReady)
+	if strings.Contains(tp.stderrText(), "every worker shares it") {
+		t.Errorf("uvicorn's own modules left an fd open in the template: %s", tp.stderrText())
+	}
 	if !slices.Contains(ready.ServerModules, "uvicorn.main") {
 		t.Errorf("ready = %+v; want uvicorn.main (the console script's entry point) pre-imported", ready)
 	}
