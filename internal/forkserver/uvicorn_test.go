@@ -83,6 +83,23 @@ func request(addr, path string) (served, error) {
 	return s, nil
 }
 
+// runWorkers forks n workers with env and lets them run, their stderr
+// read and thrown away; it returns their pids.
+func (tp *template) runWorkers(n int, env []string) map[int]bool {
+	tp.t.Helper()
+	pids := map[int]bool{}
+	for id := 1; id <= n; id++ {
+		pending, pid := tp.fork(id, env)
+		pids[pid] = true
+		go io.Copy(io.Discard, pending.Stderr())
+		tp.t.Cleanup(func() { pending.Stderr().Close() })
+		if err := pending.Go(); err != nil {
+			tp.t.Fatal(err)
+		}
+	}
+	return pids
+}
+
 // TestTemplateUvicorn forks two workers running Debian's /usr/bin/uvicorn
 // (a console script whose shebang is python3) on a listener at fd 3: both
 // serve, with the application the template imported, and each exits 0 on
@@ -114,16 +131,7 @@ func TestTemplateUvicorn(t *testing.T) {
 		}
 	}
 	env := append(baseEnv(), "LISTEN_FDS=1", "BATON_MASTER_PID="+strconv.Itoa(os.Getpid()), "NOTIFY_SOCKET=/nonexistent")
-	pids := map[int]bool{}
-	for id := 1; id <= 2; id++ {
-		pending, pid := tp.fork(id, env)
-		pids[pid] = true
-		go io.Copy(io.Discard, pending.Stderr())
-		t.Cleanup(func() { pending.Stderr().Close() })
-		if err := pending.Go(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	pids := tp.runWorkers(2, env)
 	seen := map[int]bool{}
 	for i := 0; i < 200 && len(seen) < 2; i++ {
 		s := get(t, addr, "/")
@@ -177,16 +185,7 @@ func TestTemplateDaphneWorkersShareNoEventLoop(t *testing.T) {
 		}
 	}
 	env := append(baseEnv(), "LISTEN_FDS=1", "BATON_MASTER_PID="+strconv.Itoa(os.Getpid()))
-	pids := map[int]bool{}
-	for id := 1; id <= 2; id++ {
-		pending, pid := tp.fork(id, env)
-		pids[pid] = true
-		go io.Copy(io.Discard, pending.Stderr())
-		t.Cleanup(func() { pending.Stderr().Close() })
-		if err := pending.Go(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	pids := tp.runWorkers(2, env)
 	seen := map[int]bool{}
 	deadline := time.Now().Add(patience)
 	for len(seen) < 2 && time.Now().Before(deadline) {
