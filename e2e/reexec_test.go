@@ -172,15 +172,7 @@ func sameInts(a, b []int) bool {
 func TestInPlaceUpgradeKeepsSystemdsMainPidAndWatchdog(t *testing.T) {
 	t.Parallel()
 	v2 := secondBuild(t)
-	sd := newFakeSystemd(t)
-	d := newDeployment(t, workerConfig(1, ""))
-	dir := t.TempDir()
-	bin, pidfile := filepath.Join(dir, "baton"), filepath.Join(dir, "baton.pid")
-	install(t, batonBin, bin)
-	wrapper := asSystemd(t, bin)
-	b := launch(t, batonSpec{bin: wrapper, args: []string{"run", "-c", d.path, "--pid", pidfile},
-		env: []string{"NOTIFY_SOCKET=" + sd.path, "WATCHDOG_USEC=1000000"}})
-	b.waitStarted(t)
+	b, sd, bin, pidfile := underSystemdWatchdog(t)
 	sd.next(t, "READY", b.Pid)
 	install(t, v2, bin)
 	if r := cli(t, nil, "upgrade", "--pid", pidfile); r.code != 0 {

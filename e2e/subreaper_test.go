@@ -1,16 +1,16 @@
 package e2e
 
 import (
-	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-pm/baton/e2e/internal/tiertest"
 )
 
 // A worker that double-forks leaves an orphan (here a short sleep whose
@@ -42,7 +42,7 @@ func TestOrphansOfWorkersAreReaped(t *testing.T) {
 				cmd = exec.Command(tc.prefix[0], append(append(tc.prefix[1:], batonBin), args...)...)
 			}
 			cmd.Env = cleanEnv()
-			var stderr syncBuffer
+			var stderr tiertest.SyncBuffer
 			cmd.Stderr = &stderr
 			cmd.Dir = t.TempDir()
 			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -107,22 +107,4 @@ func itoa(n int) string { return strconv.Itoa(n) }
 func cmdlineOf(pid int) string {
 	b, _ := os.ReadFile(filepath.Join("/proc", itoa(pid), "cmdline"))
 	return string(b)
-}
-
-// syncBuffer is a bytes.Buffer a process's output and a test may share.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -323,16 +323,7 @@ func TestUpgradeTellsSystemdTheNewMainPid(t *testing.T) {
 func TestUpgradedMasterPingsSystemdsWatchdog(t *testing.T) {
 	t.Parallel()
 	v2 := secondBuild(t)
-	sd := newFakeSystemd(t)
-	d := newDeployment(t, workerConfig(1, ""))
-	dir := t.TempDir()
-	bin, pidfile := filepath.Join(dir, "baton"), filepath.Join(dir, "baton.pid")
-	install(t, batonBin, bin)
-	// As systemd starts it: WATCHDOG_PID is the master's own pid.
-	wrapper := asSystemd(t, bin)
-	b := launch(t, batonSpec{bin: wrapper, args: []string{"run", "-c", d.path, "--pid", pidfile, "--upgrade-mode", "new-master"},
-		env: []string{"NOTIFY_SOCKET=" + sd.path, "WATCHDOG_USEC=1000000"}})
-	b.waitStarted(t)
+	b, sd, bin, pidfile := underSystemdWatchdog(t, "--upgrade-mode", "new-master")
 	sd.next(t, "WATCHDOG", b.Pid)
 
 	install(t, v2, bin)
@@ -365,4 +356,21 @@ func asSystemd(t *testing.T, bin string) string {
 		t.Fatal(err)
 	}
 	return wrapper
+}
+
+// underSystemdWatchdog starts a baton of one worker as systemd would, with
+// WatchdogSec=1s: from a copy of the binary that an upgrade may replace
+// (bin), through a wrapper that makes WATCHDOG_PID the master's own pid, with
+// a pidfile, reporting to a fake systemd. extra are more flags for run.
+func underSystemdWatchdog(t *testing.T, extra ...string) (b *Baton, sd *fakeSystemd, bin, pidfile string) {
+	t.Helper()
+	sd = newFakeSystemd(t)
+	d := newDeployment(t, workerConfig(1, ""))
+	dir := t.TempDir()
+	bin, pidfile = filepath.Join(dir, "baton"), filepath.Join(dir, "baton.pid")
+	install(t, batonBin, bin)
+	b = launch(t, batonSpec{bin: asSystemd(t, bin), args: append([]string{"run", "-c", d.path, "--pid", pidfile}, extra...),
+		env: []string{"NOTIFY_SOCKET=" + sd.path, "WATCHDOG_USEC=1000000"}})
+	b.waitStarted(t)
+	return b, sd, bin, pidfile
 }

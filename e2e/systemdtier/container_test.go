@@ -50,7 +50,7 @@ type container struct {
 	name    string
 	boot    *exec.Cmd // scripts/systemd-tier/boot: unshare, the parent of nspawn
 	exited  chan struct{}
-	console *syncBuffer
+	console *tiertest.SyncBuffer
 	cgroups []string // the run's cgroup directories on the host
 
 	nspawn int // host pid of systemd-nspawn
@@ -74,7 +74,7 @@ func bootContainer(t *testing.T) *container {
 	c := &container{
 		name:    fmt.Sprintf("baton-tier-%d-%d", os.Getpid(), containerSeq),
 		exited:  make(chan struct{}),
-		console: &syncBuffer{},
+		console: &tiertest.SyncBuffer{},
 	}
 	var err error
 	c.cgroups, err = makeRunCgroups(fmt.Sprintf("%s%d.%d", cgroupPrefix, os.Getpid(), containerSeq))
@@ -438,22 +438,4 @@ func removeCgroupTree(dir string, wait time.Duration) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// syncBuffer collects a command's output from its copying goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

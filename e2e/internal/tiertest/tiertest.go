@@ -7,6 +7,7 @@
 package tiertest
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -236,4 +237,23 @@ func Count(outcomes []Outcome, from, to time.Time) Window {
 		}
 	}
 	return w
+}
+
+// SyncBuffer is a bytes.Buffer that a process's output copiers and a test
+// may use at once.
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
