@@ -58,6 +58,19 @@ func runCLI(t *testing.T, cred *syscall.Credential, env []string, args ...string
 	if cred != nil {
 		bin = binaryFor(t, cred)
 	}
+	res, err := runClient(ctx, bin, cred, env, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("baton %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), res.code, res.stdout, res.stderr)
+	return res
+}
+
+// runClient runs the baton binary bin with args to its end, as cred (nil:
+// as the test), with env added to cleanEnv's. An exit status is a result,
+// not an error. It does not touch a testing.T, so it may run in a
+// goroutine of its own.
+func runClient(ctx context.Context, bin string, cred *syscall.Credential, env []string, args ...string) (cliResult, error) {
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(cleanEnv(), env...)
 	if cred != nil {
@@ -72,10 +85,9 @@ func runCLI(t *testing.T, cred *syscall.Credential, env []string, args ...string
 	case errors.As(err, &exit):
 		res.code = exit.ExitCode()
 	case err != nil:
-		t.Fatalf("baton %s: %v", strings.Join(args, " "), err)
+		return res, fmt.Errorf("baton %s: %v", strings.Join(args, " "), err)
 	}
-	t.Logf("baton %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), res.code, res.stdout, res.stderr)
-	return res
+	return res, nil
 }
 
 // binaryFor copies baton where the user cred can execute it (the test's

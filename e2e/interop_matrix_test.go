@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -479,20 +478,7 @@ func (r *matrixRow) reload(t *testing.T) cliResult {
 func batonReload(b *Baton) (cliResult, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*matrixTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, batonBin, "reload", "--control", b.Control)
-	cmd.Env = cleanEnv()
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	res := cliResult{stdout: out.String(), stderr: errOut.String()}
-	var exit *exec.ExitError
-	switch {
-	case errors.As(err, &exit):
-		res.code = exit.ExitCode()
-	case err != nil:
-		return res, fmt.Errorf("baton reload: %v", err)
-	}
-	return res, nil
+	return runClient(ctx, batonBin, nil, nil, "reload", "--control", b.Control)
 }
 
 // inFlight is how a request that was in flight across a reload ended.
