@@ -433,21 +433,28 @@ def single_threaded():
     return True
 
 
-def warn_shared_fds(ctrl_fd):
-    """Warns, on stderr, of each socket, event loop or other kernel object
-    the imports left open: every worker inherits the same one (a database
-    connection answering two workers' queries mixed, an epoll instance whose
-    registrations collide). Expected are stdio, the listeners (3 up to the
-    control socket) and the control socket."""
-    for name in sorted(os.listdir("/proc/self/fd"), key=int):
-        fd = int(name)
-        if fd <= ctrl_fd:
-            continue
+def kernel_objects():
+    """This process's fds that are sockets or other kernel objects (epoll,
+    eventfd, ...), with what each is."""
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink("/proc/self/fd/" + name)
         except OSError:
             continue  # the directory listing's own fd, closed by now
         if target.startswith(("socket:", "anon_inode:")):
+            found[int(name)] = target
+    return found
+
+
+def warn_shared_fds(before):
+    """Warns, on stderr, of each socket, event loop or other kernel object
+    the imports left open (those not in before, the ones the template
+    started with: stdio, the listeners, the control socket): every worker
+    inherits the same one (a database connection answering two workers'
+    queries mixed, an epoll instance whose registrations collide)."""
+    for fd, target in sorted(kernel_objects().items()):
+        if before.get(fd) != target:
             log("warning: importing the preload modules left fd %d open (%s); every worker shares it: "
                 "open connections and event loops in the worker (lazily, or in the server's startup hook), "
                 "not at import" % (fd, target))
@@ -789,6 +796,7 @@ def main():
         entry = parse_command(command)
         set_path0(entry)
         install_watchdog_hook()
+        before = kernel_objects()
         start = time.monotonic()
         import_preloads(preload)
         servers = pre_import(server_modules_or_none(entry))
@@ -802,7 +810,7 @@ def main():
         return 1
     gc.freeze()
     release_free_memory()
-    warn_shared_fds(ctrl.fileno())
+    warn_shared_fds(before)
     send(ctrl, {"type": "ready", "pid": os.getpid(), "python": platform.python_version(),
                 "preloaded": preload, "server_modules": servers,
                 "import_seconds": round(seconds, 6)})

@@ -118,7 +118,7 @@ func TestTemplateUvicorn(t *testing.T) {
 	})
 	ready := tp.expect(TypeReady)
 	if strings.Contains(tp.stderrText(), "every worker shares it") {
-		t.Errorf("uvicorn's own modules left an fd open in the template: %s", tp.stderrText())
+		t.Errorf("uvicorn's own modules left an fd open in the template: %s\nits fds: %s", tp.stderrText(), fdTable(tp.cmd.Process.Pid))
 	}
 	if !slices.Contains(ready.ServerModules, "uvicorn.main") {
 		t.Errorf("ready = %+v; want uvicorn.main (the console script's entry point) pre-imported", ready)
@@ -322,4 +322,15 @@ func (n *notifySocket) next(t *testing.T) string {
 		t.Fatalf("no notify message in %v", patience)
 	}
 	return ""
+}
+
+// fdTable is what each fd of pid is, for a failure message.
+func fdTable(pid int) string {
+	entries, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	var out []string
+	for _, e := range entries {
+		target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+		out = append(out, e.Name()+"="+target)
+	}
+	return strings.Join(out, " ")
 }

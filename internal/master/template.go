@@ -107,12 +107,12 @@ func (m *Master) startTemplate(g *generation) (*template, error) {
 		return nil, err
 	}
 	t := &template{gen: g, pid: pid, proc: p, conn: conn, started: time.Now(), forks: map[int]*forking{},
-		initial: g == m.current && m.reload == nil && m.lastReload == nil && !m.anyWorker()}
+		initial: g == m.current && m.reload == nil && m.lastReload == nil && len(m.workers) == 0}
 	g.tmpl = t
 	m.templates[pid] = t
 	m.log.Info("preload template started", "generation", g.num, "pid", pid, "preload", strings.Join(g.opts.Preload, ","))
 	go conn.Receive(func(msg templateMsg) { m.post(func() { m.onTemplateMessage(t, msg) }) })
-	m.workerlessTimer(t, "import", g.opts.BootTimeout, func() {
+	m.templateAfter(t, g.opts.BootTimeout, func() {
 		if t.state == templateImporting {
 			m.log.Error("preload template did not finish importing within boot_timeout; killing it",
 				"generation", g.num, "pid", t.pid, "boot_timeout", g.opts.BootTimeout.String())
@@ -123,18 +123,15 @@ func (m *Master) startTemplate(g *generation) (*template, error) {
 	return t, nil
 }
 
-// workerlessTimer runs f on the master's goroutine after d, unless t has
-// exited by then.
-func (m *Master) workerlessTimer(t *template, name string, d time.Duration, f func()) {
+// templateAfter runs f on the master's goroutine after d, unless t has
+// exited by then (workerAfter's counterpart for templates).
+func (m *Master) templateAfter(t *template, d time.Duration, f func()) {
 	m.after(d, func() {
 		if m.templates[t.pid] == t {
 			f()
 		}
 	})
 }
-
-// anyWorker reports whether any worker process lives.
-func (m *Master) anyWorker() bool { return len(m.workers) > 0 }
 
 // templateSpec is how to start g's template: like one of g's workers,
 // with the template's environment (no worker's own variables).
@@ -177,7 +174,7 @@ func (m *Master) requestFork(t *template, s *slot) {
 	f.req = req
 	t.forks[f.id] = f
 	s.forking = f
-	m.workerlessTimer(t, "fork", s.gen.opts.BootTimeout, func() {
+	m.templateAfter(t, s.gen.opts.BootTimeout, func() {
 		if t.forks[f.id] == f {
 			m.dropFork(t, f)
 			m.failBoot(s, "the preload template did not fork a worker within boot_timeout")
@@ -403,7 +400,7 @@ func (m *Master) retireTemplate(t *template) {
 	t.waiting = nil
 	t.conn.Close()
 	timeout := t.gen.opts.GracefulTimeout
-	m.workerlessTimer(t, "kill", timeout, func() {
+	m.templateAfter(t, timeout, func() {
 		m.log.Warn("preload template did not exit within graceful_timeout; killing it", "pid", t.pid)
 		m.killTemplate(t)
 	})
