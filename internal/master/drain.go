@@ -1,6 +1,7 @@
 package master
 
 import (
+	"errors"
 	"time"
 
 	"github.com/baton-pm/baton/internal/proc"
@@ -98,15 +99,15 @@ func (m *Master) unlistenThen(w *worker, then func()) {
 		})
 }
 
-// startUnlisten starts a helper per group of targets (one for a worker's
-// whole tree, usually; see unlisten.Plan) and calls then once all have
-// exited, or after unlistenTimeout.
+// startUnlisten removes the targets, a group at a time (one for a
+// worker's whole tree, usually; see unlisten.Plan), and calls then once
+// every group is done with, or after unlistenTimeout.
 func (m *Master) startUnlisten(w *worker, targets []unlisten.Target, then func()) {
 	if len(targets) == 0 {
 		then()
 		return
 	}
-	pending, removed, helpers := 0, 0, 0
+	pending, removed := 0, 0
 	finished := false
 	finish := func() {
 		if !finished {
@@ -114,39 +115,82 @@ func (m *Master) startUnlisten(w *worker, targets []unlisten.Target, then func()
 			w.deaf = removed == len(targets)
 			m.answerDeafWaits()
 			m.log.Debug("retiring worker no longer accepts", "slot", w.slot, "pid", w.pid,
-				"removed", removed, "registrations", len(targets), "helpers", helpers)
+				"removed", removed, "registrations", len(targets), "by_helper", m.unlistenByHelper)
 			m.after(readPause, then)
 		}
 	}
-	for _, group := range unlisten.Plan(targets) {
-		pid, err := m.world.procs.StartUnlisten(group)
-		if err != nil {
-			m.log.Warn("cannot make a retiring worker stop accepting; stopping it anyway", "pid", w.pid, "err", err)
-			continue
-		}
-		pending++
-		helpers++
-		m.helpers[pid] = func(e proc.Exit) {
-			code := -1
-			if e.Status.Exited() {
-				code = e.Status.ExitStatus()
-			}
-			failed := unlisten.NotRemoved(code, len(group))
-			removed += len(group) - failed
-			if code != 0 {
-				m.log.Warn("could not make a retiring worker stop accepting", "pid", w.pid,
-					"status", proc.Describe(e.Status), "not_removed", failed, "registrations", len(group))
-			}
+	groups := unlisten.Plan(targets)
+	pending = len(groups)
+	for _, group := range groups {
+		m.removeRegistrations(w, group, func(notRemoved int) {
+			removed += len(group) - notRemoved
 			if pending--; pending == 0 {
 				finish()
 			}
-		}
-	}
-	if pending == 0 {
-		then()
-		return
+		})
 	}
 	m.after(unlistenTimeout, finish)
+}
+
+// removeRegistrations removes one group of w's registrations, on a thread
+// of the master's own (off the loop), or by a helper process where that
+// cannot be had, and calls done with how many it could not remove.
+func (m *Master) removeRegistrations(w *worker, group []unlisten.Target, done func(notRemoved int)) {
+	if m.unlistenByHelper {
+		m.startUnlistenHelper(w, group, done)
+		return
+	}
+	type result struct {
+		notRemoved int
+		failures   []error
+		err        error
+	}
+	offLoop(m, func() result {
+		n, failures, err := m.world.procs.UnlistenInThread(group)
+		return result{n, failures, err}
+	}, func(r result) {
+		switch {
+		case errors.Is(r.err, unlisten.ErrNoPrivateTable):
+			if !m.unlistenByHelper {
+				m.unlistenByHelper = true
+				m.log.Warn("cannot remove a retiring worker's listener registrations from a thread of the master's own; "+
+					"a helper process does it from now on (one fork and exec of baton per retiring worker)", "err", r.err)
+			}
+			m.startUnlistenHelper(w, group, done)
+		case r.err != nil:
+			m.log.Warn("cannot make a retiring worker stop accepting; stopping it anyway", "pid", w.pid, "err", r.err)
+			done(len(group))
+		default:
+			if r.notRemoved > 0 {
+				m.log.Warn("could not make a retiring worker stop accepting", "pid", w.pid,
+					"not_removed", r.notRemoved, "registrations", len(group), "err", errors.Join(r.failures...))
+			}
+			done(r.notRemoved)
+		}
+	})
+}
+
+// startUnlistenHelper has a helper process remove one group of w's
+// registrations and calls done once it exited.
+func (m *Master) startUnlistenHelper(w *worker, group []unlisten.Target, done func(notRemoved int)) {
+	pid, err := m.world.procs.StartUnlisten(group)
+	if err != nil {
+		m.log.Warn("cannot make a retiring worker stop accepting; stopping it anyway", "pid", w.pid, "err", err)
+		done(len(group))
+		return
+	}
+	m.helpers[pid] = func(e proc.Exit) {
+		code := -1
+		if e.Status.Exited() {
+			code = e.Status.ExitStatus()
+		}
+		failed := unlisten.NotRemoved(code, len(group))
+		if code != 0 {
+			m.log.Warn("could not make a retiring worker stop accepting", "pid", w.pid,
+				"status", proc.Describe(e.Status), "not_removed", failed, "registrations", len(group))
+		}
+		done(failed)
+	}
 }
 
 // unlistenTargets maps the registrations found in a worker's tree to

@@ -86,6 +86,9 @@ type Master struct {
 	// helpers are short-lived baton helper processes (unlisten), by pid,
 	// with what to do when each exits.
 	helpers map[int]func(proc.Exit)
+	// unlistenByHelper once a thread of the master's own could not remove
+	// registrations (a sandbox refused unshare): helper processes do it.
+	unlistenByHelper bool
 
 	metrics Observer
 	// systemdReady once READY=1 was sent, systemdFailed once a send

@@ -58,6 +58,11 @@ type fakeWorld struct {
 	execErr error
 	// templates are the preload templates' control sockets, by pid.
 	templates map[int]*fakeTemplate
+	// inThread are the groups of registrations removed from a thread of
+	// the master's own, in order; noPrivateTable makes that refused, as a
+	// sandbox that filters unshare does.
+	inThread       [][]unlisten.Target
+	noPrivateTable bool
 }
 
 type kill struct {
@@ -121,6 +126,18 @@ func (f *fakeWorld) StartWorker(spec proc.Spec) (int, process, error) {
 	p := f.newProc("worker")
 	p.spec = spec
 	return p.pid, p, nil
+}
+
+// UnlistenInThread removes every registration of group, unless
+// noPrivateTable.
+func (f *fakeWorld) UnlistenInThread(group []unlisten.Target) (int, []error, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.noPrivateTable {
+		return 0, nil, fmt.Errorf("%w: operation not permitted", unlisten.ErrNoPrivateTable)
+	}
+	f.inThread = append(f.inThread, slices.Clone(group))
+	return 0, nil, nil
 }
 
 // StartUnlisten starts a helper that does its work and exits 0 at once.
@@ -557,6 +574,29 @@ func (tb *testbed) alive(pid int) bool {
 	tb.w.mu.Lock()
 	defer tb.w.mu.Unlock()
 	return !p.exited
+}
+
+// unlistened are the groups of registrations removed so far: from a
+// thread of the master's own, or, with noPrivateTable, by helper
+// processes, which must then be the only way used.
+func (tb *testbed) unlistened() [][]unlisten.Target {
+	helpers := tb.started("unlisten")
+	tb.w.mu.Lock()
+	defer tb.w.mu.Unlock()
+	var groups [][]unlisten.Target
+	for _, pid := range helpers {
+		groups = append(groups, tb.w.procs[pid].group)
+	}
+	if tb.w.noPrivateTable {
+		if len(tb.w.inThread) != 0 {
+			tb.t.Fatalf("groups removed in a thread although that was refused: %+v", tb.w.inThread)
+		}
+		return groups
+	}
+	if len(groups) != 0 {
+		tb.t.Fatalf("%d helper processes started although a thread could do it", len(groups))
+	}
+	return tb.w.inThread
 }
 
 // started lists the pids of every process of kind started so far.

@@ -249,10 +249,24 @@ func TestAgeLimitReplacesAWorkerSuccessorFirst(t *testing.T) {
 	})
 }
 
+// The registrations are removed from a thread of the master's own, or,
+// where a sandbox refuses that thread its private file table, by helper
+// processes, and the master then says so and keeps to them.
 func TestReplacedWorkerStopsAcceptingBeforeItsStopSignal(t *testing.T) {
+	for _, noPrivateTable := range []bool{false, true} {
+		t.Run(fmt.Sprintf("noPrivateTable=%v", noPrivateTable), func(t *testing.T) {
+			replacedWorkerStopsAccepting(t, noPrivateTable)
+		})
+	}
+}
+
+func replacedWorkerStopsAccepting(t *testing.T, noPrivateTable bool) {
 	g := gen(1)
 	g.DrainUnlisten = true
 	serving(t, options(g), func(t *testing.T, tb *testbed) {
+		tb.w.mu.Lock()
+		tb.w.noPrivateTable = noPrivateTable
+		tb.w.mu.Unlock()
 		old := tb.workers(1, "ready")[0]
 		// Its tree has three epoll registrations of listeners (a
 		// gunicorn-like arbiter with two workers).
@@ -273,20 +287,23 @@ func TestReplacedWorkerStopsAcceptingBeforeItsStopSignal(t *testing.T) {
 		if got := tb.signals(old); !slices.Equal(got, []syscall.Signal{syscall.SIGTERM}) {
 			t.Fatalf("old worker got %v after readPause, want TERM", got)
 		}
-		// One helper for every registration of a listener the master
+		// One group for every registration of a listener the master
 		// holds; the registration of an unknown socket is left alone.
-		helpers := tb.started("unlisten")
-		if len(helpers) != 1 {
-			t.Fatalf("%d unlisten helpers, want 1 for the worker's whole tree", len(helpers))
+		groups := tb.unlistened()
+		if len(groups) != 1 {
+			t.Fatalf("%d groups of registrations removed, want 1 for the worker's whole tree", len(groups))
 		}
-		group := tb.proc(helpers[0]).group
+		group := groups[0]
 		if len(group) != 3 {
-			t.Fatalf("the helper removes %+v, want the 3 registrations of the listener", group)
+			t.Fatalf("removed %+v, want the 3 registrations of the listener", group)
 		}
 		for _, tg := range group {
 			if tg.ListenerFD != ls[0].FD() || tg.FD != 3 {
-				t.Errorf("helper target %+v, want fd 3 as the master's listener %d", tg, ls[0].FD())
+				t.Errorf("target %+v, want fd 3 as the master's listener %d", tg, ls[0].FD())
 			}
+		}
+		if tb.m.unlistenByHelper != noPrivateTable {
+			t.Errorf("unlistenByHelper = %v with noPrivateTable %v", tb.m.unlistenByHelper, noPrivateTable)
 		}
 	})
 }
@@ -337,12 +354,23 @@ func TestGracefulTimeoutKillsTheWholeTree(t *testing.T) {
 	})
 }
 
-// One helper holds one listener per fd number: processes of one tree that
-// hold different listeners at the same number get a helper each.
-func TestReplacedWorkerWithTwoListenersAtOneFdNumberGetsTwoHelpers(t *testing.T) {
+// One file table holds one listener per fd number: processes of one tree
+// that hold different listeners at the same number get a group each.
+func TestReplacedWorkerWithTwoListenersAtOneFdNumberGetsTwoGroups(t *testing.T) {
+	for _, noPrivateTable := range []bool{false, true} {
+		t.Run(fmt.Sprintf("noPrivateTable=%v", noPrivateTable), func(t *testing.T) {
+			twoListenersAtOneNumber(t, noPrivateTable)
+		})
+	}
+}
+
+func twoListenersAtOneNumber(t *testing.T, noPrivateTable bool) {
 	g := gen(1)
 	g.DrainUnlisten = true
 	serving(t, options(g), func(t *testing.T, tb *testbed) {
+		tb.w.mu.Lock()
+		tb.w.noPrivateTable = noPrivateTable
+		tb.w.mu.Unlock()
 		old := tb.workers(1, "ready")[0]
 		tb.w.mu.Lock()
 		tb.w.regs[old] = []readiness.Registration{
@@ -358,18 +386,17 @@ func TestReplacedWorkerWithTwoListenersAtOneFdNumberGetsTwoHelpers(t *testing.T)
 		if got := tb.signals(old); !slices.Equal(got, []syscall.Signal{syscall.SIGTERM}) {
 			t.Fatalf("old worker got %v after readPause, want TERM", got)
 		}
-		helpers := tb.started("unlisten")
-		if len(helpers) != 2 {
-			t.Fatalf("%d unlisten helpers, want 2", len(helpers))
+		groups := tb.unlistened()
+		if len(groups) != 2 {
+			t.Fatalf("%d groups of registrations removed, want 2", len(groups))
 		}
 		total := 0
-		for _, pid := range helpers {
-			group := tb.proc(pid).group
+		for _, group := range groups {
 			total += len(group)
 			at := map[int]int{}
 			for _, tg := range group {
 				if l, ok := at[tg.FD]; ok && l != tg.ListenerFD {
-					t.Errorf("helper %d holds two listeners at fd %d: %+v", pid, tg.FD, group)
+					t.Errorf("one group holds two listeners at fd %d: %+v", tg.FD, group)
 				}
 				at[tg.FD] = tg.ListenerFD
 			}

@@ -38,8 +38,14 @@ type world struct {
 type processes interface {
 	// StartWorker starts a worker as spec says.
 	StartWorker(spec proc.Spec) (pid int, p process, err error)
-	// StartUnlisten starts one helper that removes every registration of
-	// group, a group unlisten.Plan made (see package unlisten).
+	// UnlistenInThread removes every registration of group, a group
+	// unlisten.Plan made, from a thread of the master's own with a private
+	// file table (unlisten.RemoveInThread); it blocks for that long.
+	// errors.Is(err, unlisten.ErrNoPrivateTable) when no such thread can be
+	// had: StartUnlisten must do it.
+	UnlistenInThread(group []unlisten.Target) (notRemoved int, failures []error, err error)
+	// StartUnlisten starts one helper process that removes every
+	// registration of group (see package unlisten).
 	StartUnlisten(group []unlisten.Target) (pid int, err error)
 	// StartMaster starts a new master for an upgrade: the same binary
 	// path, arguments and directory, env, and the listeners as fds 3,
@@ -381,6 +387,10 @@ func (w *osWorker) Release() {
 		w.group.WaitEmpty(groupEmptyWait)
 		w.group.Remove()
 	}
+}
+
+func (*osProcesses) UnlistenInThread(group []unlisten.Target) (int, []error, error) {
+	return unlisten.RemoveInThread(group)
 }
 
 func (*osProcesses) StartUnlisten(group []unlisten.Target) (int, error) {

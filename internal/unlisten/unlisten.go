@@ -104,19 +104,13 @@ next:
 // made) and returns its pid; the caller reaps it. Its exit code says how
 // many it could not remove (see ExitUsage), and NotRemoved reads it.
 func Start(shim string, group []Target) (pid int, err error) {
-	if len(group) == 0 || len(group) > MaxGroup {
-		return 0, fmt.Errorf("unlisten: %d registrations for one helper, want 1 to %d", len(group), MaxGroup)
+	if err := checkGroup(group); err != nil {
+		return 0, err
 	}
 	at := map[int]int{} // fd number in the helper -> the master's listener
 	top := 0
 	argv := []string{"baton", Arg}
 	for _, t := range group {
-		if t.FD < 3 {
-			return 0, fmt.Errorf("unlisten: fd %d of pid %d is a standard stream", t.FD, t.Pid)
-		}
-		if l, ok := at[t.FD]; ok && l != t.ListenerFD {
-			return 0, fmt.Errorf("unlisten: fd %d is two listeners in one helper (%d and %d)", t.FD, l, t.ListenerFD)
-		}
 		at[t.FD] = t.ListenerFD
 		top = max(top, t.FD)
 		argv = append(argv, fmt.Sprintf("%d:%d:%d", t.Pid, t.EpollFD, t.FD))
