@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -45,11 +46,22 @@ def main():
         "sigterm": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
         "stderr_is_pipe": os.path.realpath("/proc/self/fd/2").startswith("pipe:") or
                           os.readlink("/proc/self/fd/2").startswith("pipe:"),
+        "main": main_module(),
     }
     with open(out + ".tmp", "w") as f:
         json.dump(report, f)
     os.rename(out + ".tmp", out)
     sys.exit(int(os.environ.get("PROBE_EXIT", "0")))
+
+def main_module():
+    """What the interpreter made of the program it runs: __main__'s dunders."""
+    m = sys.modules["__main__"]
+    spec = getattr(m, "__spec__", None)
+    return {"file": getattr(m, "__file__", None), "package": getattr(m, "__package__", None),
+            "spec": spec.name if spec else None, "cached": getattr(m, "__cached__", None),
+            "loader": type(getattr(m, "__loader__", None)).__name__,
+            "argv0_is_file": sys.argv[0] == getattr(m, "__file__", None),
+            "dunders": sorted(k for k in vars(m) if k.startswith("__"))}
 
 if __name__ == "__main__":
     main()
@@ -69,6 +81,7 @@ type probeReport struct {
 	SigInt        bool              `json:"sigint"`
 	SigTerm       bool              `json:"sigterm"`
 	StderrIsPipe  bool              `json:"stderr_is_pipe"`
+	Main          map[string]any    `json:"main"`
 }
 
 // TestTemplateForksWorkers runs each kind of entry point in a forked
@@ -134,6 +147,16 @@ func TestTemplateForksWorkers(t *testing.T) {
 			if ready.Pid != tp.cmd.Process.Pid || !slices.Equal(ready.Preloaded, []string{"app"}) || ready.Python == "" {
 				t.Fatalf("ready = %+v; want pid %d, preloaded [app], a python version", ready, tp.cmd.Process.Pid)
 			}
+			// What the same command makes of its program run as it is.
+			direct := runDirect(t, dir, tc.command(dir, out+".direct"))
+			if tc.name == "module" || tc.name == "script" {
+				// The template read and compiled the program once: its
+				// workers need the file no more.
+				if err := os.Rename(filepath.Join(dir, "probe.py"), filepath.Join(dir, "probe.py.moved")); err != nil {
+					t.Fatal(err)
+				}
+				os.RemoveAll(filepath.Join(dir, "__pycache__"))
+			}
 			env := append(baseEnv(), "LISTEN_FDS=1", "LISTEN_FDNAMES=web", "BATON_WORKER_ID=7",
 				"BATON_MASTER_PID="+strconv.Itoa(os.Getpid()), "PROBE_EXIT=7", "ODD=a=b c")
 			pending, pid := tp.fork(1, env)
@@ -188,11 +211,43 @@ func TestTemplateForksWorkers(t *testing.T) {
 			if wantName := map[bool]string{true: "__main__", false: "probe"}[tc.name == "module" || tc.name == "script"]; rep.Name != wantName {
 				t.Errorf("probe's __name__ = %q, want %q", rep.Name, wantName)
 			}
+			if !mapsEqualAny(rep.Main, direct.Main) {
+				t.Errorf("the worker's __main__ %v; run as it is, the command's is %v", rep.Main, direct.Main)
+			}
 			if !rep.GC || !rep.SigInt || !rep.SigTerm || !rep.StderrIsPipe {
 				t.Errorf("worker state %+v; want gc on, Python's SIGINT handler, SIGTERM default, stderr a pipe", rep)
 			}
 		})
 	}
+}
+
+// runDirect runs command as it is, in dir, and returns its probe report
+// (the last argument of command names the report file).
+func runDirect(t *testing.T, dir string, command []string) probeReport {
+	t.Helper()
+	cmd := exec.Command(command[0], command[1:]...)
+	cmd.Dir = dir
+	cmd.Env = baseEnv()
+	if out, err := cmd.CombinedOutput(); err != nil && cmd.ProcessState.ExitCode() != 0 {
+		t.Fatalf("%q run directly: %v: %s", command, err, out)
+	}
+	var rep probeReport
+	if err := json.Unmarshal(waitFile(t, command[len(command)-1]), &rep); err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+func mapsEqualAny(a, b map[string]any) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || fmt.Sprint(w) != fmt.Sprint(v) {
+			return false
+		}
+	}
+	return true
 }
 
 func mapsEqual(a, b map[string]string) bool {
