@@ -185,6 +185,7 @@ func (m *Master) Run() error {
 	// Never unlocked, on purpose: workers are forked from this thread, and
 	// their Pdeathsig fires when it exits.
 	runtime.LockOSThread()
+	tuneGC()
 	sigs := make(chan os.Signal, 64)
 	signal.Notify(sigs, handledSignals...)
 	defer signal.Stop(sigs)

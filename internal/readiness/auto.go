@@ -87,11 +87,22 @@ func (p *Probe) tree(root int) []int {
 	return pids
 }
 
+// children lists pid's children, from each of its threads' children file.
+// The task directory is listed and each file read as it is (one that
+// vanished in between is skipped): a probe runs every 25 ms for every
+// booting worker, and filepath.Glob would also stat each file and match
+// each name against the pattern.
 func (p *Probe) children(pid int) []int {
-	tasks, _ := filepath.Glob(fmt.Sprintf("%s/%d/task/*/children", procRoot, pid))
+	taskDir := fmt.Sprintf("%s/%d/task", procRoot, pid)
+	d, err := os.Open(taskDir)
+	if err != nil {
+		return nil
+	}
+	tids, _ := d.Readdirnames(-1)
+	d.Close()
 	var kids []int
-	for _, t := range tasks {
-		data, err := os.ReadFile(t)
+	for _, tid := range tids {
+		data, err := os.ReadFile(taskDir + "/" + tid + "/children")
 		if err != nil {
 			continue
 		}

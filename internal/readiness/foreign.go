@@ -81,13 +81,42 @@ func listeningSockets(pid int) map[uint64]string {
 		}
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
-			if ino, addr, ok := parseListening(sc.Text()); ok {
-				table[ino] = addr
+			// Only listening sockets are made a string of: a busy
+			// server's table has thousands of lines, nearly all of them
+			// connections, and a scan every second would leave them all
+			// as garbage in an otherwise idle master.
+			if line := sc.Bytes(); isListening(line) {
+				if ino, addr, ok := parseListening(string(line)); ok {
+					table[ino] = addr
+				}
 			}
 		}
 		f.Close()
 	}
 	return table
+}
+
+// isListening reports whether a line of /proc/net/tcp or tcp6 has the
+// LISTEN state in its fourth column ("sl local rem st ...").
+func isListening(line []byte) bool {
+	col := 0
+	for i := 0; i < len(line); {
+		for i < len(line) && line[i] == ' ' {
+			i++
+		}
+		start := i
+		for i < len(line) && line[i] != ' ' {
+			i++
+		}
+		if start == i {
+			return false
+		}
+		if col == 3 {
+			return string(line[start:i]) == tcpListen
+		}
+		col++
+	}
+	return false
 }
 
 // parseListening reads one line of /proc/net/tcp or tcp6:

@@ -73,5 +73,8 @@ func TestParseListening(t *testing.T) {
 		if addr != want || ok != (want != "") {
 			t.Errorf("%s: got %q %v, want %q", strings.TrimSpace(line)[:20], addr, ok, want)
 		}
+		if isListening([]byte(line)) != (want != "") {
+			t.Errorf("%s: isListening = %v", strings.TrimSpace(line)[:20], !(want != ""))
+		}
 	}
 }

@@ -21,6 +21,10 @@ import (
 // measured, most of it the Go runtime's start), at the moment the new
 // workers need the CPU most.
 //
+// The thread that ends must not be one a child was forked from with a
+// parent-death signal (it would fire): the master forks its children only
+// from its own locked thread, which this one never is.
+//
 // Dropping the private copy closes its entries: harmless for a file the
 // shared table still holds (epoll, for one, forgets a registration only
 // when its file's last descriptor closes), but it would release POSIX

@@ -1,0 +1,50 @@
+package procinfo
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// The test binary's code and read-only data are found, and none of its
+// writable mappings.
+func TestProgramReadOnly(t *testing.T) {
+	ranges, err := ProgramReadOnly()
+	if err != nil {
+		t.Fatal(err)
+	}
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[Range]bool{}
+	for line := range strings.Lines(string(maps)) {
+		f := strings.Fields(line)
+		if len(f) < 6 || f[5] != exe || strings.Contains(f[1], "w") {
+			continue
+		}
+		a, b, _ := strings.Cut(f[0], "-")
+		start, err1 := strconv.ParseUint(a, 16, 64)
+		end, err2 := strconv.ParseUint(b, 16, 64)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("maps line %q", line)
+		}
+		want[Range{uintptr(start), uintptr(end)}] = true
+	}
+	if len(want) < 2 {
+		t.Fatalf("the test binary has %d read-only mappings, want its code and its read-only data:\n%s", len(want), maps)
+	}
+	if len(ranges) != len(want) {
+		t.Fatalf("ProgramReadOnly = %v, want %v", ranges, want)
+	}
+	for _, r := range ranges {
+		if !want[r] {
+			t.Errorf("%#x-%#x is not one of the executable's read-only mappings %v", r.Start, r.End, want)
+		}
+	}
+}
