@@ -43,8 +43,10 @@ import traceback  # noqa: E402
 
 try:
     import ctypes
-except ImportError:  # a build without ctypes: workers run without PDEATHSIG
-    ctypes = None
+    # Loaded once, here: every worker calls prctl through it.
+    LIBC = ctypes.CDLL(None, use_errno=True)
+except (ImportError, OSError):  # a build without ctypes: workers run without PDEATHSIG
+    ctypes = LIBC = None
 
 MAX_MESSAGE = 64 * 1024
 PR_SET_PDEATHSIG = 1
@@ -482,35 +484,26 @@ class Template:
         self.ctrl = ctrl
         self.entry = entry
         self.warned_threads = False
-        # Fds the template holds for requests other than the one being
-        # forked (their stderr and go pipes, their intermediates' report
-        # pipes): a child closes them first, or a worker would hold another
-        # worker's stderr open.
-        self.held = set()
 
     def serve(self):
         """Answers fork requests until baton closes the control socket.
-        The requests already queued are taken together: their
-        intermediates are all forked first and their reports collected
-        after, so that a reload of many workers does not wait for each
-        intermediate in turn."""
+        The requests already queued are taken together, and one
+        intermediate forks the workers of them all: a reload of 64 workers
+        costs 65 forks, not 128, and the template's own loop forks once."""
         while True:
             batch, eof = self.receive_batch()
-            started = []
+            requests = []
             for data, fds in batch:
-                for fd in fds:
-                    self.held.discard(fd)
-                try:
-                    fork = self.handle(data, fds)
-                finally:
+                request = self.parse(data, fds)
+                if request is not None:
+                    requests.append(request)
+            try:
+                if requests:
+                    self.fork_batch(requests)
+            finally:
+                for _, fds in batch:
                     for fd in fds:
                         os.close(fd)
-                if fork is not None:
-                    started.append(fork)
-                    self.held.add(fork[2])
-            for req_id, pid, report_r in started:
-                self.held.discard(report_r)
-                self.report(req_id, pid, report_r)
             if eof:
                 return 0
 
@@ -521,16 +514,15 @@ class Template:
         data, fds = receive(self.ctrl, 0)
         while data:
             batch.append((data, fds))
-            self.held.update(fds)
             try:
                 data, fds = receive(self.ctrl, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return batch, False
         return batch, True
 
-    def handle(self, data, fds):
-        """Starts the fork a request asks for: (id, intermediate pid, its
-        report pipe), or None when it was answered already."""
+    def parse(self, data, fds):
+        """A fork request as (id, env, stderr fd, go fd), or None when it
+        was answered already (refused, or not one)."""
         try:
             request = json.loads(data)
         except ValueError as exc:
@@ -545,12 +537,13 @@ class Template:
             send(self.ctrl, {"type": "fork_failed", "id": req_id,
                              "error": "a fork request needs an env list and 2 fds (stderr, go), got %d fds" % len(fds)})
             return None
-        return self.fork(req_id, env, fds[0], fds[1])
+        return req_id, env, fds[0], fds[1]
 
-    def fork(self, req_id, env, stderr_fd, go_fd):
-        """Double fork: an intermediate process forks the worker and exits,
-        so the worker is orphaned and adopted by baton, the child
-        subreaper. Returns (id, intermediate, report pipe) for report."""
+    def fork_batch(self, requests):
+        """Double fork: one intermediate process forks a worker for each
+        request, reports their pids and exits, so the workers are orphaned
+        and adopted by baton, the child subreaper. Then each request gets
+        forked, or fork_failed."""
         if not self.warned_threads and not single_threaded():
             self.warned_threads = True
             log("warning: the template runs more than one thread (a preloaded module started one?); "
@@ -564,60 +557,80 @@ class Template:
         except OSError as exc:
             os.close(report_r)
             os.close(report_w)
-            send(self.ctrl, {"type": "fork_failed", "id": req_id, "error": "fork: %s" % exc})
-            return None
+            for req_id, _, _, _ in requests:
+                send(self.ctrl, {"type": "fork_failed", "id": req_id, "error": "fork: %s" % exc})
+            return
         if pid == 0:
             code = 70
             try:
-                for fd in self.held:
-                    os.close(fd)
                 os.close(report_r)
-                code = self.intermediate(env, stderr_fd, go_fd, report_w)
+                code = self.intermediate(requests, report_w)
             except BaseException:  # noqa: BLE001
                 traceback.print_exc()
             finally:
                 os._exit(code)
         os.close(report_w)
-        return req_id, pid, report_r
+        self.report(requests, pid, report_r)
 
-    def report(self, req_id, pid, report_r):
-        """Sends "forked" once the intermediate is reaped: by then the
-        worker is baton's child (the kernel reparents before it reports the
-        exit), so go may come at once."""
+    def report(self, requests, pid, report_r):
+        """Sends "forked" for each worker once the intermediate is reaped:
+        by then the workers are baton's children (the kernel reparents
+        before it reports the exit), so go may come at once."""
         report = read_all(report_r)
         os.close(report_r)
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
-        if report.startswith("forked "):
-            send(self.ctrl, {"type": "forked", "id": req_id, "pid": int(report.split()[1])})
-        elif report:
-            send(self.ctrl, {"type": "fork_failed", "id": req_id, "error": report})
-        else:
-            send(self.ctrl, {"type": "fork_failed", "id": req_id,
-                             "error": "the intermediate process ended with status %d" % code})
+        answered = set()
+        for line in report.splitlines():
+            kind, _, rest = line.partition(" ")
+            index, _, value = rest.partition(" ")
+            if not index.isdigit() or int(index) >= len(requests) or int(index) in answered:
+                continue
+            answered.add(int(index))
+            req_id = requests[int(index)][0]
+            if kind == "forked" and value.isdigit():
+                send(self.ctrl, {"type": "forked", "id": req_id, "pid": int(value)})
+            else:
+                send(self.ctrl, {"type": "fork_failed", "id": req_id, "error": value})
+        for index, request in enumerate(requests):
+            if index not in answered:
+                send(self.ctrl, {"type": "fork_failed", "id": request[0],
+                                 "error": "the intermediate process ended with status %d" % code})
 
-    def intermediate(self, env, stderr_fd, go_fd, report_w):
-        """Forks the worker and reports its pid (or why not) on report_w."""
+    def intermediate(self, requests, report_w):
+        """Forks a worker for each request and reports each pid (or why
+        not) on report_w, a line each. A worker gets the fds of its own
+        request: those of the requests forked before it are closed here
+        once their worker has them, the others by the worker itself."""
         os.setpgid(0, 0)
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            os.write(report_w, ("fork: %s" % exc).encode())
-            return 1
-        if pid == 0:
-            code = 70
+        pending = set()
+        for _, _, stderr_fd, go_fd in requests:
+            pending.update((stderr_fd, go_fd))
+        for index, (_, env, stderr_fd, go_fd) in enumerate(requests):
             try:
-                os.close(report_w)
-                code = Worker(self.ctrl, self.entry, env, stderr_fd, go_fd).run()
-            except BaseException:  # noqa: BLE001
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass  # the worker did it first, or has exited already
-        os.write(report_w, ("forked %d" % pid).encode())
+                pid = os.fork()
+            except OSError as exc:
+                os.write(report_w, ("failed %d fork: %s\n" % (index, exc)).encode())
+                continue
+            if pid == 0:
+                code = 70
+                try:
+                    os.close(report_w)
+                    for fd in pending - {stderr_fd, go_fd}:
+                        os.close(fd)
+                    code = Worker(self.ctrl, self.entry, env, stderr_fd, go_fd).run()
+                except BaseException:  # noqa: BLE001
+                    traceback.print_exc()
+                finally:
+                    os._exit(code)
+            try:
+                os.setpgid(pid, pid)
+            except OSError:
+                pass  # the worker did it first, or has exited already
+            os.close(stderr_fd)
+            os.close(go_fd)
+            pending.difference_update((stderr_fd, go_fd))
+            os.write(report_w, ("forked %d %d\n" % (index, pid)).encode())
         return 0
 
 
@@ -673,9 +686,8 @@ class Worker:
         """Dies with the master from now on (PR_SET_PDEATHSIG; set earlier,
         the intermediate's exit would have fired it), unless the master is
         gone already."""
-        if ctypes is not None:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        if LIBC is not None:
+            if LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
                 log("cannot set the parent-death signal: %s" % os.strerror(ctypes.get_errno()))
         master = env.get("BATON_MASTER_PID") or os.environ.get("BATON_MASTER_PID")
         if master and master.isdigit() and os.getppid() != int(master):
@@ -904,10 +916,10 @@ def release_free_memory():
     malloc_trim): what the imports allocated and freed. Left in place, every
     worker would inherit those pages, and each would copy the ones its own
     allocations reuse, while the template kept the originals."""
-    if ctypes is None:
+    if LIBC is None:
         return
     try:
-        ctypes.CDLL(None).malloc_trim(0)
+        LIBC.malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
 

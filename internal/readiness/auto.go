@@ -88,21 +88,10 @@ func (p *Probe) tree(root int) []int {
 }
 
 // children lists pid's children, from each of its threads' children file.
-// The task directory is listed and each file read as it is (one that
-// vanished in between is skipped): a probe runs every 25 ms for every
-// booting worker, and filepath.Glob would also stat each file and match
-// each name against the pattern.
 func (p *Probe) children(pid int) []int {
-	taskDir := fmt.Sprintf("%s/%d/task", procRoot, pid)
-	d, err := os.Open(taskDir)
-	if err != nil {
-		return nil
-	}
-	tids, _ := d.Readdirnames(-1)
-	d.Close()
 	var kids []int
-	for _, tid := range tids {
-		data, err := os.ReadFile(taskDir + "/" + tid + "/children")
+	for _, path := range taskFiles(pid, "children") {
+		data, err := os.ReadFile(path)
 		if err != nil {
 			continue
 		}
@@ -250,8 +239,7 @@ func (p *Probe) Registrations(root int) []Registration {
 // threadBlockedOnListener looks at every thread's current system call for
 // accept, poll or select on a watched listener.
 func (p *Probe) threadBlockedOnListener(pid int, sockets map[int]uint64) bool {
-	tasks, _ := filepath.Glob(fmt.Sprintf("%s/%d/task/*/syscall", procRoot, pid))
-	for _, t := range tasks {
+	for _, t := range taskFiles(pid, "syscall") {
 		data, err := os.ReadFile(t)
 		if err != nil {
 			continue
@@ -367,4 +355,24 @@ func (p *Probe) readMemory(pid int, addr uint64, n int) ([]byte, bool) {
 		return nil, false
 	}
 	return buf, true
+}
+
+// taskFiles lists the file name of each of pid's threads
+// (/proc/PID/task/TID/name), from one read of the task directory; a file
+// that vanishes before it is read is the caller's to skip. A probe runs
+// every 25 ms for every booting worker, and filepath.Glob would also stat
+// each file and match each name against a pattern.
+func taskFiles(pid int, name string) []string {
+	taskDir := fmt.Sprintf("%s/%d/task", procRoot, pid)
+	d, err := os.Open(taskDir)
+	if err != nil {
+		return nil
+	}
+	tids, _ := d.Readdirnames(-1)
+	d.Close()
+	paths := make([]string, len(tids))
+	for i, tid := range tids {
+		paths[i] = taskDir + "/" + tid + "/" + name
+	}
+	return paths
 }
