@@ -26,18 +26,25 @@ var (
 )
 
 // notifySocketOf is the NOTIFY_SOCKET in process pid's environment.
+// A worker shows in status once forked, and may still be between its
+// execs (shim, shell, program) when it is read, when its environ reads
+// empty for a moment: it is read again until it has the variable, for a
+// while.
 func notifySocketOf(t *testing.T, pid int) string {
 	t.Helper()
-	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, kv := range bytes.Split(env, []byte{0}) {
-		if v, ok := bytes.CutPrefix(kv, []byte("NOTIFY_SOCKET=")); ok {
-			return string(v)
+	var env []byte
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		var err error
+		if env, err = os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range bytes.Split(env, []byte{0}) {
+			if v, ok := bytes.CutPrefix(kv, []byte("NOTIFY_SOCKET=")); ok {
+				return string(v)
+			}
 		}
 	}
-	t.Fatalf("worker %d has no NOTIFY_SOCKET", pid)
+	t.Fatalf("worker %d has no NOTIFY_SOCKET; its environment: %q", pid, env)
 	return ""
 }
 

@@ -432,3 +432,93 @@ func TestPreloadSurvivesAnInPlaceUpgrade(t *testing.T) {
 		t.Errorf("after the upgrade: %+v, want v2 imported by template %d", p, next.Pid)
 	}
 }
+
+// preloadBallastApp imports 48 MiB of data into the template, which every
+// forked worker maps and so counts in its RSS, and grows a worker's own
+// memory by 64 MiB on /grow.
+const preloadBallastApp = `import json, os
+
+BALLAST = bytes(range(256)) * (48 * 1024 * 1024 // 256)  # written: resident, shared with every worker
+GROWN = []
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/grow":
+        GROWN.append(bytes(range(256)) * (64 * 1024 * 1024 // 256))
+    body = json.dumps({"pid": os.getpid()}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+`
+
+// max_worker_memory counts what a forked worker does not share with its
+// template: workers whose RSS is above the limit only because they map the
+// template's 48 MiB are left alone, and one that grew its own memory past
+// the limit is replaced.
+func TestPreloadMaxWorkerMemoryCountsWhatAWorkerDoesNotShare(t *testing.T) {
+	t.Parallel()
+	requireTool(t, "/usr/bin/uvicorn")
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	writeFile(t, dir, "app.py", preloadBallastApp, 0o644)
+	const limit = 40 << 20
+	b := startBaton(t, "run", "-w", "2", "--chdir", dir, "--preload", "app", "--max-worker-memory", "40MiB",
+		"--", "/usr/bin/uvicorn", "--fd", "3", "app:app")
+	st := b.waitReady(t, 2)
+	before := map[int]bool{}
+	for _, w := range st.WorkerList {
+		before[w.Pid] = true
+		if rss := procRSS(t, w.Pid); rss <= limit {
+			t.Fatalf("worker %d's RSS is %d KiB: the test needs it above the limit through the shared ballast", w.Pid, rss>>10)
+		}
+	}
+	// Several memory checks (one a second) pass over them.
+	time.Sleep(4 * time.Second)
+	if replaced := b.logs("replacing worker", nil); len(replaced) != 0 {
+		t.Fatalf("workers replaced for memory they share with the template: %v", replaced)
+	}
+	st, err := b.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range st.WorkerList {
+		if !before[w.Pid] || w.RSS == 0 || w.RSS > limit {
+			t.Errorf("worker %d: status memory %d KiB; want one of the first workers, counted below the limit", w.Pid, w.RSS>>10)
+		}
+	}
+
+	r, err := get(b.Addr(), "/grow", 20*time.Second)
+	if err != nil || r.status != 200 {
+		t.Fatalf("grow: %v %d", err, r.status)
+	}
+	grown := b.waitLog(t, "replacing worker", func(r record) bool { return r.str("reason") == "memory" }, waitTimeout)
+	if mem := grown.int("memory"); mem <= limit || !before[grown.int("pid")] {
+		t.Errorf("replaced worker %d at memory %d, want one of the first workers above the limit", grown.int("pid"), mem)
+	}
+	b.waitStatus(t, "the grown worker replaced", waitTimeout, func(st control.Status) bool {
+		ready := inState(st, "ready")
+		return len(st.WorkerList) == 2 && len(ready) == 2 && ready[0].Pid != grown.int("pid") && ready[1].Pid != grown.int("pid")
+	})
+	if n := len(b.logs("replacing worker", nil)); n != 1 {
+		t.Errorf("%d workers replaced, want only the one that grew", n)
+	}
+}
+
+// procRSS is pid's resident memory in bytes.
+func procRSS(t *testing.T, pid int) uint64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(data)) {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kib uint64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kib)
+			return kib << 10
+		}
+	}
+	t.Fatalf("no VmRSS for %d", pid)
+	return 0
+}

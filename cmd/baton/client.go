@@ -405,7 +405,7 @@ func printStatus(w io.Writer, st *control.Status) {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tPID\tGEN\tSTATE\tUPTIME\tRSS\tRESTARTS\tSTATUS")
+	fmt.Fprintln(tw, "SLOT\tPID\tGEN\tSTATE\tUPTIME\tMEMORY\tRESTARTS\tSTATUS")
 	for _, wk := range st.WorkerList {
 		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%s\t%d\t%s\n", wk.Slot, wk.Pid, wk.Generation, wk.State,
 			seconds(wk.Uptime), mebibytes(wk.RSS), wk.Restarts, workerNotes(wk))

@@ -3,6 +3,7 @@ package config
 import (
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -18,6 +19,70 @@ func (l *loader) warn() {
 			l.cfg.warnings = append(l.cfg.warnings, l.from["ready"].problem("ready", readyTooEarly(server)))
 		}
 	}
+	if len(l.cfg.Preload) > 0 {
+		if why := preloadDefeated(l.cfg.Command); why != "" {
+			l.cfg.warnings = append(l.cfg.warnings, l.from["preload"].problem("preload", why))
+		}
+	}
+}
+
+// spawningServers start fresh interpreters of their own for --workers N
+// and --reload (multiprocessing's spawn), which import the app again.
+var spawningServers = map[string]bool{"uvicorn": true, "hypercorn": true}
+
+// preloadDefeated says why preload shares nothing with the processes the
+// command's server runs, or "": uvicorn or hypercorn with --workers above
+// 1 or --reload serve from interpreters they spawn themselves.
+func preloadDefeated(command []string) string {
+	if len(command) == 0 {
+		return ""
+	}
+	server, args := filepath.Base(command[0]), command[1:]
+	if pythonName.MatchString(server) {
+		server = pythonModule(args)
+		args = afterModule(args)
+	}
+	if !spawningServers[server] {
+		return ""
+	}
+	for i, a := range args {
+		switch {
+		case a == "--reload":
+			return "with " + server + " --reload: the reloader serves from an interpreter it spawns, which imports the app again, " +
+				"so preload shares nothing with it; baton's --watch reloads on changes and keeps preload's sharing"
+		case workersAbove1(a, args[i+1:], server == "hypercorn"):
+			return "with " + server + " --workers: each worker baton forks starts that many interpreters of its own, which import " +
+				"the app again, so preload shares nothing with them; leave --workers out and set baton's workers instead"
+		}
+	}
+	return ""
+}
+
+// workersAbove1 reports whether a (with the arguments after it) sets more
+// than one worker: --workers N, --workers=N, and hypercorn's -w N.
+func workersAbove1(a string, rest []string, short bool) bool {
+	value, ok := "", false
+	switch {
+	case strings.HasPrefix(a, "--workers="):
+		value, ok = strings.TrimPrefix(a, "--workers="), true
+	case (a == "--workers" || short && a == "-w") && len(rest) > 0:
+		value, ok = rest[0], true
+	}
+	n, err := strconv.Atoi(value)
+	return ok && err == nil && n > 1
+}
+
+// afterModule is python's arguments after -m MODULE: the module's own.
+func afterModule(args []string) []string {
+	for i, a := range args {
+		if a == "-m" && i+1 < len(args) {
+			return args[i+2:]
+		}
+		if strings.HasPrefix(a, "-m") && len(a) > 2 {
+			return args[i+1:]
+		}
+	}
+	return nil
 }
 
 // readyTooEarly is the warning about ready = "notify" with a server that

@@ -174,7 +174,7 @@ type Worker struct {
 	State      string    `json:"state"` // starting, ready, draining
 	Started    time.Time `json:"started"`
 	Uptime     float64   `json:"uptime_seconds"`
-	RSS        uint64    `json:"rss_bytes"` // its cgroup's memory, or its processes' resident memory
+	RSS        uint64    `json:"rss_bytes"` // its cgroup's memory, or its processes' resident memory (forked from a template: their private memory)
 	Procs      int       `json:"processes"` // in its cgroup, or in its process tree
 	Restarts   int       `json:"restarts"`  // of its slot
 	Status     string    `json:"status,omitempty"`

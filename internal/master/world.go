@@ -312,6 +312,9 @@ type osWorker struct {
 	*proc.Process
 	group *cgroup.Group // nil without cgroups
 	id    procinfo.Identity
+	// forked: a preload template forked it (Usage counts its private
+	// memory).
+	forked bool
 }
 
 // killRounds bounds the search for processes that forked while the
@@ -363,15 +366,28 @@ func (w *osWorker) Belongs(pid int) bool {
 	}
 }
 
+// Usage is the worker's memory: its cgroup's, else its processes'
+// resident memory, or, for a worker forked from a template, their private
+// memory. A cgroup is charged only for the pages its processes fault in,
+// so a forked worker's cgroup already leaves out the pages it shares with
+// its template; its RSS would count them all (45 MiB for a Django worker
+// whose own pages are 16 MiB), and max_worker_memory would replace every
+// worker of a limit set to what one costs.
 func (w *osWorker) Usage() usage {
 	if w.group != nil {
 		u := usage{Procs: w.group.Procs()}
 		if mem, ok := w.group.MemoryCurrent(); ok {
 			u.Memory = mem
+		} else if w.forked {
+			u.Memory = procinfo.Private(w.group.Pids())
 		} else {
 			u.Memory = procinfo.RSS(w.group.Pids())
 		}
 		return u
+	}
+	if w.forked {
+		private, procs := procinfo.GroupPrivate(w.Pid)
+		return usage{Memory: private, Procs: procs}
 	}
 	rss, procs := procinfo.Group(w.Pid)
 	return usage{Memory: rss, Procs: procs}

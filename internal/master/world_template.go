@@ -139,7 +139,7 @@ func (o *osProcesses) AdoptForked(pid int, req forkRequest) (process, error) {
 	if !ok {
 		return nil, fmt.Errorf("not a fork request of this world: %T", req)
 	}
-	w := &osWorker{id: procinfo.Identity{MasterPid: os.Getpid(), NotifySocket: r.notifySocket}}
+	w := &osWorker{id: procinfo.Identity{MasterPid: os.Getpid(), NotifySocket: r.notifySocket}, forked: true}
 	if o.tree != nil {
 		g, err := o.tree.NewGroup()
 		if err != nil {

@@ -57,6 +57,26 @@ func RSS(pids []int) uint64 {
 	return sum
 }
 
+// Private is the memory the given processes do not share, in bytes:
+// their private pages, resident or swapped (Private_Clean, Private_Dirty
+// and Swap of smaps_rollup). For a worker forked from a preload template
+// this is what it costs on top of the template, where its RSS would count
+// every page of the app it shares with the template and its siblings.
+// Those that vanished count nothing.
+func Private(pids []int) uint64 {
+	var sum uint64
+	for _, pid := range pids {
+		p, err := procfs.NewProc(pid)
+		if err != nil {
+			continue
+		}
+		if r, err := p.ProcSMapsRollup(); err == nil {
+			sum += r.PrivateClean + r.PrivateDirty + r.Swap
+		}
+	}
+	return sum
+}
+
 // Group is the resident memory, in bytes, and the number of the
 // processes of root's tree: root and its descendants, found through each
 // thread's children list, which costs a read per process of the tree
@@ -64,6 +84,12 @@ func RSS(pids []int) uint64 {
 func Group(root int) (rss uint64, procs int) {
 	tree := descendants(root)
 	return RSS(tree), len(tree)
+}
+
+// GroupPrivate is Group with Private memory in place of RSS.
+func GroupPrivate(root int) (private uint64, procs int) {
+	tree := descendants(root)
+	return Private(tree), len(tree)
 }
 
 // descendants is root and every process below it, as the kernel's

@@ -48,3 +48,24 @@ func TestProgramReadOnly(t *testing.T) {
 		}
 	}
 }
+
+// A forked child's private memory leaves out what it shares with its
+// parent; its RSS counts it.
+func TestPrivateLeavesOutSharedPages(t *testing.T) {
+	const size = 64 << 20
+	buf := make([]byte, size)
+	for i := range buf {
+		buf[i] = 1 // resident, in this process only
+	}
+	own := Private([]int{os.Getpid()})
+	if own < size {
+		t.Fatalf("Private = %d bytes, want at least the %d this process wrote", own, size)
+	}
+	if rss := RSS([]int{os.Getpid()}); rss < own {
+		t.Fatalf("RSS %d < Private %d", rss, own)
+	}
+	if Private([]int{999999999}) != 0 {
+		t.Fatal("a process that does not exist has private memory")
+	}
+	buf[size-1] = 2
+}
