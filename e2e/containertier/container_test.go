@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -137,13 +138,13 @@ type container struct {
 // nproc 4194304) are more than root may set here (no CAP_SYS_RESOURCE in
 // this sandbox), so the container gets the test's own open-file limit and
 // 4096 processes.
-func runContainer(t *testing.T, image string) *container {
+func runContainer(t *testing.T, image string, podmanArgs ...string) *container {
 	t.Helper()
 	var nofile unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &nofile); err != nil {
 		t.Fatal(err)
 	}
-	c := &container{name: fmt.Sprintf("baton-tier-%d", os.Getpid())}
+	c := &container{name: fmt.Sprintf("baton-tier-%d-%d", os.Getpid(), containerSeq.Add(1))}
 	t.Cleanup(func() {
 		if c.netns != nil {
 			c.netns.Close()
@@ -152,8 +153,9 @@ func runContainer(t *testing.T, image string) *container {
 			t.Errorf("removing the container: %v\n%s", err, out)
 		}
 	})
-	mustPodman(t, time.Minute, "run", "-d", "--name", c.name, "--network", "none",
-		"--ulimit", fmt.Sprintf("nofile=%d:%d", nofile.Cur, nofile.Max), "--ulimit", "nproc=4096:4096", image)
+	args := append([]string{"run", "-d", "--name", c.name, "--network", "none",
+		"--ulimit", fmt.Sprintf("nofile=%d:%d", nofile.Cur, nofile.Max), "--ulimit", "nproc=4096:4096"}, podmanArgs...)
+	mustPodman(t, time.Minute, append(args, image)...)
 	pid, err := strconv.Atoi(strings.TrimSpace(mustPodman(t, time.Minute, "inspect", "--format", "{{.State.Pid}}", c.name)))
 	if err != nil || pid <= 0 {
 		t.Fatalf("the container's pid: %v (logs: %s)", err, c.logs())
@@ -164,6 +166,9 @@ func runContainer(t *testing.T, image string) *container {
 	}
 	return c
 }
+
+// containerSeq tells apart the containers one test run starts.
+var containerSeq atomic.Int32
 
 func (c *container) logs() string {
 	out, err := podman(time.Minute, "logs", c.name)

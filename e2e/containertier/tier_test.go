@@ -3,7 +3,9 @@
 package containertier
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +27,27 @@ func TestContainerRecipe(t *testing.T) {
 	t.Run("orphans are reaped", func(t *testing.T) { checkOrphansReaped(t, c) })
 	t.Run("HUP reloads under load", func(t *testing.T) { checkReload(t, c) })
 	t.Run("podman stop is a lame-duck drain", func(t *testing.T) { checkStop(t, c) })
+}
+
+// TestContainerWithoutUnshare runs the recipe under a seccomp profile
+// that refuses unshare, as Docker's default profile does without
+// CAP_SYS_ADMIN: the master cannot give a thread a private file table, says
+// so, and makes the retiring workers deaf with helper processes instead;
+// the reload under load still loses no request.
+func TestContainerWithoutUnshare(t *testing.T) {
+	requirements(t)
+	image := buildImage(t)
+	profile := filepath.Join(t.TempDir(), "no-unshare.json")
+	if err := os.WriteFile(profile, []byte(`{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [`+
+		`{"names": ["unshare"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := runContainer(t, image, "--security-opt", "seccomp="+profile)
+	waitServing(t, c)
+	checkReload(t, c)
+	if _, _, ok := c.logRecord(unlistenFallback); !ok {
+		t.Errorf("no fallback logged under a profile that refuses unshare; log:\n%s", c.logs())
+	}
 }
 
 // waitServing waits for /readyz to say 200 and the app to answer.
@@ -102,6 +125,32 @@ func checkReload(t *testing.T, c *container) {
 	}
 	if z := c.zombies(t); len(z) > 0 {
 		t.Errorf("zombies after the reload: %v", z)
+	}
+	checkUnlistenPath(t, c)
+}
+
+// unlistenFallback is the master's warning when it cannot remove a
+// retiring worker's registrations from a thread of its own.
+const unlistenFallback = "cannot remove a retiring worker's listener registrations from a thread of the master's own; " +
+	"a helper process does it from now on (one fork and exec of baton per retiring worker)"
+
+// checkUnlistenPath: the master made the old workers deaf from a thread
+// with a private file table where the container lets a process
+// unshare(CLONE_FILES), and said it fell back to helper processes where
+// the container's seccomp profile refuses it (Docker's default does).
+// Which one the container allows is asked of the container itself.
+func checkUnlistenPath(t *testing.T, c *container) {
+	out, err := podman(time.Minute, "exec", c.name, "python3", "-c",
+		"import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "+
+			"print('refused' if libc.unshare(0x400) != 0 else 'allowed', os.strerror(ctypes.get_errno()))")
+	if err != nil {
+		t.Fatalf("asking the container whether unshare(CLONE_FILES) is allowed: %v: %s", err, out)
+	}
+	refused := strings.HasPrefix(strings.TrimSpace(out), "refused")
+	_, _, fellBack := c.logRecord(unlistenFallback)
+	t.Logf("unshare(CLONE_FILES) in the container: %s; the master fell back to helper processes: %v", strings.TrimSpace(out), fellBack)
+	if refused != fellBack {
+		t.Errorf("unshare(CLONE_FILES) refused in the container: %v, but the master's log says it fell back: %v", refused, fellBack)
 	}
 }
 
