@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/baton-pm/baton/internal/sockdiag"
 )
 
 // A worker that binds a socket of its own instead of using the one it
@@ -38,7 +40,7 @@ func (p *Probe) ForeignListeners(roots []int) map[int][]string {
 		ns, _ := os.Readlink(fmt.Sprintf("%s/%d/ns/net", procRoot, root))
 		table, ok := tables[ns]
 		if !ok {
-			table = listeningSockets(root)
+			table = listeningSockets(root, ns)
 			tables[ns] = table
 		}
 		var addrs []string
@@ -71,8 +73,25 @@ func (p *Probe) otherSockets(root int) map[uint64]bool {
 }
 
 // listeningSockets maps the inode of every listening TCP socket of pid's
-// network namespace to its local address.
-func listeningSockets(pid int) map[uint64]string {
+// network namespace (ns, as /proc/PID/ns/net names it) to its local
+// address: from sock_diag when it is this process's namespace (the kernel
+// then walks only its listening sockets), else from the namespace's
+// /proc/net/tcp and tcp6.
+func listeningSockets(pid int, ns string) map[uint64]string {
+	if own, err := os.Readlink(procRoot + "/self/ns/net"); err == nil && own == ns {
+		if socks, err := sockdiag.Listening(); err == nil {
+			table := make(map[uint64]string, len(socks))
+			for _, s := range socks {
+				table[uint64(s.Inode)] = s.Src.String()
+			}
+			return table
+		}
+	}
+	return procListeningSockets(pid)
+}
+
+// procListeningSockets is listeningSockets from /proc/PID/net/tcp{,6}.
+func procListeningSockets(pid int) map[uint64]string {
 	table := map[uint64]string{}
 	for _, name := range []string{"tcp", "tcp6"} {
 		f, err := os.Open(fmt.Sprintf("%s/%d/net/%s", procRoot, pid, name))

@@ -2,6 +2,8 @@ package readiness
 
 import (
 	"fmt"
+	"github.com/baton-pm/baton/internal/sockdiag"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -75,6 +77,46 @@ func TestParseListening(t *testing.T) {
 		}
 		if isListening([]byte(line)) != (want != "") {
 			t.Errorf("%s: isListening = %v", strings.TrimSpace(line)[:20], !(want != ""))
+		}
+	}
+}
+
+// The namespace's listening sockets read through sock_diag (this process's
+// namespace) and from /proc/PID/net/tcp{,6} (any other) are the same table.
+func TestListeningSocketsFromSockDiagAndProcAgree(t *testing.T) {
+	var mine []uint64
+	for _, addr := range []string{"127.0.0.1:0", "0.0.0.0:0", "[::1]:0", "[::]:0"} {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Logf("%s: %v", addr, err)
+			continue
+		}
+		defer l.Close()
+		f, err := l.(*net.TCPListener).File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ino, err := SocketInode(int(f.Fd()))
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mine = append(mine, ino)
+	}
+	ns, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sockdiag.Listening(); err != nil {
+		t.Fatalf("sock_diag: %v: the test would compare /proc with itself", err)
+	}
+	diag, proc := listeningSockets(os.Getpid(), ns), procListeningSockets(os.Getpid())
+	if len(mine) < 2 {
+		t.Fatalf("only %d listeners opened", len(mine))
+	}
+	for _, ino := range mine {
+		if diag[ino] == "" || diag[ino] != proc[ino] {
+			t.Errorf("listener %d: sock_diag says %q, /proc says %q", ino, diag[ino], proc[ino])
 		}
 	}
 }
