@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/baton-pm/baton/internal/forkserver"
+	"github.com/baton-pm/baton/internal/pidns"
 	"github.com/baton-pm/baton/internal/proc"
 	"github.com/baton-pm/baton/internal/procinfo"
 )
@@ -62,6 +63,9 @@ func (o *osProcesses) forkServer() (string, error) {
 	if err := ownDir(dir); err != nil {
 		return "", fmt.Errorf("preload: %w", err)
 	}
+	if err := pidns.Mark(dir); err != nil {
+		return "", fmt.Errorf("preload: %w", err)
+	}
 	removeStaleForkServers(filepath.Dir(dir))
 	path, err := forkserver.Install(dir)
 	if err != nil {
@@ -107,7 +111,10 @@ func ownDir(dir string) error {
 }
 
 // removeStaleForkServers removes the directories of masters that are
-// gone (killed with SIGKILL: their cleanup never ran).
+// gone (killed with SIGKILL: their cleanup never ran), of this pid
+// namespace only (see package pidns): a master in a container sharing
+// /run would otherwise remove the host masters' fork servers, and their
+// next template would not start.
 func removeStaleForkServers(base string) {
 	entries, _ := os.ReadDir(base)
 	for _, e := range entries {
@@ -120,7 +127,10 @@ func removeStaleForkServers(base string) {
 			continue
 		}
 		info, err := os.Lstat(filepath.Join(base, e.Name()))
-		if st, ok := info.Sys().(*syscall.Stat_t); err == nil && ok && info.IsDir() && int(st.Uid) == os.Geteuid() {
+		if err != nil || !pidns.Ours(filepath.Join(base, e.Name())) {
+			continue
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok && info.IsDir() && int(st.Uid) == os.Geteuid() {
 			os.RemoveAll(filepath.Join(base, e.Name()))
 		}
 	}

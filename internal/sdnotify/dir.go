@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/baton-pm/baton/internal/pidns"
 	"golang.org/x/sys/unix"
 )
 
@@ -72,7 +73,7 @@ func NewDir() (*Dir, error) {
 			return nil
 		}
 		// Which pid namespace the name's pid belongs to, for sweep.
-		if err := os.WriteFile(filepath.Join(p, pidnsFile), []byte(ownPidNamespace()), 0o600); err != nil {
+		if err := pidns.Mark(p); err != nil {
 			reasons = append(reasons, err.Error())
 			return nil
 		}
@@ -235,19 +236,6 @@ func sweepAll() {
 	}
 }
 
-// pidnsFile, in a master's directory, names its pid namespace.
-const pidnsFile = ".pidns"
-
-// ownPidNamespace identifies this process's pid namespace, as
-// /proc/self/ns/pid names it ("pid:[4026531836]").
-func ownPidNamespace() string {
-	ns, err := os.Readlink("/proc/self/ns/pid")
-	if err != nil {
-		return "unknown"
-	}
-	return ns
-}
-
 // sweep removes the directories in base that dead masters left: named
 // prefix+<pid> (with anything after a "-"), baton's user's, real
 // directories, whose pid is not running (a master killed with SIGKILL
@@ -271,7 +259,7 @@ func sweep(base, prefix string) {
 		// A pid means something only in the pid namespace of the master
 		// that made the directory: a master in a container sharing /run
 		// must not take the host's masters for dead.
-		if ns, err := os.ReadFile(filepath.Join(p, pidnsFile)); err != nil || string(ns) != ownPidNamespace() {
+		if !pidns.Ours(p) {
 			continue
 		}
 		if checkOwn(p) == nil {

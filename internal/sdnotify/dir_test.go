@@ -13,6 +13,8 @@ import (
 
 	"github.com/baton-pm/baton/internal/procinfo"
 	"golang.org/x/sys/unix"
+
+	"github.com/baton-pm/baton/internal/pidns"
 )
 
 // The users the tests run senders as (root only).
@@ -401,14 +403,16 @@ func TestDirSweepsWhatDeadMastersLeft(t *testing.T) {
 			t.Fatal(err)
 		}
 		os.WriteFile(filepath.Join(p, "0123456789abcdef"), nil, 0o600)
-		os.WriteFile(filepath.Join(p, pidnsFile), []byte(ownPidNamespace()), 0o600)
+		if err := pidns.Mark(p); err != nil {
+			t.Fatal(err)
+		}
 		return p
 	}
 	left := mk(fmt.Sprintf("baton-%d", dead.Process.Pid))
 	// A master in another pid namespace (a container sharing /run): its
 	// pid means nothing here, so its directory stays.
 	otherNS := mk(fmt.Sprintf("baton-%d-ns", dead.Process.Pid))
-	os.WriteFile(filepath.Join(otherNS, pidnsFile), []byte("pid:[1]"), 0o600)
+	os.WriteFile(filepath.Join(otherNS, ".pidns"), []byte("pid:[1]"), 0o600)
 	live := mk(fmt.Sprintf("baton-%d", os.Getppid()))
 	other := mk("baton-notapid")
 	var foreign string
