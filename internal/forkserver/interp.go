@@ -14,7 +14,7 @@ import (
 type EntryKind int
 
 // The kinds of entry point; the template runs each in-process as the
-// interpreter would (runpy.run_module, runpy.run_path, exec).
+// interpreter would, with the __main__ it would give the program.
 const (
 	Module EntryKind = iota + 1 // python -m MOD
 	Script                      // python script.py, or a script whose shebang names python
