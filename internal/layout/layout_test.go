@@ -17,7 +17,7 @@ var leaves = []string{
 	"internal/control", "internal/listener", "internal/logging", "internal/metrics",
 	"internal/pidfile", "internal/proc", "internal/procinfo", "internal/readiness",
 	"internal/sdnotify", "internal/unlisten", "internal/cgroup", "internal/fdexec",
-	"internal/forkserver",
+	"internal/forkserver", "internal/sockdiag", "internal/pidns",
 }
 
 // forbidden lists, per package, module packages it must not depend on.
