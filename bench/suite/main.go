@@ -59,6 +59,8 @@ type config struct {
 	batonFlags   []string
 	quietBelow   float64
 	quietWait    time.Duration
+	// allowOthers runs even with other servers on the machine (others.go).
+	allowOthers bool
 }
 
 const (
@@ -106,6 +108,7 @@ func parseFlags(args []string) (*config, error) {
 	servers := fs.String("servers", strings.Join(serverKinds, ","), "servers to measure, where a scenario has them (bare: the workers with no master, steady scenario only; gunicorn-preload and baton-preload: with --preload)")
 	fs.Float64Var(&cfg.quietBelow, "quiet-below", 30, "before each run, wait for a second with the machine's CPUs less than this percent busy (0: don't wait)")
 	fs.DurationVar(&cfg.quietWait, "quiet-wait", 2*time.Minute, "wait at most this long for a quiet machine, then start anyway")
+	fs.BoolVar(&cfg.allowOthers, "allow-other-servers", false, "run even when baton, gunicorn or uvicorn processes not the suite's are running (they compete for the CPUs and share the interpreter's pages with the trees measured)")
 	batonFlags := fs.String("baton-flags", "", "extra flags for `baton run`, space-separated (say \"--reload-strategy rolling\"); the report shows them")
 	fs.StringVar(&cfg.cmdline, "cmdline", "", "the command line to record in the report (default: this program's)")
 	if err := fs.Parse(args); err != nil {
@@ -335,6 +338,14 @@ func plan(cfg *config) []runSpec {
 
 func run(cfg *config) (int, error) {
 	began := time.Now()
+	if others := otherServers(); len(others) > 0 {
+		if !cfg.allowOthers {
+			return 2, fmt.Errorf("other servers are running on this machine; they compete for the CPUs and share "+
+				"the interpreter's pages with the trees measured, so stop them (or pass -allow-other-servers):\n  %s",
+				strings.Join(others, "\n  "))
+		}
+		fmt.Fprintf(os.Stderr, "suite: running with other servers on the machine (-allow-other-servers):\n  %s\n", strings.Join(others, "\n  "))
+	}
 	apps, err := readApps(cfg.appDir)
 	if err != nil {
 		return 1, err
