@@ -148,3 +148,50 @@ func TestReplacedWorkersDrainNiced(t *testing.T) {
 		t.Errorf("its successor %d serves at nice %d, want 0", cur, n)
 	}
 }
+
+// preloadSlowImport is an app whose import takes 1.5 s, long enough to see
+// its template import.
+const preloadSlowImport = `import time
+time.sleep(1.5)
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+`
+
+// TestPreloadTemplateImportsNicedWhileOthersServe: a preload template's
+// import is its generation's start-up, so a reload's template imports at
+// nice 10 while the old workers serve, and forks at nice 0 once it has
+// imported; the first template, with nobody serving yet, imports at 0.
+func TestPreloadTemplateImportsNicedWhileOthersServe(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Fatal("boot_nice needs root (or RLIMIT_NICE) to restore a priority: run the suite as root, as ./scripts/test does")
+	}
+	requireTool(t, "/usr/bin/uvicorn")
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	writeFile(t, dir, "app.py", preloadSlowImport, 0o644)
+	b := startBaton(t, "run", "-w", "1", "--chdir", dir, "--preload", "app", "--", "/usr/bin/uvicorn", "--fd", "3", "app:app")
+	first := b.waitLog(t, "preload template started", nil, waitTimeout)
+	if n, ok := niceOf(first.int("pid")); first.str("niced") != "false" || ok && n != 0 {
+		t.Errorf("the first template imports at nice %d (logged niced %q), want 0: nobody serves yet", n, first.str("niced"))
+	}
+	b.waitReady(t, 1)
+
+	b.signal(t, syscall.SIGHUP)
+	started := b.waitLog(t, "preload template started", func(r record) bool { return r.int("generation") == 2 }, reloadTimeout)
+	pid := started.int("pid")
+	if n, ok := niceOf(pid); !ok || n != 10 || started.str("niced") != "true" {
+		t.Errorf("generation 2's template imports at nice %d (alive %v, logged niced %q), want 10 while generation 1 serves", n, ok, started.str("niced"))
+	}
+	b.waitLog(t, "preload template ready", func(r record) bool { return r.int("generation") == 2 }, reloadTimeout)
+	if n, ok := niceOf(pid); !ok || n != 0 {
+		t.Errorf("generation 2's template runs at nice %d once it has imported (alive %v), want 0", n, ok)
+	}
+	if r := b.waitReloadEnd(t, 2); !r.OK {
+		t.Fatalf("reload: %s", describeReload(&r))
+	}
+}

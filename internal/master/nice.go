@@ -35,7 +35,7 @@ func canRestorePriority() bool {
 // serve: this master's, or, for the first generation of a master that an
 // upgrade started, the old master's.
 func (m *Master) lowerBootPriority(w *worker) {
-	if !m.niceBoots || !(m.anyReady() || m.upgradePipe != nil && !m.systemdReady) {
+	if !m.niceBoots || !m.othersServe() {
 		return
 	}
 	if err := m.world.procs.SetGroupNice(w.pid, m.ownNice+bootNice); err != nil {
@@ -69,6 +69,41 @@ func (m *Master) restorePriority(w *worker) {
 	if err := m.world.procs.SetGroupNice(w.pid, m.ownNice); err != nil {
 		m.log.Warn("cannot restore a worker's CPU priority after boot", "pid", w.pid, "err", err)
 	}
+}
+
+// lowerImportPriority makes a preload template import at bootNice while
+// other workers serve: its import is the generation's start-up (the
+// imports each exec'd worker would do, done once), so boot_nice keeps it
+// off the serving workers' CPU as it keeps their boots. It gets its
+// priority back once it has imported (restoreImportPriority): its forks
+// then run at full speed, and each worker is niced on its own.
+func (m *Master) lowerImportPriority(t *template) {
+	if !m.niceBoots || !m.othersServe() {
+		return
+	}
+	if err := m.world.procs.SetGroupNice(t.pid, m.ownNice+bootNice); err != nil {
+		m.log.Debug("cannot lower an importing template's CPU priority", "pid", t.pid, "err", err)
+		return
+	}
+	t.niced = true
+}
+
+// restoreImportPriority gives a niced template baton's own priority.
+func (m *Master) restoreImportPriority(t *template) {
+	if !t.niced {
+		return
+	}
+	t.niced = false
+	if err := m.world.procs.SetGroupNice(t.pid, m.ownNice); err != nil {
+		m.log.Warn("cannot restore a template's CPU priority after its import", "pid", t.pid, "err", err)
+	}
+}
+
+// othersServe reports whether workers serve while new ones start: this
+// master's, or, for the first generation of a master that an upgrade
+// started, the old master's.
+func (m *Master) othersServe() bool {
+	return m.anyReady() || m.upgradePipe != nil && !m.systemdReady
 }
 
 func (m *Master) anyReady() bool {

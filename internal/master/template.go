@@ -47,6 +47,8 @@ type template struct {
 	retired bool
 	// importTime is what importing took, as the template measured it.
 	importTime time.Duration
+	// niced: importing at a lower CPU priority (nice.go).
+	niced bool
 	nextID     int
 	forks      map[int]*forking // requests sent, by id
 	waiting    []*slot          // slots to fork for once ready
@@ -110,7 +112,9 @@ func (m *Master) startTemplate(g *generation) (*template, error) {
 		initial: g == m.current && m.reload == nil && m.lastReload == nil && len(m.workers) == 0}
 	g.tmpl = t
 	m.templates[pid] = t
-	m.log.Info("preload template started", "generation", g.num, "pid", pid, "preload", strings.Join(g.opts.Preload, ","))
+	m.lowerImportPriority(t)
+	m.log.Info("preload template started", "generation", g.num, "pid", pid, "preload", strings.Join(g.opts.Preload, ","),
+		"niced", t.niced)
 	go conn.Receive(func(msg templateMsg) { m.post(func() { m.onTemplateMessage(t, msg) }) })
 	m.templateAfter(t, g.opts.BootTimeout, func() {
 		if t.state == templateImporting {
@@ -257,6 +261,7 @@ func (m *Master) onTemplateReady(t *template, msg templateMsg) {
 	}
 	t.state = templateReady
 	t.importTime = time.Duration(msg.ImportSeconds * float64(time.Second))
+	m.restoreImportPriority(t)
 	m.log.Info("preload template ready", "generation", t.gen.num, "pid", t.pid,
 		"preloaded", strings.Join(msg.Preloaded, ","), "import_time", fmt.Sprintf("%.3fs", msg.ImportSeconds))
 	waiting := t.waiting
