@@ -48,10 +48,10 @@ type template struct {
 	// importTime is what importing took, as the template measured it.
 	importTime time.Duration
 	// niced: importing at a lower CPU priority (nice.go).
-	niced bool
-	nextID     int
-	forks      map[int]*forking // requests sent, by id
-	waiting    []*slot          // slots to fork for once ready
+	niced   bool
+	nextID  int
+	forks   map[int]*forking // requests sent, by id
+	waiting []*slot          // slots to fork for once ready
 }
 
 // forking is a slot's worker being forked: waiting for its template to
