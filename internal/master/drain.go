@@ -55,12 +55,14 @@ type deafWait struct {
 	done bool
 }
 
-// accepting counts the workers other than g's that may still accept a
-// connection: neither made deaf nor exited.
+// accepting counts the workers of generations older than g that may
+// still accept a connection: neither made deaf nor exited. A newer
+// generation's (a queued reload that started as g's ended) serves newer
+// code, not older: it does not hold g's answer back.
 func (m *Master) accepting(g *generation) int {
 	n := 0
 	for _, w := range m.workers {
-		if w.gen != g && !w.deaf {
+		if w.gen.num < g.num && !w.deaf {
 			n++
 		}
 	}

@@ -398,3 +398,31 @@ func TestReloadAnswersOnceTheOldWorkersStopAccepting(t *testing.T) {
 		}
 	})
 }
+
+// A reload queued during another starts the moment that one succeeds,
+// while the old workers may still accept: the first reload's answer waits
+// for the old workers only, not for the queued reload's new ones, which
+// serve newer code (it waited deafWaitLimit for them, and the test of
+// queued reloads above failed when the old worker's exit came after the
+// queued reload's first worker).
+func TestReloadAnswerWaitsForOlderWorkersOnlyNotAQueuedReloads(t *testing.T) {
+	serving(t, options(gen(1)), func(t *testing.T, tb *testbed) {
+		old := tb.workers(1, "ready")[0]
+		tb.stubborn(old) // no registration to remove: only its exit tells
+		first := tb.reloadAsync()
+		queued := tb.reloadAsync()
+		tb.ready(tb.workers(2, "starting")...)
+		if n := tb.count(3, "starting"); n != 1 {
+			t.Fatalf("%d workers of the queued reload starting, want 1", n)
+		}
+		tb.noResult(first) // the old worker may still accept
+		tb.exit(old, 0)
+		if r := tb.result(first); !r.OK || r.Generation != 2 {
+			t.Fatalf("first reload: %+v, want generation 2 answered once the old worker exited", r)
+		}
+		tb.ready(tb.workers(3, "starting")...)
+		if r := tb.result(queued); !r.OK || r.Generation != 3 {
+			t.Fatalf("queued reload: %+v", r)
+		}
+	})
+}
