@@ -296,7 +296,12 @@ func (m *Master) open() error {
 		}
 	}
 	m.listeners, m.listenerInodes = ls, inodes
-	m.world.inspect = procInspector{readiness.NewProbe(inodes)}
+	probe := readiness.NewProbe(inodes)
+	probe.OnSockDiagFailure(func(err error) {
+		m.log.Warn("cannot read the listening sockets through sock_diag; foreign-listener scans read /proc/net/tcp instead "+
+			"(the same answer, slower under many connections)", "err", err)
+	})
+	m.world.inspect = procInspector{probe}
 	for _, l := range ls {
 		m.log.Info("listening", "name", l.Name, "addr", l.Addr)
 	}

@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -43,6 +44,9 @@ func SocketInode(fd int) (uint64, error) {
 // Probe checks worker processes against a fixed set of listener inodes.
 type Probe struct {
 	inodes map[uint64]bool
+	// onDiagFailure is told once that sock_diag failed (foreign.go).
+	onDiagFailure func(error)
+	diagFailed    atomic.Bool
 }
 
 // procRoot is where the kernel's process information is mounted.

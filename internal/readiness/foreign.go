@@ -40,7 +40,7 @@ func (p *Probe) ForeignListeners(roots []int) map[int][]string {
 		ns, _ := os.Readlink(fmt.Sprintf("%s/%d/ns/net", procRoot, root))
 		table, ok := tables[ns]
 		if !ok {
-			table = listeningSockets(root, ns)
+			table = p.listeningSockets(root, ns)
 			tables[ns] = table
 		}
 		var addrs []string
@@ -77,18 +77,31 @@ func (p *Probe) otherSockets(root int) map[uint64]bool {
 // address: from sock_diag when it is this process's namespace (the kernel
 // then walks only its listening sockets), else from the namespace's
 // /proc/net/tcp and tcp6.
-func listeningSockets(pid int, ns string) map[uint64]string {
+func (p *Probe) listeningSockets(pid int, ns string) map[uint64]string {
 	if own, err := os.Readlink(procRoot + "/self/ns/net"); err == nil && own == ns {
-		if socks, err := sockdiag.Listening(); err == nil {
+		socks, err := listeningViaDiag()
+		if err == nil {
 			table := make(map[uint64]string, len(socks))
 			for _, s := range socks {
 				table[uint64(s.Inode)] = s.Src.String()
 			}
 			return table
 		}
+		if !p.diagFailed.Swap(true) && p.onDiagFailure != nil {
+			p.onDiagFailure(err)
+		}
 	}
 	return procListeningSockets(pid)
 }
+
+// listeningViaDiag is sockdiag.Listening; a test makes it fail.
+var listeningViaDiag = sockdiag.Listening
+
+// OnSockDiagFailure has f called, once, the first time sock_diag cannot
+// be read (a seccomp filter on netlink sockets, say): the listening
+// sockets then come from /proc/net/tcp, as correct but slower under many
+// connections. f runs on the scanning goroutine.
+func (p *Probe) OnSockDiagFailure(f func(error)) { p.onDiagFailure = f }
 
 // procListeningSockets is listeningSockets from /proc/PID/net/tcp{,6}.
 func procListeningSockets(pid int) map[uint64]string {

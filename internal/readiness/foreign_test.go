@@ -1,6 +1,7 @@
 package readiness
 
 import (
+	"errors"
 	"fmt"
 	"github.com/baton-pm/baton/internal/sockdiag"
 	"net"
@@ -110,7 +111,7 @@ func TestListeningSocketsFromSockDiagAndProcAgree(t *testing.T) {
 	if _, err := sockdiag.Listening(); err != nil {
 		t.Fatalf("sock_diag: %v: the test would compare /proc with itself", err)
 	}
-	diag, proc := listeningSockets(os.Getpid(), ns), procListeningSockets(os.Getpid())
+	diag, proc := NewProbe(nil).listeningSockets(os.Getpid(), ns), procListeningSockets(os.Getpid())
 	if len(mine) < 2 {
 		t.Fatalf("only %d listeners opened", len(mine))
 	}
@@ -151,9 +152,10 @@ func BenchmarkListeningSockets(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	p := NewProbe(nil)
 	b.Run("sockdiag", func(b *testing.B) {
 		for b.Loop() {
-			listeningSockets(os.Getpid(), ns)
+			p.listeningSockets(os.Getpid(), ns)
 		}
 	})
 	b.Run("proc", func(b *testing.B) {
@@ -161,4 +163,41 @@ func BenchmarkListeningSockets(b *testing.B) {
 			procListeningSockets(os.Getpid())
 		}
 	})
+}
+
+// Where sock_diag cannot be read, the table comes from /proc, and the
+// probe says so once.
+func TestListeningSocketsFallBackToProcAndSaySoOnce(t *testing.T) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	f, err := l.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ino, err := SocketInode(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := errors.New("netlink refused")
+	listeningViaDiag = func() ([]sockdiag.Message, error) { return nil, refused }
+	defer func() { listeningViaDiag = sockdiag.Listening }()
+	p := NewProbe(nil)
+	var told []error
+	p.OnSockDiagFailure(func(err error) { told = append(told, err) })
+	ns, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if got := p.listeningSockets(os.Getpid(), ns)[ino]; got != l.Addr().String() {
+			t.Fatalf("listener %d: %q from the fallback, want %q", ino, got, l.Addr())
+		}
+	}
+	if len(told) != 1 || !errors.Is(told[0], refused) {
+		t.Fatalf("told %v, want the failure once", told)
+	}
 }
