@@ -178,6 +178,13 @@ func (d *Dir) dirFor(owner *Owner) (string, error) {
 			reasons = append(reasons, err.Error())
 			continue
 		}
+		// Marked as the private directory is, so that the sweep of a
+		// later master removes it if this one is killed.
+		if err := pidns.Mark(p); err != nil {
+			os.RemoveAll(p)
+			reasons = append(reasons, err.Error())
+			continue
+		}
 		d.extra = append(d.extra, p)
 		return p, nil
 	}

@@ -272,6 +272,9 @@ func TestDirForAnotherUser(t *testing.T) {
 		}
 		checkNode(t, d.Path(), unix.S_IFDIR, 0, 0o700)
 		checkNode(t, filepath.Dir(s), unix.S_IFDIR, 0, 0o711)
+		if !pidns.Ours(filepath.Dir(s)) {
+			t.Errorf("%s is not marked with this pid namespace: a later master's sweep would leave it if this one were killed", filepath.Dir(s))
+		}
 		d.Close()
 		gone(t, filepath.Dir(s))
 		gone(t, d.Path())
