@@ -109,7 +109,8 @@ func (m *Master) startUnlisten(w *worker, targets []unlisten.Target, then func()
 		then()
 		return
 	}
-	pending, removed := 0, 0
+	groups := unlisten.Plan(targets)
+	pending, removed := len(groups), 0
 	finished := false
 	finish := func() {
 		if !finished {
@@ -121,8 +122,6 @@ func (m *Master) startUnlisten(w *worker, targets []unlisten.Target, then func()
 			m.after(readPause, then)
 		}
 	}
-	groups := unlisten.Plan(targets)
-	pending = len(groups)
 	for _, group := range groups {
 		m.removeRegistrations(w, group, func(notRemoved int) {
 			removed += len(group) - notRemoved

@@ -87,27 +87,14 @@ func TestParseListening(t *testing.T) {
 func TestListeningSocketsFromSockDiagAndProcAgree(t *testing.T) {
 	var mine []uint64
 	for _, addr := range []string{"127.0.0.1:0", "0.0.0.0:0", "[::1]:0", "[::]:0"} {
-		l, err := net.Listen("tcp", addr)
+		_, ino, err := listenerInode(t, "tcp", addr)
 		if err != nil {
 			t.Logf("%s: %v", addr, err)
 			continue
 		}
-		defer l.Close()
-		f, err := l.(*net.TCPListener).File()
-		if err != nil {
-			t.Fatal(err)
-		}
-		ino, err := SocketInode(int(f.Fd()))
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
 		mine = append(mine, ino)
 	}
-	ns, err := os.Readlink("/proc/self/ns/net")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ns := ownNetNS(t)
 	if _, err := sockdiag.Listening(); err != nil {
 		t.Fatalf("sock_diag: %v: the test would compare /proc with itself", err)
 	}
@@ -148,10 +135,7 @@ func BenchmarkListeningSockets(b *testing.B) {
 		}
 		c.Close() // the client closes first: its side waits in TIME_WAIT
 	}
-	ns, err := os.Readlink("/proc/self/ns/net")
-	if err != nil {
-		b.Fatal(err)
-	}
+	ns := ownNetNS(b)
 	p := NewProbe(nil)
 	b.Run("sockdiag", func(b *testing.B) {
 		for b.Loop() {
@@ -168,17 +152,7 @@ func BenchmarkListeningSockets(b *testing.B) {
 // Where sock_diag cannot be read, the table comes from /proc, and the
 // probe says so once.
 func TestListeningSocketsFallBackToProcAndSaySoOnce(t *testing.T) {
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	f, err := l.(*net.TCPListener).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ino, err := SocketInode(int(f.Fd()))
-	f.Close()
+	l, ino, err := listenerInode(t, "tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,10 +162,7 @@ func TestListeningSocketsFallBackToProcAndSaySoOnce(t *testing.T) {
 	p := NewProbe(nil)
 	var told []error
 	p.OnSockDiagFailure(func(err error) { told = append(told, err) })
-	ns, err := os.Readlink("/proc/self/ns/net")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ns := ownNetNS(t)
 	for range 3 {
 		if got := p.listeningSockets(os.Getpid(), ns)[ino]; got != l.Addr().String() {
 			t.Fatalf("listener %d: %q from the fallback, want %q", ino, got, l.Addr())
@@ -200,4 +171,36 @@ func TestListeningSocketsFallBackToProcAndSaySoOnce(t *testing.T) {
 	if len(told) != 1 || !errors.Is(told[0], refused) {
 		t.Fatalf("told %v, want the failure once", told)
 	}
+}
+
+// listenerInode listens on addr until the test ends and returns the
+// listener with its socket inode; err when addr cannot be listened on here
+// (no IPv6, say).
+func listenerInode(t *testing.T, network, addr string) (net.Listener, uint64, error) {
+	t.Helper()
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, 0, err
+	}
+	t.Cleanup(func() { l.Close() })
+	f, err := l.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ino, err := SocketInode(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, ino, nil
+}
+
+// ownNetNS names this process's network namespace as /proc/PID/ns/net does.
+func ownNetNS(t testing.TB) string {
+	t.Helper()
+	ns, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns
 }

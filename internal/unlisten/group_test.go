@@ -176,48 +176,75 @@ func run(t *testing.T, group []Target) int {
 	return ws.ExitStatus()
 }
 
+// manySets is a worker with sets epoll sets that each watch listener a
+// at fd 3 and a pipe (the first also a dup of fd 3, and listener b at fd
+// 4), and the one group Plan makes of its listeners' registrations.
+type manySets struct {
+	pid        int
+	eps        []int
+	probe      *readiness.Probe
+	regs       []readiness.Registration
+	group      []Target
+	a, b       *os.File
+	inoA, inoB uint64
+}
+
+func startManySets(t *testing.T, sets int) manySets {
+	t.Helper()
+	var w manySets
+	w.a, w.inoA = listen(t)
+	w.b, w.inoB = listen(t)
+	w.pid, w.eps = startEpollWorker(t, sets, w.a, w.b)
+	w.probe = readiness.NewProbe([]uint64{w.inoA, w.inoB})
+	w.regs = w.probe.Registrations(w.pid)
+	// fd 3 in every set, plus its dup and fd 4 in the first.
+	if len(w.regs) != sets+2 {
+		t.Fatalf("%d registrations of the listeners, want %d", len(w.regs), sets+2)
+	}
+	groups := Plan(targets(w.regs, map[uint64]*os.File{w.inoA: w.a, w.inoB: w.b}))
+	if len(groups) != 1 {
+		t.Fatalf("Plan made %d groups, want one for the whole worker", len(groups))
+	}
+	w.group = groups[0]
+	return w
+}
+
+// assertNoListenerLeft checks that no epoll set of w watches a listener
+// any more.
+func (w manySets) assertNoListenerLeft(t *testing.T) {
+	t.Helper()
+	if left := w.probe.Registrations(w.pid); len(left) != 0 {
+		t.Fatalf("%d registrations left: %+v", len(left), left)
+	}
+	for _, ep := range w.eps {
+		if got := watched(t, w.pid, ep); got[w.inoA] != 0 || got[w.inoB] != 0 {
+			t.Fatalf("epoll fd %d still watches a listener: %v", ep, got)
+		}
+	}
+}
+
 func TestOneHelperRemovesTheListenersFromEveryEpollSet(t *testing.T) {
 	const sets = 150
-	a, inoA := listen(t)
-	b, inoB := listen(t)
-	pid, eps := startEpollWorker(t, sets, a, b)
-
-	probe := readiness.NewProbe([]uint64{inoA, inoB})
-	regs := probe.Registrations(pid)
-	// fd 3 in every set, plus its dup and fd 4 in the first.
-	if len(regs) != sets+2 {
-		t.Fatalf("%d registrations of the listeners, want %d", len(regs), sets+2)
-	}
+	w := startManySets(t, sets)
 	pipeIno := uint64(0)
-	for ino := range watched(t, pid, eps[0]) {
-		if ino != inoA && ino != inoB {
+	for ino := range watched(t, w.pid, w.eps[0]) {
+		if ino != w.inoA && ino != w.inoB {
 			pipeIno = ino
 		}
 	}
-
-	groups := Plan(targets(regs, map[uint64]*os.File{inoA: a, inoB: b}))
-	if len(groups) != 1 {
-		t.Fatalf("Plan made %d groups, want one helper for the whole worker", len(groups))
-	}
 	began := time.Now()
-	if code := run(t, groups[0]); code != 0 {
+	if code := run(t, w.group); code != 0 {
 		t.Fatalf("helper exited %d, want 0", code)
 	}
-	t.Logf("one helper removed %d registrations from %d epoll sets in %v", len(regs), sets, time.Since(began))
+	t.Logf("one helper removed %d registrations from %d epoll sets in %v", len(w.regs), sets, time.Since(began))
 
-	if left := probe.Registrations(pid); len(left) != 0 {
-		t.Fatalf("%d registrations left: %+v", len(left), left)
-	}
-	for _, ep := range eps {
-		w := watched(t, pid, ep)
-		if w[inoA] != 0 || w[inoB] != 0 {
-			t.Fatalf("epoll fd %d still watches a listener: %v", ep, w)
-		}
-		if w[pipeIno] != 1 || len(w) != 1 {
-			t.Fatalf("epoll fd %d watches %v, want only its pipe (inode %d) left", ep, w, pipeIno)
+	w.assertNoListenerLeft(t)
+	for _, ep := range w.eps {
+		if got := watched(t, w.pid, ep); got[pipeIno] != 1 || len(got) != 1 {
+			t.Fatalf("epoll fd %d watches %v, want only its pipe (inode %d) left", ep, got, pipeIno)
 		}
 	}
-	if err := syscall.Kill(pid, 0); err != nil {
+	if err := syscall.Kill(w.pid, 0); err != nil {
 		t.Fatalf("the worker did not survive: %v", err)
 	}
 }

@@ -32,24 +32,11 @@ func tableAt(numbers ...int) map[int]fileID {
 }
 
 func TestInThreadRemovesTheListenersFromEveryEpollSetAndLeavesOurTableAlone(t *testing.T) {
-	const sets = 150
-	a, inoA := listen(t)
-	b, inoB := listen(t)
-	pid, eps := startEpollWorker(t, sets, a, b)
-
-	probe := readiness.NewProbe([]uint64{inoA, inoB})
-	regs := probe.Registrations(pid)
-	if len(regs) != sets+2 {
-		t.Fatalf("%d registrations of the listeners, want %d", len(regs), sets+2)
-	}
-	groups := Plan(targets(regs, map[uint64]*os.File{inoA: a, inoB: b}))
-	if len(groups) != 1 {
-		t.Fatalf("Plan made %d groups, want 1", len(groups))
-	}
+	w := startManySets(t, 150)
 	// The numbers the worker uses (3, 4, its dup) are numbers this
 	// process uses for its own files: they must be what they were after.
 	var numbers []int
-	for _, r := range regs {
+	for _, r := range w.regs {
 		numbers = append(numbers, r.FD)
 	}
 	before := tableAt(numbers...)
@@ -57,32 +44,25 @@ func TestInThreadRemovesTheListenersFromEveryEpollSetAndLeavesOurTableAlone(t *t
 		t.Fatalf("this process has nothing open at %v: the test would not show that its table is left alone", numbers)
 	}
 
-	failed, failures, err := RemoveInThread(groups[0])
+	failed, failures, err := RemoveInThread(w.group)
 	if err != nil {
 		t.Fatalf("RemoveInThread: %v (this kernel or sandbox refuses unshare(CLONE_FILES); baton falls back to a helper process there)", err)
 	}
 	if failed != 0 {
 		t.Fatalf("%d not removed: %v", failed, failures)
 	}
-	if left := probe.Registrations(pid); len(left) != 0 {
-		t.Fatalf("%d registrations left: %+v", len(left), left)
-	}
-	for _, ep := range eps {
-		if w := watched(t, pid, ep); w[inoA] != 0 || w[inoB] != 0 {
-			t.Fatalf("epoll fd %d still watches a listener: %v", ep, w)
-		}
-	}
-	if after := tableAt(numbers...); len(after) != len(before) {
+	w.assertNoListenerLeft(t)
+	after := tableAt(numbers...)
+	if len(after) != len(before) {
 		t.Fatalf("this process's table changed: %v before, %v after", before, after)
-	} else {
-		for n, id := range before {
-			if after[n] != id {
-				t.Fatalf("fd %d was %v, is %v: the listener was placed in this process's own table", n, id, after[n])
-			}
+	}
+	for n, id := range before {
+		if after[n] != id {
+			t.Fatalf("fd %d was %v, is %v: the listener was placed in this process's own table", n, id, after[n])
 		}
 	}
 	// The listeners still accept here: nothing of theirs was closed.
-	for _, f := range []*os.File{a, b} {
+	for _, f := range []*os.File{w.a, w.b} {
 		if _, ok := idAt(int(f.Fd())); !ok {
 			t.Fatalf("listener fd %d is closed", f.Fd())
 		}
